@@ -1,0 +1,135 @@
+//! Problem details (RFC 9457): the one place where errors become HTTP statuses.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::index::IndexError;
+use crate::record::FieldError;
+use crate::store::StoreError;
+
+/// An error answer: `application/problem+json` with a JSON pointer to the bad field.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub title: &'static str,
+    pub detail: String,
+    pub errors: Vec<FieldError>,
+    /// Extra members (e.g. an import report).
+    pub extra: Option<Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError { status, title, detail: detail.into(), errors: Vec::new(), extra: None }
+    }
+
+    /// 422: the document is well-formed JSON but not a valid record.
+    pub fn invalid(errors: Vec<FieldError>) -> ApiError {
+        let detail = match errors.first() {
+            Some(e) if errors.len() == 1 => format!("{}: {}", pointer_label(&e.pointer), e.detail),
+            Some(e) => format!("{} problems; first at {}: {}", errors.len(), pointer_label(&e.pointer), e.detail),
+            None => "invalid document".into(),
+        };
+        ApiError { errors, ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid record", detail) }
+    }
+
+    pub fn bad_request(pointer: &str, detail: impl Into<String>) -> ApiError {
+        let detail = detail.into();
+        ApiError {
+            errors: vec![FieldError::new(pointer, detail.clone())],
+            ..ApiError::new(StatusCode::BAD_REQUEST, "bad request", detail)
+        }
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not found", detail)
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> ApiError {
+        // Never leak internals: log the cause, answer with a generic text.
+        tracing::error!(error = %e, "internal error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error", "storage or index error; see the node's log")
+    }
+
+    pub fn with_extra(mut self, extra: Value) -> ApiError {
+        self.extra = Some(extra);
+        self
+    }
+}
+
+fn pointer_label(pointer: &str) -> &str {
+    if pointer.is_empty() { "document" } else { pointer }
+}
+
+fn slug(title: &str) -> String {
+    title.replace(' ', "-")
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "type": format!("https://ammotrace.example/problems/{}", slug(self.title)),
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        if let Some(first) = self.errors.first() {
+            body["pointer"] = Value::String(first.pointer.clone());
+            body["errors"] = json!(self.errors);
+        }
+        if let (Some(Value::Object(extra)), Some(obj)) = (self.extra, body.as_object_mut()) {
+            obj.extend(extra);
+        }
+        let mut response = (self.status, Json(body)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Exists(id) => ApiError {
+                errors: vec![FieldError::new("/record_id", format!("record {id} already exists; use PUT to add a version"))],
+                ..ApiError::new(StatusCode::CONFLICT, "conflict", format!("record {id} already exists"))
+            },
+            StoreError::DuplicateInBatch(id) => ApiError::new(StatusCode::CONFLICT, "conflict", format!("record {id} appears twice")),
+            StoreError::VersionConflict { .. } => ApiError {
+                errors: vec![FieldError::new("/record_version", e.to_string())],
+                ..ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            },
+            StoreError::Retracted(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            StoreError::NotFound(id) => ApiError::not_found(format!("no record {id}")),
+            StoreError::Sled(_) | StoreError::Corrupt(_) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<IndexError> for ApiError {
+    fn from(e: IndexError) -> ApiError {
+        match e {
+            IndexError::Query(detail) => ApiError::bad_request("", detail),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> ApiError {
+        ApiError::internal(e)
+    }
+}
+
+impl ApiError {
+    pub fn with_status(mut self, status: axum::http::StatusCode) -> ApiError {
+        self.status = status;
+        self
+    }
+}

@@ -1,0 +1,109 @@
+//! The local JSON API under `/api/v1` (`docs/api.md`, `schemas/openapi.json`).
+//!
+//! Handlers are thin: they check the caller's role, parse, call `record`/`store`/`search` on a
+//! blocking thread (sled and tantivy block), and map the result. Every error leaves through
+//! [`error::ApiError`] as problem+json. A 2xx to a write is sent after the store's flush.
+
+pub mod auth;
+pub mod error;
+mod import;
+mod records;
+mod search;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use crate::node::Node;
+use error::ApiError;
+
+/// The OpenAPI document served at `/api/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../../../schemas/openapi.json");
+
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Arc<Node>,
+}
+
+/// The router of the local API.
+pub fn router(node: Arc<Node>) -> Router {
+    let limit = node.config().api.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/v1/records", axum::routing::post(records::create))
+        .route(
+            "/api/v1/records/{id}",
+            get(records::get_one).put(records::update).delete(records::retract),
+        )
+        .route("/api/v1/records/{id}/versions", get(records::versions))
+        .route("/api/v1/search", get(search::search))
+        .route("/api/v1/import", axum::routing::post(import::import))
+        .route("/api/v1/export", get(records::export))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(AppState { node })
+}
+
+async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {
+    let node = &state.node;
+    axum::Json(json!({
+        "status": "ok",
+        "node_id": node.config().node_id,
+        "last_seq": node.store().last_seq().unwrap_or(0),
+        "indexed_seq": node.index().watermark(),
+    }))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+}
+
+/// A request body read whole, with rejections (too large, unreadable) as problem+json.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<RawBody, ApiError> {
+        match Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(RawBody(bytes)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload too large",
+                "the body is larger than api.max_body_bytes; nothing was stored",
+            )),
+            Err(rejection) => Err(ApiError::new(rejection.status(), "bad request", rejection.body_text())),
+        }
+    }
+}
+
+/// A JSON body: malformed JSON is a 400 naming the line and column.
+pub struct JsonBody(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<JsonBody, ApiError> {
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed JSON",
+                format!("the body is not JSON (line {}, column {}): {e}", e.line(), e.column()),
+            )
+        })
+    }
+}
+
+/// The current time as RFC 3339 (UTC, seconds).
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}

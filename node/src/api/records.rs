@@ -1,0 +1,207 @@
+//! `/api/v1/records…` and `/api/v1/export`.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::{Caller, READERS, WRITERS};
+use super::error::ApiError;
+use super::{AppState, JsonBody, now_rfc3339};
+use crate::record::{RecordId, is_retracted};
+use crate::store::Written;
+
+fn parse_id(text: &str) -> Result<RecordId, ApiError> {
+    RecordId::parse(text).ok_or_else(|| ApiError::bad_request("/record_id", format!("{text:?} is not a record id (urn:uuid:… or a UUID)")))
+}
+
+fn written_response(status: StatusCode, written: Written, record: Value) -> Response {
+    let mut response = (status, Json(record)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/records/{}", written.id)) {
+        headers.insert(header::LOCATION, v);
+    }
+    headers.insert("ammotrace-seq", HeaderValue::from(written.seq));
+    headers.insert("ammotrace-version", HeaderValue::from(written.version));
+    response
+}
+
+/// # `POST /api/v1/records`
+/// Stores a new record (version 1 unless it declares one); 201 after the flush.
+pub async fn create(State(state): State<AppState>, caller: Caller, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    caller.require(WRITERS)?;
+    let node = state.node.clone();
+    let (written, record) = tokio::task::spawn_blocking(move || {
+        let mut prepared = node.validator().prepare(body, &now_rfc3339()).map_err(ApiError::invalid)?;
+        let written = node.store().create_batch(std::slice::from_mut(&mut prepared))?;
+        node.store().flush()?;
+        node.index().notify();
+        let written = written.into_iter().next().ok_or_else(|| ApiError::internal("empty write"))?;
+        Ok::<_, ApiError>((written, prepared.record))
+    })
+    .await??;
+    tracing::info!(record = %written.id, version = written.version, seq = written.seq, by = %caller.name, "record created");
+    Ok(written_response(StatusCode::CREATED, written, record))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetParams {
+    version: Option<u32>,
+}
+
+/// # `GET /api/v1/records/{id}`
+/// The latest version (or `?version=N`).
+pub async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    params: Result<Query<GetParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(READERS)?;
+    let Query(params) = params.map_err(|e| ApiError::bad_request("", e.body_text()))?;
+    let id = parse_id(&id)?;
+    let node = state.node.clone();
+    let record = tokio::task::spawn_blocking(move || node.store().get(&id, params.version)).await??;
+    match record {
+        Some(r) => Ok(Json(r).into_response()),
+        None => Err(ApiError::not_found(format!("no record {id}"))),
+    }
+}
+
+/// # `PUT /api/v1/records/{id}`
+/// Stores the body as the next version of the record.
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(mut body): JsonBody,
+) -> Result<Response, ApiError> {
+    caller.require(WRITERS)?;
+    let id = parse_id(&id)?;
+    match body.get("record_id").and_then(Value::as_str) {
+        Some(given) if RecordId::parse(given) != Some(id) => {
+            return Err(ApiError::invalid(vec![crate::record::FieldError::new("/record_id", "differs from the record id in the path")]));
+        }
+        Some(_) => {}
+        None => {
+            if let Some(o) = body.as_object_mut() {
+                o.insert("record_id".into(), Value::String(id.to_string()));
+            }
+        }
+    }
+    let node = state.node.clone();
+    let (written, record) = tokio::task::spawn_blocking(move || {
+        if node.store().head(&id)?.is_none() {
+            return Err(ApiError::not_found(format!("no record {id}")));
+        }
+        let prepared = node.validator().prepare(body, &now_rfc3339()).map_err(ApiError::invalid)?;
+        let written = node.store().update(prepared)?;
+        node.store().flush()?;
+        node.index().notify();
+        let record = node.store().get(&id, Some(written.version))?.unwrap_or(Value::Null);
+        Ok::<_, ApiError>((written, record))
+    })
+    .await??;
+    tracing::info!(record = %written.id, version = written.version, by = %caller.name, "record updated");
+    Ok(written_response(StatusCode::OK, written, record))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetractParams {
+    reason: Option<String>,
+}
+
+/// # `DELETE /api/v1/records/{id}`
+/// Retracts the record: a new version marked `retracted` that search no longer returns.
+pub async fn retract(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    params: Result<Query<RetractParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(WRITERS)?;
+    let Query(params) = params.map_err(|e| ApiError::bad_request("", e.body_text()))?;
+    let id = parse_id(&id)?;
+    let reason = params.reason.unwrap_or_else(|| "retracted".into());
+    let node = state.node.clone();
+    let (written, record) = tokio::task::spawn_blocking(move || {
+        let written = node.store().retract(id, &reason, &now_rfc3339())?;
+        node.store().flush()?;
+        node.index().notify();
+        let record = node.store().get(&id, Some(written.version))?.unwrap_or(Value::Null);
+        Ok::<_, ApiError>((written, record))
+    })
+    .await??;
+    tracing::info!(record = %written.id, version = written.version, by = %caller.name, "record retracted");
+    Ok(written_response(StatusCode::OK, written, record))
+}
+
+/// # `GET /api/v1/records/{id}/versions`
+pub async fn versions(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+    caller.require(READERS)?;
+    let id = parse_id(&id)?;
+    let node = state.node.clone();
+    let versions = tokio::task::spawn_blocking(move || node.store().versions(&id)).await??;
+    if versions.is_empty() {
+        return Err(ApiError::not_found(format!("no record {id}")));
+    }
+    Ok(Json(json!({ "record_id": id.to_string(), "versions": versions })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportParams {
+    #[serde(default)]
+    include_retracted: bool,
+}
+
+/// # `GET /api/v1/export`
+/// Every record's latest version as JSON Lines (retractions only with `include_retracted`).
+pub async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: Result<Query<ExportParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(WRITERS)?;
+    let Query(params) = params.map_err(|e| ApiError::bad_request("", e.body_text()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(16);
+    let node = state.node.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut chunk = Vec::with_capacity(64 * 1024);
+        for head in node.store().heads() {
+            let line = head.map_err(std::io::Error::other).and_then(|(id, head)| {
+                if head.retracted && !params.include_retracted {
+                    return Ok(None);
+                }
+                node.store().get(&id, Some(head.version)).map_err(std::io::Error::other)
+            });
+            match line {
+                Ok(Some(record)) if !is_retracted(&record) || params.include_retracted => {
+                    if serde_json::to_writer(&mut chunk, &record).is_ok() {
+                        chunk.push(b'\n');
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+            if chunk.len() >= 60 * 1024 && tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_err() {
+                return;
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = tx.blocking_send(Ok(chunk));
+        }
+    });
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok((headers, body).into_response())
+}

@@ -1,0 +1,74 @@
+//! `GET /api/v1/search`.
+
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::{Caller, READERS};
+use super::error::ApiError;
+use crate::record::{RecordId, event_summary};
+use crate::search::{self, SearchParams};
+
+/// # `GET /api/v1/search`
+/// Ranked item hits for a lot, headstamp and/or calibre (with filters), each labelled with its
+/// match kind and score, the item and a summary of its event.
+pub async fn search(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: Result<Query<SearchParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(READERS)?;
+    let Query(params) = params.map_err(|e| ApiError::bad_request("", e.body_text()))?;
+    let started = Instant::now();
+    let config = &state.node.config().search;
+    let plan = search::plan(&params, config.default_limit, config.max_limit).map_err(|errors| {
+        ApiError { title: "invalid query", ..ApiError::invalid(errors) }.with_status(axum::http::StatusCode::BAD_REQUEST)
+    })?;
+    if let Some(seq) = params.min_seq
+        && !state.node.index().wait_for(seq, Duration::from_secs(10)).await
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "index behind",
+            format!("the index has not reached change {seq} yet; retry"),
+        ));
+    }
+    let node = state.node.clone();
+    let hits = tokio::task::spawn_blocking(move || {
+        let candidates = node.index().candidates(&plan.candidates)?;
+        let ranked = search::rank(&plan, candidates);
+        let mut hits = Vec::with_capacity(ranked.len());
+        for r in ranked {
+            let Some(id) = RecordId::parse(&r.candidate.record_id) else { continue };
+            let version = u32::try_from(r.candidate.version).ok();
+            let record = node.store().get(&id, version)?.unwrap_or(Value::Null);
+            let item = record
+                .get("items")
+                .and_then(Value::as_array)
+                .and_then(|items| items.iter().find(|i| i.get("item_id").and_then(Value::as_str) == Some(&r.candidate.item_id)))
+                .cloned()
+                .unwrap_or(Value::Null);
+            hits.push(json!({
+                "record_id": r.candidate.record_id,
+                "record_version": r.candidate.version,
+                "item_id": r.candidate.item_id,
+                "origin": r.candidate.origin,
+                "match": r.matched,
+                "item": item,
+                "event": event_summary(&record),
+            }));
+        }
+        Ok::<_, ApiError>(hits)
+    })
+    .await??;
+    Ok(Json(json!({
+        "hits": hits,
+        "index_seq": state.node.index().watermark(),
+        "took_ms": started.elapsed().as_secs_f64() * 1000.0,
+    }))
+    .into_response())
+}

@@ -1,0 +1,486 @@
+//! The `ammotrace` command line. `init`, `serve` and `reindex` work on a data directory;
+//! `import`, `search` and `export` are clients of a running node's API (its address and admin
+//! token are read from the data directory unless `--url`/`--token` are given).
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::identity::ADMIN_TOKEN_FILE;
+use crate::import::Format;
+use crate::node::{self, INDEX_DIR, Node, STORE_DIR};
+
+/// Default data directory of a plain `ammotrace serve`.
+pub const DEFAULT_DATA_DIR: &str = "ammotrace-data";
+
+#[derive(Debug, Parser)]
+#[command(name = "ammotrace", version, about = "Federated seized-ammunition tracing node")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a data directory: keys, TLS certificate, admin token, commented config.toml.
+    Init {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// This node's State (ISO 3166-1 alpha-3 or user-assigned, e.g. XAA).
+        #[arg(long)]
+        node_id: String,
+    },
+    /// Serve the local API. With no flags: initialise ./ammotrace-data with the embedded
+    /// default configuration if needed, and serve it on 127.0.0.1.
+    Serve {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Listen address of the local API (overrides config.toml).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Import a JSON Lines, CSV or XLSX file into a running node.
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Store valid records even if some are rejected (default: all or nothing).
+        #[arg(long)]
+        partial: bool,
+        /// Records per request (JSON Lines).
+        #[arg(long, default_value_t = 2000)]
+        batch: usize,
+        /// Rewrite each JSON record's originating_state to this node's State.
+        #[arg(long)]
+        as_own: bool,
+    },
+    /// Search a running node.
+    Search {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        lot: Option<String>,
+        #[arg(long)]
+        headstamp: Option<String>,
+        #[arg(long)]
+        calibre: Option<String>,
+        #[arg(long)]
+        q: Option<String>,
+        #[arg(long)]
+        country: Option<String>,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        category: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Sibling lots (same maker and year, one digit apart) instead of the lot itself.
+        #[arg(long)]
+        siblings: bool,
+        /// Print the raw JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export every record's latest version as JSON Lines.
+    Export {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[arg(long)]
+        include_retracted: bool,
+    },
+    /// Rebuild the search index from the store (stop the node first).
+    Reindex {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+}
+
+/// How a client command reaches a node.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Data directory of the node (for its address and admin token).
+    #[arg(long, default_value = DEFAULT_DATA_DIR, env = "AMMOTRACE_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Base URL of the node's API, e.g. http://127.0.0.1:8600.
+    #[arg(long, env = "AMMOTRACE_URL")]
+    pub url: Option<String>,
+    /// API token (default: the data directory's admin token).
+    #[arg(long, env = "AMMOTRACE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// An API client for the CLI commands.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    pub fn new(args: &ClientArgs) -> anyhow::Result<Client> {
+        let base = match &args.url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => {
+                let config = Config::load(&args.data_dir).context("no --url given and no node data directory found")?;
+                format!("http://{}", config.api.listen)
+            }
+        };
+        let token = match &args.token {
+            Some(t) => t.clone(),
+            None => std::fs::read_to_string(args.data_dir.join(ADMIN_TOKEN_FILE))
+                .context("no --token given and no admin.token in the data directory")?
+                .trim()
+                .to_owned(),
+        };
+        Ok(Client { http: reqwest::Client::new(), base, token })
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
+    }
+}
+
+async fn answer(response: reqwest::Response) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+fn problem_text(body: &Value) -> String {
+    let mut text = body.get("detail").and_then(Value::as_str).unwrap_or("request failed").to_owned();
+    if let Some(rejected) = body.get("rejected").and_then(Value::as_array) {
+        for r in rejected.iter().take(50) {
+            text.push_str(&format!(
+                "\n  row {}{}: {} {}",
+                r["row"],
+                r.get("column").and_then(Value::as_str).map(|c| format!(" (column {c})")).unwrap_or_default(),
+                r["pointer"].as_str().unwrap_or(""),
+                r["detail"].as_str().unwrap_or("")
+            ));
+        }
+        if rejected.len() > 50 {
+            text.push_str(&format!("\n  … and {} more", rejected.len() - 50));
+        }
+    }
+    text
+}
+
+/// Runs the command line; the exit code says whether it worked.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "ammotrace=info,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Init { data_dir, node_id } => {
+            let created = node::init(&data_dir, &node_id)?;
+            println!("initialised {} for {node_id}", data_dir.display());
+            println!("  signing key id: {}", created.key_id);
+            println!("  admin token:    {}", data_dir.join(ADMIN_TOKEN_FILE).display());
+            println!("  configuration:  {}", data_dir.join("config.toml").display());
+            Ok(())
+        }
+        Command::Serve { data_dir, listen } => serve(data_dir, listen).await,
+        Command::Import { file, client, partial, batch, as_own } => import(&file, &client, partial, batch.max(1), as_own).await,
+        Command::Search { client, lot, headstamp, calibre, q, country, from, to, category, limit, siblings, json } => {
+            let client = Client::new(&client)?;
+            let mut query: Vec<(&str, String)> = Vec::new();
+            for (k, v) in [("lot", lot), ("headstamp", headstamp), ("calibre", calibre), ("q", q), ("country", country), ("from", from), ("to", to), ("category", category)] {
+                if let Some(v) = v {
+                    query.push((k, v));
+                }
+            }
+            if let Some(l) = limit {
+                query.push(("limit", l.to_string()));
+            }
+            if siblings {
+                query.push(("siblings", "true".into()));
+            }
+            let (status, body) = answer(client.request(reqwest::Method::GET, "/api/v1/search").query(&query).send().await?).await?;
+            if !status.is_success() {
+                bail!("{status}: {}", problem_text(&body));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                print_hits(&body);
+            }
+            Ok(())
+        }
+        Command::Export { client, output, include_retracted } => {
+            let client = Client::new(&client)?;
+            let mut response = client
+                .request(reqwest::Method::GET, "/api/v1/export")
+                .query(&[("include_retracted", include_retracted)])
+                .send()
+                .await?;
+            if !response.status().is_success() {
+                let (status, body) = answer(response).await?;
+                bail!("{status}: {}", problem_text(&body));
+            }
+            let mut out: Box<dyn Write> = match &output {
+                Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            while let Some(chunk) = response.chunk().await? {
+                out.write_all(&chunk)?;
+            }
+            out.flush()?;
+            Ok(())
+        }
+        Command::Reindex { data_dir } => {
+            let config = Config::load(&data_dir)?;
+            let store = crate::store::Store::open(&data_dir.join(STORE_DIR)).context("cannot open the store (is the node still running?)")?;
+            let bar = indicatif::ProgressBar::new(store.record_count() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} records {per_sec} {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let started = Instant::now();
+            let (docs, mark) = crate::index::rebuild(&data_dir.join(INDEX_DIR), &store, config.index.writer_memory_mib, &|n| bar.set_position(n))?;
+            bar.finish_and_clear();
+            println!("reindexed {docs} items up to change {mark} in {:.1} s", started.elapsed().as_secs_f64());
+            Ok(())
+        }
+    }
+}
+
+fn print_hits(body: &Value) {
+    let hits = body.get("hits").and_then(Value::as_array).cloned().unwrap_or_default();
+    if hits.is_empty() {
+        println!("no match");
+        return;
+    }
+    println!("{:<6} {:<11} {:<5} {:<18} {:<14} {:<16} {:<10} {}", "score", "kind", "from", "lot", "headstamp", "calibre", "date", "record");
+    for h in hits {
+        let item = &h["item"];
+        println!(
+            "{:<6} {:<11} {:<5} {:<18} {:<14} {:<16} {:<10} {}#{}",
+            h["match"]["score"].as_f64().map(|s| format!("{s:.3}")).unwrap_or_default(),
+            h["match"]["kind"].as_str().unwrap_or(""),
+            h["origin"].as_str().unwrap_or(""),
+            item.pointer("/lot/raw").and_then(Value::as_str).unwrap_or("-"),
+            item.pointer("/headstamp/raw_transcription").and_then(Value::as_str).unwrap_or("-"),
+            item.pointer("/calibre/raw").and_then(Value::as_str).unwrap_or("-"),
+            h.pointer("/event/date/start").and_then(Value::as_str).unwrap_or(""),
+            h["record_id"].as_str().unwrap_or(""),
+            h["item_id"].as_str().unwrap_or(""),
+        );
+    }
+}
+
+async fn serve(data_dir: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let explicit = data_dir.is_some();
+    let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    if !data_dir.join("config.toml").exists() {
+        anyhow::ensure!(!explicit, "{} is not initialised: run `ammotrace init --data-dir {} --node-id XXX` first", data_dir.display(), data_dir.display());
+        let default = Config::embedded_default()?;
+        let created = node::init(&data_dir, &default.node_id)?;
+        println!("initialised {} with the embedded default configuration (node {}, key {})", data_dir.display(), default.node_id, created.key_id);
+    }
+    let mut config = Config::load(&data_dir)?;
+    if let Some(listen) = listen {
+        config.api.listen = listen;
+    }
+    let node = Node::open_with(&data_dir, config)?;
+    let listener = tokio::net::TcpListener::bind(node.config().api.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", node.config().api.listen))?;
+    let address = listener.local_addr()?;
+    println!("ammotrace node {} serving", node.config().node_id);
+    println!("  API:          http://{address}/api/v1   (OpenAPI: http://{address}/api/openapi.json)");
+    println!("  admin token:  {}", data_dir.join(ADMIN_TOKEN_FILE).display());
+    println!("  data:         {}", data_dir.display());
+    let _ = std::io::stdout().flush();
+    node.serve(listener, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+async fn import(file: &Path, args: &ClientArgs, partial: bool, batch: usize, as_own: bool) -> anyhow::Result<()> {
+    let format = Format::from_path(file).ok_or_else(|| anyhow::anyhow!("{}: name it .jsonl, .ndjson, .csv or .xlsx", file.display()))?;
+    let client = Client::new(args)?;
+    let node_id = if as_own {
+        let (_, health) = answer(client.request(reqwest::Method::GET, "/healthz").send().await?).await?;
+        health["node_id"].as_str().map(str::to_owned)
+    } else {
+        None
+    };
+    // Bodies of at most `batch` records (JSON Lines), or the whole sheet.
+    let mut bodies: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut total = 0usize;
+    match format {
+        Format::JsonLines => {
+            let reader = std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?);
+            let (mut body, mut count, mut first_line) = (Vec::new(), 0, 1);
+            for (i, line) in reader.lines().enumerate() {
+                let mut line = line?;
+                if let (Some(node_id), Ok(mut v)) = (&node_id, serde_json::from_str::<Value>(&line)) {
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("originating_state".into(), Value::String(node_id.clone()));
+                    }
+                    line = v.to_string();
+                }
+                body.extend_from_slice(line.as_bytes());
+                body.push(b'\n');
+                if !line.trim().is_empty() {
+                    count += 1;
+                    total += 1;
+                }
+                if count == batch {
+                    bodies.push((first_line, std::mem::take(&mut body)));
+                    count = 0;
+                    first_line = i + 2;
+                }
+            }
+            if !body.is_empty() {
+                bodies.push((first_line, body));
+            }
+        }
+        Format::Csv | Format::Xlsx => {
+            let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            bodies.push((1, bytes));
+        }
+    }
+    let mode = if partial { "partial" } else { "atomic" };
+    let started = Instant::now();
+    let style = indicatif::ProgressStyle::with_template("{msg:10} {bar:40} {pos}/{len} requests {elapsed}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    // Pass 1 (all or nothing): validate every batch before storing any.
+    if !partial && bodies.len() > 1 {
+        let bar = indicatif::ProgressBar::new(bodies.len() as u64).with_style(style.clone()).with_message("checking");
+        let mut problems = Vec::new();
+        for (first_line, body) in &bodies {
+            let response = client
+                .request(reqwest::Method::POST, "/api/v1/import")
+                .query(&[("mode", "atomic"), ("dry_run", "true")])
+                .header("content-type", format.media_type())
+                .body(body.clone())
+                .send()
+                .await?;
+            let (status, body) = answer(response).await?;
+            if !status.is_success() {
+                problems.push(offset_rows(body, first_line - 1));
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        if !problems.is_empty() {
+            for p in &problems {
+                eprintln!("{}", problem_text(p));
+            }
+            bail!("{}: rejected; nothing was stored (use --partial to store the valid records)", file.display());
+        }
+    }
+    let bar = indicatif::ProgressBar::new(bodies.len() as u64).with_style(style).with_message("importing");
+    let (mut accepted, mut rejected) = (0u64, 0u64);
+    let mut reports = Vec::new();
+    for (first_line, body) in bodies {
+        let response = client
+            .request(reqwest::Method::POST, "/api/v1/import")
+            .query(&[("mode", mode)])
+            .header("content-type", format.media_type())
+            .body(body)
+            .send()
+            .await?;
+        let (status, body) = answer(response).await?;
+        let body = offset_rows(body, first_line - 1);
+        if !status.is_success() {
+            bar.abandon();
+            bail!("{status} after {accepted} records stored: {}", problem_text(&body));
+        }
+        accepted += body["accepted"].as_u64().unwrap_or(0);
+        rejected += body["rejected_rows"].as_u64().unwrap_or(0);
+        if body["rejected"].as_array().is_some_and(|r| !r.is_empty()) {
+            reports.push(body);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    for r in &reports {
+        eprintln!("{}", problem_text(r));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}: {accepted} records stored, {rejected} rejected, of {} read, in {secs:.1} s ({:.0} records/s)",
+        file.display(),
+        if total > 0 { total as u64 } else { accepted + rejected },
+        accepted as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+fn offset_rows(mut body: Value, offset: usize) -> Value {
+    if let Some(rejected) = body.get_mut("rejected").and_then(Value::as_array_mut) {
+        for r in rejected {
+            if let Some(row) = r.get("row").and_then(Value::as_u64) {
+                r["row"] = Value::from(row + offset as u64);
+            }
+        }
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_contract_commands() {
+        let cli = Cli::try_parse_from(["ammotrace", "init", "--data-dir", "d", "--node-id", "XAA"]).unwrap();
+        assert!(matches!(cli.command, Command::Init { ref node_id, .. } if node_id == "XAA"));
+        let cli = Cli::try_parse_from(["ammotrace", "serve"]).unwrap();
+        assert!(matches!(cli.command, Command::Serve { data_dir: None, listen: None }));
+        let cli = Cli::try_parse_from(["ammotrace", "import", "f.csv", "--partial"]).unwrap();
+        assert!(matches!(cli.command, Command::Import { partial: true, .. }));
+        let cli = Cli::try_parse_from(["ammotrace", "search", "--lot", "21-85", "--siblings"]).unwrap();
+        assert!(matches!(cli.command, Command::Search { siblings: true, .. }));
+        assert!(Cli::try_parse_from(["ammotrace", "serve", "--listen", "nowhere"]).is_err());
+    }
+}

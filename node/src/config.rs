@@ -1,0 +1,155 @@
+//! The node's typed configuration: `DATA_DIR/config.toml` over the embedded default
+//! (`config/default.toml`), with defaults in code for every key but `node_id`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::country;
+
+/// The embedded default configuration, written (with the chosen node id) by `ammotrace init`.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's State (ISO 3166-1 alpha-3 or user-assigned).
+    pub node_id: String,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub search: SearchConfig,
+    #[serde(default)]
+    pub index: IndexConfig,
+    #[serde(default)]
+    pub federation: FederationConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8600)),
+            max_body_bytes: 64 * 1024 * 1024,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// An API token known by its SHA-256, with the role it grants.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub role: crate::api::auth::Role,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
+    pub default_limit: usize,
+    pub max_limit: usize,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig { default_limit: 20, max_limit: 500 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    pub writer_memory_mib: usize,
+    pub commit_interval_ms: u64,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig { writer_memory_mib: 256, commit_interval_ms: 200 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8601)) }
+    }
+}
+
+impl Config {
+    /// Parses and checks a configuration text.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> anyhow::Result<Config> {
+        Config::parse(DEFAULT_TOML)
+    }
+
+    /// Reads `DATA_DIR/config.toml`.
+    pub fn load(data_dir: &Path) -> anyhow::Result<Config> {
+        let path = data_dir.join("config.toml");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            country::is_valid(&self.node_id),
+            "node_id {:?} is not an ISO 3166-1 alpha-3 or user-assigned code",
+            self.node_id
+        );
+        anyhow::ensure!(self.search.default_limit >= 1, "search.default_limit must be at least 1");
+        anyhow::ensure!(
+            self.search.max_limit >= self.search.default_limit,
+            "search.max_limit must be at least search.default_limit"
+        );
+        anyhow::ensure!(self.api.max_body_bytes >= 1024, "api.max_body_bytes must be at least 1024");
+        anyhow::ensure!(self.index.writer_memory_mib >= 16, "index.writer_memory_mib must be at least 16");
+        Ok(())
+    }
+
+    /// The configuration file text `init` writes: the commented default with this node id.
+    pub fn default_text_for(node_id: &str) -> String {
+        DEFAULT_TOML.replacen("node_id = \"XAA\"", &format!("node_id = \"{node_id}\""), 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::embedded_default().unwrap();
+        assert_eq!(c.node_id, "XAA");
+        assert_eq!(c.api.listen.port(), 8600);
+    }
+
+    #[test]
+    fn init_text_sets_node_id_and_rejects_bad_ids() {
+        let c = Config::parse(&Config::default_text_for("XBB")).unwrap();
+        assert_eq!(c.node_id, "XBB");
+        assert!(Config::parse("node_id = \"xx\"").is_err());
+        assert!(Config::parse("node_id = \"XAA\"\nbogus = 1").is_err());
+    }
+}

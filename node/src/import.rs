@@ -1,0 +1,337 @@
+//! Imports: JSON Lines, CSV and XLSX files turned into submitted records, row by row.
+//!
+//! JSON Lines carry one whole record per line. CSV and XLSX carry the flat sheets focal
+//! points already keep: one row per item, one column per field (`docs/api.md` lists them);
+//! rows sharing a `record_ref` become one record with several items, and
+//! `originating_state` defaults to this node's State. A row that cannot become a record is
+//! reported with its row number, the record pointer and, for sheets, the column; nothing here
+//! stores anything.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use calamine::{Data, Reader, Xlsx};
+use serde_json::{Map, Value, json};
+
+use crate::record::FieldError;
+
+/// What the body of an import is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    JsonLines,
+    Csv,
+    Xlsx,
+}
+
+pub const XLSX_MEDIA_TYPE: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+
+impl Format {
+    /// From a Content-Type header (parameters ignored).
+    pub fn from_media_type(media: &str) -> Option<Format> {
+        let essence = media.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        match essence.as_str() {
+            "application/x-ndjson" | "application/jsonl" | "application/jsonlines" | "application/json-seq" => {
+                Some(Format::JsonLines)
+            }
+            "text/csv" => Some(Format::Csv),
+            XLSX_MEDIA_TYPE => Some(Format::Xlsx),
+            _ => None,
+        }
+    }
+
+    /// From a file name's extension.
+    pub fn from_path(path: &std::path::Path) -> Option<Format> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "jsonl" | "ndjson" => Some(Format::JsonLines),
+            "csv" => Some(Format::Csv),
+            "xlsx" => Some(Format::Xlsx),
+            _ => None,
+        }
+    }
+
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Format::JsonLines => "application/x-ndjson",
+            Format::Csv => "text/csv",
+            Format::Xlsx => XLSX_MEDIA_TYPE,
+        }
+    }
+}
+
+/// One record read from an import, or why its row(s) could not be read.
+#[derive(Debug)]
+pub struct Row {
+    /// 1-based line (JSON Lines) or sheet row (CSV/XLSX, the header is row 1) of the record's
+    /// first row.
+    pub row: usize,
+    pub record: Result<Value, Vec<FieldError>>,
+    /// Sheet column of each record field, to name the column of an error.
+    pub columns: BTreeMap<String, String>,
+}
+
+/// Reads an import body. An error here concerns the whole file (unreadable sheet, unknown
+/// column) and means nothing can be imported.
+pub fn parse(format: Format, body: &[u8], node_id: &str) -> Result<Vec<Row>, FieldError> {
+    match format {
+        Format::JsonLines => Ok(parse_json_lines(body)),
+        Format::Csv => {
+            let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(body);
+            let mut rows = Vec::new();
+            for (i, record) in reader.records().enumerate() {
+                let record = record.map_err(|e| FieldError::new(format!("/rows/{}", i + 1), format!("unreadable CSV: {e}")))?;
+                rows.push(record.iter().map(str::to_owned).collect());
+            }
+            sheet_rows(rows, node_id)
+        }
+        Format::Xlsx => {
+            let mut book = Xlsx::new(Cursor::new(body.to_vec()))
+                .map_err(|e| FieldError::new("", format!("not a readable XLSX workbook: {e}")))?;
+            let range = book
+                .worksheet_range_at(0)
+                .ok_or_else(|| FieldError::new("", "the workbook has no sheet"))?
+                .map_err(|e| FieldError::new("", format!("unreadable first sheet: {e}")))?;
+            let rows = range.rows().map(|r| r.iter().map(cell_text).collect()).collect();
+            sheet_rows(rows, node_id)
+        }
+    }
+}
+
+fn cell_text(cell: &Data) -> String {
+    match cell {
+        Data::Empty => String::new(),
+        Data::String(s) => s.clone(),
+        Data::Int(i) => i.to_string(),
+        // Spreadsheets store numbers as floats: integral ones are written as integers, others
+        // as the decimal text the sheet shows (never a float in a record).
+        Data::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", *f as i64),
+        Data::Float(f) => f.to_string(),
+        Data::Bool(b) => b.to_string(),
+        Data::DateTime(d) => d.as_datetime().map(|t| t.date().to_string()).unwrap_or_else(|| d.to_string()),
+        Data::DateTimeIso(s) | Data::DurationIso(s) => s.chars().take(10).collect(),
+        Data::Error(e) => format!("#{e:?}"),
+        Data::RichText(r) => r.to_string(),
+    }
+}
+
+fn parse_json_lines(body: &[u8]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let record = serde_json::from_slice::<Value>(line).map_err(|e| {
+            vec![FieldError::new("", format!("line {} is not JSON: {e}", i + 1))]
+        });
+        rows.push(Row { row: i + 1, record, columns: BTreeMap::new() });
+    }
+    rows
+}
+
+/// Sheet columns and where each goes in a record (`items/0/…` paths are per row/item).
+const COLUMNS: &[(&str, &str)] = &[
+    ("record_ref", ""),
+    ("record_id", "/record_id"),
+    ("originating_state", "/originating_state"),
+    ("tlp", "/sharing/tlp"),
+    ("event_type", "/event/event_type"),
+    ("context", "/event/context"),
+    ("date", "/event/date/start"),
+    ("date_precision", "/event/date/precision"),
+    ("country", "/event/location/country"),
+    ("admin1", "/event/location/admin1"),
+    ("place_name", "/event/location/place_name"),
+    ("location_precision", "/event/location/precision"),
+    ("facility_type", "/event/location/facility_type"),
+    ("lat", "/event/location/point/lat"),
+    ("lon", "/event/location/point/lon"),
+    ("agency_name", "/event/seizing_agency/name"),
+    ("agency_type", "/event/seizing_agency/type"),
+    ("case_ref", "/case_refs"),
+    ("notes", "/notes"),
+    ("item_id", "item_id"),
+    ("item_category", "item_category"),
+    ("calibre", "calibre/raw"),
+    ("headstamp", "headstamp/raw_transcription"),
+    ("lot", "lot/raw"),
+    ("sub_lot", "lot/sub_lot"),
+    ("quantity", "quantity/count"),
+    ("unit", "quantity/unit"),
+    ("condition", "condition"),
+    ("ammo_type", "ammo_type/raw"),
+];
+
+fn column_target(name: &str) -> Option<&'static str> {
+    let key = name.trim().to_ascii_lowercase().replace([' ', '-'], "_");
+    COLUMNS.iter().find(|(c, _)| *c == key).map(|(_, t)| *t)
+}
+
+fn set_path(root: &mut Map<String, Value>, path: &str, value: Value) {
+    let mut parts = path.trim_start_matches('/').split('/').peekable();
+    let mut current = root;
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            current.insert(part.to_owned(), value);
+            return;
+        }
+        let entry = current.entry(part.to_owned()).or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Map::new());
+        }
+        match entry.as_object_mut() {
+            Some(next) => current = next,
+            None => return,
+        }
+    }
+}
+
+fn sheet_rows(rows: Vec<Vec<String>>, node_id: &str) -> Result<Vec<Row>, FieldError> {
+    let mut iter = rows.into_iter();
+    let Some(header) = iter.next() else {
+        return Ok(Vec::new());
+    };
+    let mut targets = Vec::with_capacity(header.len());
+    for (i, name) in header.iter().enumerate() {
+        match column_target(name) {
+            Some(t) => targets.push((name.trim().to_owned(), t)),
+            None if name.trim().is_empty() => targets.push((String::new(), "")),
+            None => {
+                return Err(FieldError::new(
+                    format!("/columns/{i}"),
+                    format!("unknown column {name:?}; known columns: {}", COLUMNS.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")),
+                ));
+            }
+        }
+    }
+    // Group rows into records by record_ref (or one record per row).
+    let mut order: Vec<String> = Vec::new();
+    let mut groups: BTreeMap<String, Vec<(usize, Vec<String>)>> = BTreeMap::new();
+    for (i, cells) in iter.enumerate() {
+        let row = i + 2;
+        if cells.iter().all(|c| c.trim().is_empty()) {
+            continue;
+        }
+        let reference = targets
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case("record_ref"))
+            .and_then(|p| cells.get(p))
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| format!("row:{row}"));
+        if !groups.contains_key(&reference) {
+            order.push(reference.clone());
+        }
+        groups.entry(reference).or_default().push((row, cells));
+    }
+    let mut out = Vec::new();
+    for reference in order {
+        let Some(group) = groups.remove(&reference) else { continue };
+        out.push(sheet_record(&targets, group, node_id));
+    }
+    out.sort_by_key(|r| r.row);
+    Ok(out)
+}
+
+fn sheet_record(targets: &[(String, &'static str)], group: Vec<(usize, Vec<String>)>, node_id: &str) -> Row {
+    let first_row = group.first().map_or(0, |(r, _)| *r);
+    let mut record = Map::new();
+    let mut columns = BTreeMap::new();
+    let mut items = Vec::new();
+    let mut errors = Vec::new();
+    for (item_index, (row, cells)) in group.iter().enumerate() {
+        let mut item = Map::new();
+        for ((name, target), cell) in targets.iter().zip(cells.iter()) {
+            let cell = cell.trim();
+            if target.is_empty() || cell.is_empty() {
+                continue;
+            }
+            if let Some(record_path) = target.strip_prefix('/') {
+                let pointer = format!("/{record_path}");
+                columns.insert(pointer.clone(), name.clone());
+                let value = match record_path {
+                    "event/context" => json!(cell.split(['|', ';']).map(str::trim).filter(|c| !c.is_empty()).collect::<Vec<_>>()),
+                    "case_refs" => json!([{ "system": "national_case", "ref": cell }]),
+                    _ => Value::String(cell.to_owned()),
+                };
+                set_path(&mut record, &pointer, value);
+            } else {
+                let pointer = format!("/items/{item_index}/{target}");
+                columns.insert(pointer.clone(), name.clone());
+                let value = if *target == "quantity/count" {
+                    match cell.parse::<u64>() {
+                        Ok(n) => Value::from(n),
+                        Err(_) => {
+                            errors.push(FieldError::new(
+                                pointer.clone(),
+                                format!("row {row}, column {name}: {cell:?} is not a whole number"),
+                            ));
+                            continue;
+                        }
+                    }
+                } else {
+                    Value::String(cell.to_owned())
+                };
+                set_path(&mut item, target, value);
+            }
+        }
+        if !item.contains_key("item_id") {
+            item.insert("item_id".into(), Value::String(format!("i{}", item_index + 1)));
+        }
+        if let Some(h) = item.get_mut("headstamp").and_then(Value::as_object_mut) {
+            h.insert("present".into(), Value::Bool(true));
+        }
+        items.push(Value::Object(item));
+    }
+    record.entry("originating_state").or_insert_with(|| Value::String(node_id.to_owned()));
+    record.insert("items".into(), Value::Array(items));
+    let record = if errors.is_empty() { Ok(Value::Object(record)) } else { Err(errors) };
+    Row { row: first_row, record, columns }
+}
+
+/// The sheet column a record pointer came from, if any.
+pub fn column_of(columns: &BTreeMap<String, String>, pointer: &str) -> Option<String> {
+    columns
+        .iter()
+        .filter(|(p, _)| pointer.starts_with(p.as_str()) || p.starts_with(pointer) && !pointer.is_empty())
+        .max_by_key(|(p, _)| p.len())
+        .map(|(_, c)| c.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CSV: &str = "record_ref,date,country,event_type,location_precision,tlp,item_category,calibre,headstamp,lot,quantity\n\
+        A,2024-03-11,XAA,seizure,country,GREEN,small_arms_ammunition,7.62x39,539 85,21-85,100\n\
+        A,2024-03-11,XAA,seizure,country,GREEN,small_arms_ammunition,5.45x39,270 98,77-98,40\n\
+        B,2024-04-01,XAA,seizure,country,AMBER,small_arms_ammunition,9mm,PPU 19,UF7387/19,many\n";
+
+    #[test]
+    fn sheet_rows_group_into_records() {
+        let rows = parse(Format::Csv, CSV.as_bytes(), "XAA").unwrap();
+        assert_eq!(rows.len(), 2);
+        let a = rows[0].record.as_ref().unwrap();
+        assert_eq!(a["items"].as_array().unwrap().len(), 2);
+        assert_eq!(a["items"][1]["lot"]["raw"], "77-98");
+        assert_eq!(a["items"][0]["quantity"]["count"], 100);
+        assert_eq!(a["originating_state"], "XAA");
+        let b = rows[1].record.as_ref().unwrap_err();
+        assert_eq!(b[0].pointer, "/items/0/quantity/count");
+        assert_eq!(rows[1].row, 4);
+        assert_eq!(column_of(&rows[0].columns, "/items/1/lot/raw").as_deref(), Some("lot"));
+    }
+
+    #[test]
+    fn unknown_columns_refuse_the_file() {
+        let e = parse(Format::Csv, b"lot,colour\n1,red\n", "XAA").unwrap_err();
+        assert_eq!(e.pointer, "/columns/1");
+    }
+
+    #[test]
+    fn json_lines_report_bad_lines() {
+        let rows = parse(Format::JsonLines, b"{\"a\":1}\n\n{oops\n", "XAA").unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(rows[1].record.is_err());
+        assert_eq!(rows[1].row, 3);
+    }
+}

@@ -1,0 +1,499 @@
+//! The derived search index: one tantivy document per item, fed from the store's change log.
+//!
+//! This is the only module that imports tantivy. The indexer thread tails the change log from
+//! its watermark (the sequence number of the last change it committed, kept in the tantivy
+//! commit payload), so after a crash it replays what it missed; `ammotrace reindex` rebuilds
+//! the whole index from the store. Keys are recomputed from each item's raw text by the
+//! current normaliser, never read from the stored `derived` objects.
+//!
+//! Search callers describe what they want with [`CandidateQuery`]; this module turns it into
+//! tantivy queries and returns [`Candidate`]s with the stored keys the ranker needs.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tantivy::collector::TopDocs;
+use tantivy::directory::MmapDirectory;
+use tantivy::query::{
+    AllQuery, BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query, RangeQuery, RegexQuery,
+    TermQuery,
+};
+use tantivy::schema::{
+    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TantivyDocument,
+    Value as _,
+};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term, doc};
+use tokio::sync::watch;
+
+use crate::record::{EventKeys, ItemKeys, RecordId};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index error: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error("index directory: {0}")]
+    Directory(#[from] tantivy::directory::error::OpenDirectoryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad query: {0}")]
+    Query(String),
+}
+
+#[derive(Clone, Copy)]
+struct Fields {
+    record_id: Field,
+    item_id: Field,
+    origin: Field,
+    version: Field,
+    lot_folded: Field,
+    lot_key: Field,
+    lot_skel: Field,
+    hs: Field,
+    hs_skel: Field,
+    calibre: Field,
+    family: Field,
+    category: Field,
+    country: Field,
+    date: Field,
+    maker: Field,
+    year: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let fields = Fields {
+        record_id: b.add_text_field("record_id", STRING | STORED),
+        item_id: b.add_text_field("item_id", STORED),
+        origin: b.add_text_field("origin", STRING | STORED),
+        version: b.add_u64_field("version", STORED),
+        lot_folded: b.add_text_field("lot_folded", STORED),
+        lot_key: b.add_text_field("lot_key", STRING | STORED),
+        lot_skel: b.add_text_field("lot_skel", STRING),
+        hs: b.add_text_field("hs", STRING | STORED),
+        hs_skel: b.add_text_field("hs_skel", STRING),
+        calibre: b.add_text_field("calibre", STRING | STORED),
+        family: b.add_text_field("family", STRING | STORED),
+        category: b.add_text_field("category", STRING | STORED),
+        country: b.add_text_field("country", STRING | STORED),
+        date: b.add_i64_field("date", INDEXED | FAST | STORED),
+        maker: b.add_text_field("maker", STRING | STORED),
+        year: b.add_i64_field("year", STORED),
+    };
+    (b.build(), fields)
+}
+
+/// What the ranker gets back for each candidate item.
+#[derive(Debug, Clone, Default)]
+pub struct Candidate {
+    pub record_id: String,
+    pub item_id: String,
+    pub origin: String,
+    pub version: u64,
+    pub lot_folded: String,
+    pub lot_key: String,
+    pub headstamp: Vec<String>,
+    pub calibres: Vec<String>,
+    pub families: Vec<String>,
+    pub category: String,
+    pub country: String,
+    pub date: i64,
+    pub maker: String,
+    pub year: i64,
+    /// The index's own score (only used to bound how many candidates are fetched).
+    pub retrieval_score: f32,
+}
+
+/// The candidate-generation part of a search, built by `search`.
+#[derive(Debug, Clone, Default)]
+pub struct CandidateQuery {
+    /// Lot clauses (any may match): exact key, skeleton, wildcard pattern, fuzzy skeleton.
+    pub lot_key: Option<String>,
+    pub lot_skeleton: Option<String>,
+    /// A regular expression over skeletons (wildcards already translated).
+    pub lot_regex: Option<String>,
+    pub lot_fuzzy: Option<(String, u8)>,
+    /// Headstamp tokens (skeletons) and token regexes, any may match.
+    pub headstamp_skeletons: Vec<String>,
+    pub headstamp_regexes: Vec<String>,
+    /// Calibre ids and families: required when `calibre_required`, otherwise a boost.
+    pub calibres: Vec<String>,
+    pub families: Vec<String>,
+    pub calibre_required: bool,
+    /// Filters.
+    pub category: Option<String>,
+    pub country: Option<String>,
+    pub date_from: Option<i64>,
+    pub date_to: Option<i64>,
+    pub limit: usize,
+}
+
+struct Shared {
+    index: Index,
+    reader: IndexReader,
+    fields: Fields,
+}
+
+/// The index: a reader for searches and a background indexer thread.
+pub struct SearchIndex {
+    shared: Arc<Shared>,
+    watermark: watch::Receiver<u64>,
+    wake: Mutex<mpsc::Sender<()>>,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn open_index(path: &Path) -> Result<(Index, Fields), IndexError> {
+    std::fs::create_dir_all(path)?;
+    let (schema, fields) = schema();
+    let index = Index::open_or_create(MmapDirectory::open(path)?, schema)?;
+    Ok((index, fields))
+}
+
+fn watermark_of(index: &Index) -> Result<u64, IndexError> {
+    Ok(index.load_metas()?.payload.and_then(|p| p.parse().ok()).unwrap_or(0))
+}
+
+fn add_item_docs(
+    writer: &IndexWriter,
+    fields: &Fields,
+    id: &RecordId,
+    version: u32,
+    record: &serde_json::Value,
+) -> Result<(), IndexError> {
+    let event = EventKeys::from_record(record);
+    let Some(items) = record.get("items").and_then(|v| v.as_array()) else {
+        return Ok(());
+    };
+    for item in items.iter().filter_map(|i| i.as_object()) {
+        let keys = ItemKeys::from_item(item);
+        let mut d = doc!(
+            fields.record_id => id.to_string(),
+            fields.item_id => keys.item_id.clone(),
+            fields.origin => event.origin.clone(),
+            fields.version => u64::from(version),
+            fields.category => keys.category.clone(),
+            fields.country => event.country.clone(),
+            fields.date => event.date_key,
+        );
+        if let Some(lot) = &keys.lot {
+            d.add_text(fields.lot_folded, &lot.folded);
+            d.add_text(fields.lot_key, &lot.key);
+            d.add_text(fields.lot_skel, &lot.skeleton);
+        }
+        for token in &keys.headstamp_tokens {
+            d.add_text(fields.hs, token);
+            d.add_text(fields.hs_skel, crate::normalise::fold::skeleton(token));
+        }
+        if let Some(calibre) = &keys.calibre {
+            for c in &calibre.candidates {
+                d.add_text(fields.calibre, c);
+            }
+            for f in &calibre.families {
+                d.add_text(fields.family, f);
+            }
+        }
+        if let Some(reading) = keys.readings.first() {
+            if let Some(maker) = &reading.manufacturer_code {
+                d.add_text(fields.maker, maker);
+            }
+            if let Some(year) = reading.year_gregorian {
+                d.add_i64(fields.year, i64::from(year));
+            }
+        }
+        writer.add_document(d)?;
+    }
+    Ok(())
+}
+
+/// Applies changes after the index's watermark; returns the new watermark.
+fn catch_up(
+    store: &Store,
+    shared: &Shared,
+    writer: &mut IndexWriter,
+    mut watermark: u64,
+    batch: usize,
+) -> Result<(u64, bool), IndexError> {
+    let changes = store.changes_after(watermark, batch)?;
+    if changes.is_empty() {
+        return Ok((watermark, false));
+    }
+    for change in &changes {
+        writer.delete_term(Term::from_field_text(shared.fields.record_id, &change.id.to_string()));
+        if !change.retracted
+            && let Some(record) = store.get(&change.id, Some(change.version))?
+        {
+            add_item_docs(writer, &shared.fields, &change.id, change.version, &record)?;
+        }
+        watermark = change.seq;
+    }
+    let mut commit = writer.prepare_commit()?;
+    commit.set_payload(&watermark.to_string());
+    commit.commit()?;
+    shared.reader.reload()?;
+    Ok((watermark, changes.len() == batch))
+}
+
+impl SearchIndex {
+    /// Opens the index in `path` and starts the indexer, which first replays every change the
+    /// index has not committed yet.
+    pub fn open(
+        path: &Path,
+        store: Store,
+        writer_memory_mib: usize,
+        commit_interval: Duration,
+    ) -> Result<SearchIndex, IndexError> {
+        let (index, fields) = open_index(path)?;
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        let mut writer: IndexWriter = index.writer(writer_memory_mib.max(16) * 1024 * 1024)?;
+        let start = watermark_of(&index)?;
+        let shared = Arc::new(Shared { index, reader, fields });
+        let (tx_mark, rx_mark) = watch::channel(start);
+        let (wake_tx, wake_rx) = mpsc::channel::<()>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let shared = shared.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new().name("indexer".into()).spawn(move || {
+                let mut watermark = start;
+                while !stop.load(Ordering::Relaxed) {
+                    match catch_up(&store, &shared, &mut writer, watermark, 20_000) {
+                        Ok((mark, more)) => {
+                            if mark != watermark {
+                                watermark = mark;
+                                tx_mark.send_replace(watermark);
+                            }
+                            if more {
+                                continue;
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "indexer failed; retrying"),
+                    }
+                    match wake_rx.recv_timeout(commit_interval) {
+                        Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                    while wake_rx.try_recv().is_ok() {}
+                }
+                if let Err(e) = writer.wait_merging_threads() {
+                    tracing::warn!(error = %e, "index merge threads");
+                }
+            })?
+        };
+        Ok(SearchIndex {
+            shared,
+            watermark: rx_mark,
+            wake: Mutex::new(wake_tx),
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Tells the indexer that the change log grew.
+    pub fn notify(&self) {
+        if let Ok(tx) = self.wake.lock() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// The sequence number up to which the index is committed and visible.
+    pub fn watermark(&self) -> u64 {
+        *self.watermark.borrow()
+    }
+
+    /// Waits until the index has committed `seq`, or `timeout` passes; returns whether it has.
+    pub async fn wait_for(&self, seq: u64, timeout: Duration) -> bool {
+        let mut rx = self.watermark.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|mark| *mark >= seq)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Stops the indexer thread after its current batch.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.notify();
+        if let Some(handle) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = handle.join();
+        }
+    }
+
+    /// Number of item documents visible to searches.
+    pub fn num_docs(&self) -> u64 {
+        self.shared.reader.searcher().num_docs()
+    }
+
+    /// Runs a candidate query (blocking: call from a blocking thread).
+    pub fn candidates(&self, q: &CandidateQuery) -> Result<Vec<Candidate>, IndexError> {
+        let f = &self.shared.fields;
+        let term = |field: Field, text: &str| -> Box<dyn Query> {
+            Box::new(TermQuery::new(Term::from_field_text(field, text), IndexRecordOption::Basic))
+        };
+        let boost = |q: Box<dyn Query>, b: f32| -> Box<dyn Query> { Box::new(BoostQuery::new(q, b)) };
+        let regex = |pattern: &str, field: Field| -> Result<Box<dyn Query>, IndexError> {
+            Ok(Box::new(
+                RegexQuery::from_pattern(pattern, field).map_err(|e| IndexError::Query(e.to_string()))?,
+            ))
+        };
+
+        let mut lot: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        if let Some(key) = &q.lot_key {
+            lot.push((Occur::Should, boost(term(f.lot_key, key), 8.0)));
+        }
+        if let Some(skel) = &q.lot_skeleton {
+            lot.push((Occur::Should, boost(term(f.lot_skel, skel), 6.0)));
+        }
+        if let Some(pattern) = &q.lot_regex {
+            lot.push((Occur::Should, boost(regex(pattern, f.lot_skel)?, 4.0)));
+        }
+        if let Some((skel, distance)) = &q.lot_fuzzy {
+            let fuzzy = FuzzyTermQuery::new(Term::from_field_text(f.lot_skel, skel), *distance, true);
+            lot.push((Occur::Should, boost(Box::new(fuzzy), 1.0)));
+        }
+        let mut hs: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for s in &q.headstamp_skeletons {
+            hs.push((Occur::Should, term(f.hs_skel, s)));
+        }
+        for pattern in &q.headstamp_regexes {
+            hs.push((Occur::Should, regex(pattern, f.hs_skel)?));
+        }
+        let mut cal: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for c in &q.calibres {
+            cal.push((Occur::Should, boost(term(f.calibre, c), 2.0)));
+        }
+        for fam in &q.families {
+            cal.push((Occur::Should, term(f.family, fam)));
+        }
+
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        let has_lot = !lot.is_empty();
+        let has_hs = !hs.is_empty();
+        if has_lot {
+            clauses.push((Occur::Must, Box::new(BooleanQuery::new(lot))));
+        }
+        if has_hs {
+            let occur = if has_lot { Occur::Should } else { Occur::Must };
+            clauses.push((occur, boost(Box::new(BooleanQuery::new(hs)), 0.5)));
+        }
+        if !cal.is_empty() {
+            let occur = if q.calibre_required || (!has_lot && !has_hs) { Occur::Must } else { Occur::Should };
+            clauses.push((occur, boost(Box::new(BooleanQuery::new(cal)), 0.5)));
+        }
+        if let Some(c) = &q.category {
+            clauses.push((Occur::Must, term(f.category, c)));
+        }
+        if let Some(c) = &q.country {
+            clauses.push((Occur::Must, term(f.country, c)));
+        }
+        if q.date_from.is_some() || q.date_to.is_some() {
+            use std::ops::Bound::*;
+            let lo = q.date_from.map_or(Unbounded, |d| Included(Term::from_field_i64(f.date, d)));
+            let hi = q.date_to.map_or(Unbounded, |d| Included(Term::from_field_i64(f.date, d)));
+            clauses.push((Occur::Must, Box::new(RangeQuery::new(lo, hi))));
+        }
+        if !clauses.iter().any(|(o, _)| *o == Occur::Must) {
+            clauses.push((Occur::Must, Box::new(AllQuery)));
+        }
+        let query = BooleanQuery::new(clauses);
+        let searcher = self.shared.reader.searcher();
+        let top = searcher.search(&query, &TopDocs::with_limit(q.limit.max(1)).order_by_score())?;
+        let mut out = Vec::with_capacity(top.len());
+        for (score, address) in top {
+            let d: TantivyDocument = searcher.doc(address)?;
+            let text = |field: Field| {
+                d.get_first(field).and_then(|v| v.as_str()).unwrap_or_default().to_owned()
+            };
+            let all = |field: Field| {
+                d.get_all(field).filter_map(|v| v.as_str().map(str::to_owned)).collect::<Vec<_>>()
+            };
+            out.push(Candidate {
+                record_id: text(f.record_id),
+                item_id: text(f.item_id),
+                origin: text(f.origin),
+                version: d.get_first(f.version).and_then(|v| v.as_u64()).unwrap_or(0),
+                lot_folded: text(f.lot_folded),
+                lot_key: text(f.lot_key),
+                headstamp: all(f.hs),
+                calibres: all(f.calibre),
+                families: all(f.family),
+                category: text(f.category),
+                country: text(f.country),
+                date: d.get_first(f.date).and_then(|v| v.as_i64()).unwrap_or(0),
+                maker: text(f.maker),
+                year: d.get_first(f.year).and_then(|v| v.as_i64()).unwrap_or(0),
+                retrieval_score: score,
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for SearchIndex {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Rebuilds the index in `path` from the store (the node must be stopped). Returns the number
+/// of item documents written and the watermark committed.
+pub fn rebuild(
+    path: &Path,
+    store: &Store,
+    writer_memory_mib: usize,
+    progress: &dyn Fn(u64),
+) -> Result<(u64, u64), IndexError> {
+    let tmp = PathBuf::from(format!("{}.rebuild", path.display()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    let (index, fields) = open_index(&tmp)?;
+    let mut writer: IndexWriter = index.writer(writer_memory_mib.max(16) * 1024 * 1024)?;
+    let watermark = store.last_seq()?;
+    let mut records = 0u64;
+    for head in store.heads() {
+        let (id, head) = head?;
+        if !head.retracted
+            && let Some(record) = store.get(&id, Some(head.version))?
+        {
+            add_item_docs(&writer, &fields, &id, head.version, &record)?;
+        }
+        records += 1;
+        if records % 1000 == 0 {
+            progress(records);
+        }
+    }
+    progress(records);
+    let mut commit = writer.prepare_commit()?;
+    commit.set_payload(&watermark.to_string());
+    commit.commit()?;
+    writer.wait_merging_threads()?;
+    let docs = index.reader()?.searcher().num_docs();
+    if path.exists() {
+        std::fs::remove_dir_all(path)?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok((docs, watermark))
+}
+
+/// Bytes the index occupies on disk.
+pub fn size_on_disk(path: &Path) -> u64 {
+    fn walk(p: &Path) -> u64 {
+        std::fs::read_dir(p)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| match e.metadata() {
+                        Ok(m) if m.is_dir() => walk(&e.path()),
+                        Ok(m) => m.len(),
+                        Err(_) => 0,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    walk(path)
+}

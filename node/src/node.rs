@@ -1,0 +1,118 @@
+//! One running node: its configuration, store, index and validator, wired together, and the
+//! entry points that start and stop it. `serve` takes a bound listener and a shutdown future,
+//! so tests start real nodes on 127.0.0.1:0.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::api::auth::{ApiToken, Role};
+use crate::config::Config;
+use crate::identity::{self, ADMIN_TOKEN_FILE};
+use crate::index::SearchIndex;
+use crate::record::Validator;
+use crate::store::Store;
+
+/// Sub-directories of the data directory.
+pub const STORE_DIR: &str = "store";
+pub const INDEX_DIR: &str = "index";
+
+pub struct Node {
+    config: Config,
+    data_dir: PathBuf,
+    store: Store,
+    index: SearchIndex,
+    validator: Validator,
+    tokens: Vec<ApiToken>,
+}
+
+/// What `init` reports.
+pub struct Initialised {
+    pub key_id: String,
+    pub admin_token: String,
+}
+
+/// Creates a data directory: config, keys, TLS certificate, admin token. Refuses to touch a
+/// directory that already holds a configuration.
+pub fn init(data_dir: &Path, node_id: &str) -> anyhow::Result<Initialised> {
+    let config_text = Config::default_text_for(node_id);
+    Config::parse(&config_text)?;
+    let config_path = data_dir.join("config.toml");
+    anyhow::ensure!(!config_path.exists(), "{} already exists: this data directory is initialised", config_path.display());
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let created = identity::init(data_dir, node_id)?;
+    std::fs::write(&config_path, config_text)?;
+    Ok(Initialised { key_id: created.key_id, admin_token: created.admin_token })
+}
+
+impl Node {
+    /// Opens the node in `data_dir` (initialised by [`init`]) with its `config.toml`.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Arc<Node>> {
+        let config = Config::load(data_dir)?;
+        Node::open_with(data_dir, config)
+    }
+
+    pub fn open_with(data_dir: &Path, config: Config) -> anyhow::Result<Arc<Node>> {
+        let admin = std::fs::read_to_string(data_dir.join(ADMIN_TOKEN_FILE))
+            .with_context(|| format!("cannot read {}", data_dir.join(ADMIN_TOKEN_FILE).display()))?;
+        let mut tokens = vec![ApiToken { name: "admin".into(), role: Role::Admin, sha256: identity::token_digest(admin.trim()) }];
+        tokens.extend(config.api.tokens.iter().map(|t| ApiToken { name: t.name.clone(), role: t.role, sha256: t.sha256.clone() }));
+        let store = Store::open(&data_dir.join(STORE_DIR)).context("cannot open the store")?;
+        let index = SearchIndex::open(
+            &data_dir.join(INDEX_DIR),
+            store.clone(),
+            config.index.writer_memory_mib,
+            Duration::from_millis(config.index.commit_interval_ms),
+        )
+        .context("cannot open the index")?;
+        Ok(Arc::new(Node {
+            validator: Validator::new(&config.node_id),
+            config,
+            data_dir: data_dir.to_owned(),
+            store,
+            index,
+            tokens,
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    pub fn index(&self) -> &SearchIndex {
+        &self.index
+    }
+    pub fn validator(&self) -> &Validator {
+        &self.validator
+    }
+    pub fn tokens(&self) -> &[ApiToken] {
+        &self.tokens
+    }
+
+    /// Serves the local API on `listener` until `shutdown` completes, then stops the indexer
+    /// and flushes the store.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let router = crate::api::router(self.clone());
+        axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || {
+            node.index.shutdown();
+            node.store.flush()
+        })
+        .await??;
+        Ok(())
+    }
+}

@@ -1,0 +1,242 @@
+//! Headstamps: tokens in any order, rotated readings, and maker/year readings (domain §6.2).
+//!
+//! A headstamp is evidence, not proof. The node keeps the transcription and derives:
+//! - `tokens`: the folded alphanumeric tokens (split on spaces, `/ | , ; :` and brackets), in
+//!   the order written; the matching key is their multiset, so `539 85`, `85/539` and
+//!   `85 | 539` agree;
+//! - `symbols`: marks that are not codes (`+`, `⊕`, `*`, `NATO`), kept but not matched on;
+//! - `readings`: every plausible (maker, year) assignment from the maker table, ranked.
+//!
+//! [`similarity`] compares two token multisets allowing confusions (`S39` ~ `539`), worn
+//! characters (`5?9`) and a 180° rotated reading (`61` read upside down is `19`).
+
+use serde::Serialize;
+
+use super::fold;
+use super::maker::{HeadstampReading, MakerTable};
+
+/// The derived view of one headstamp transcription.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HeadstampNorm {
+    pub tokens: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub symbols: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub readings: Vec<HeadstampReading>,
+}
+
+/// How two headstamps agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadstampMatch {
+    Exact,
+    Confusable,
+    Wildcard,
+    Rotated,
+    Partial,
+    None,
+}
+
+fn is_separator(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '/' | '|' | ',' | ';' | ':' | '(' | ')' | '[' | ']' | '\\')
+}
+
+/// Splits a transcription into folded tokens and symbols (no maker readings).
+pub fn tokenise(raw: &str) -> (Vec<String>, Vec<String>) {
+    let folded = fold::fold(raw);
+    let mut tokens = Vec::new();
+    let mut symbols = Vec::new();
+    for part in folded.split(is_separator).filter(|p| !p.is_empty()) {
+        let part = part.trim_matches(|c: char| c == '-' || c == '.');
+        if part.is_empty() {
+            continue;
+        }
+        let symbol = match part {
+            "+" | "⊕" | "NATO" => Some("NATO_CROSS"),
+            "*" | "★" | "☆" => Some("STAR"),
+            _ if !part.chars().any(|c| c.is_alphanumeric() || c == '?') => Some("OTHER"),
+            _ => None,
+        };
+        match symbol {
+            Some(s) => symbols.push(s.to_owned()),
+            None => tokens.push(part.to_owned()),
+        }
+    }
+    (tokens, symbols)
+}
+
+/// Tokenises and reads a transcription.
+pub fn normalise(raw: &str) -> HeadstampNorm {
+    let (tokens, symbols) = tokenise(raw);
+    let readings = MakerTable::embedded().interpret(&tokens);
+    HeadstampNorm { tokens, symbols, readings }
+}
+
+/// The token as read with the cartridge turned 180°: characters reversed, 6 and 9 swapped.
+/// `None` when a character has no rotated form (only 0, 1, 6, 8, 9 and `?` do).
+pub fn rotate_token(token: &str) -> Option<String> {
+    token
+        .chars()
+        .rev()
+        .map(|c| match c {
+            '0' | '1' | '8' | '?' => Some(c),
+            '6' => Some('9'),
+            '9' => Some('6'),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Agreement of one query token with one stored token, in 0..=1.
+fn token_score(query: &str, stored: &str) -> (f32, HeadstampMatch) {
+    if query == stored {
+        return (1.0, HeadstampMatch::Exact);
+    }
+    if query.contains(['?', '*']) {
+        return if wildcard_match(query, stored) {
+            (0.9, HeadstampMatch::Wildcard)
+        } else {
+            (0.0, HeadstampMatch::None)
+        };
+    }
+    if fold::skeleton(query) == fold::skeleton(stored) {
+        return (0.9, HeadstampMatch::Confusable);
+    }
+    let d = fold::weighted_distance(query, stored);
+    let len = query.chars().count().max(stored.chars().count());
+    if len >= 3 && d <= 0.5 {
+        return (0.7, HeadstampMatch::Partial);
+    }
+    (0.0, HeadstampMatch::None)
+}
+
+/// `?` matches one character, `*` any run (possibly empty).
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+fn multiset_score(query: &[String], stored: &[String]) -> (f32, HeadstampMatch) {
+    if query.is_empty() || stored.is_empty() {
+        return (0.0, HeadstampMatch::None);
+    }
+    let mut used = vec![false; stored.len()];
+    let mut total = 0.0;
+    let mut worst = HeadstampMatch::Exact;
+    let mut matched = 0;
+    for q in query {
+        let best = stored
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !used[*i])
+            .map(|(i, s)| (i, token_score(q, s)))
+            .max_by(|a, b| a.1.0.total_cmp(&b.1.0));
+        if let Some((i, (score, kind))) = best.filter(|(_, (s, _))| *s > 0.0) {
+            used[i] = true;
+            total += score;
+            matched += 1;
+            worst = weaker(worst, kind);
+        }
+    }
+    let denom = query.len().max(stored.len()) as f32;
+    let kind = if matched == 0 {
+        HeadstampMatch::None
+    } else if matched < query.len().max(stored.len()) {
+        HeadstampMatch::Partial
+    } else {
+        worst
+    };
+    (total / denom, kind)
+}
+
+fn weaker(a: HeadstampMatch, b: HeadstampMatch) -> HeadstampMatch {
+    use HeadstampMatch::*;
+    let rank = |k| match k {
+        Exact => 0,
+        Confusable => 1,
+        Wildcard => 2,
+        Rotated => 3,
+        Partial => 4,
+        None => 5,
+    };
+    if rank(a) >= rank(b) { a } else { b }
+}
+
+/// Order-free agreement of a query's tokens with a stored item's tokens, in 0..=1, trying the
+/// reading as written and the 180° rotated reading.
+pub fn similarity(query: &[String], stored: &[String]) -> (f32, HeadstampMatch) {
+    let direct = multiset_score(query, stored);
+    let rotated: Option<Vec<String>> = query.iter().map(|t| rotate_token(t)).collect();
+    if let Some(rotated) = rotated.filter(|r| r.as_slice() != query) {
+        let (score, kind) = multiset_score(&rotated, stored);
+        let score = score * 0.9;
+        if score > direct.0 {
+            let kind = if kind == HeadstampMatch::None { kind } else { HeadstampMatch::Rotated };
+            return (score, kind);
+        }
+    }
+    direct
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn toks(raw: &str) -> Vec<String> {
+        tokenise(raw).0
+    }
+
+    #[test]
+    fn tokens_are_order_free_and_symbols_apart() {
+        assert_eq!(toks("539 85"), vec!["539", "85"]);
+        assert_eq!(toks("85/539"), vec!["85", "539"]);
+        let (t, s) = tokenise("22 | WCC (NATO)");
+        assert_eq!(t, vec!["22", "WCC"]);
+        assert_eq!(s, vec!["NATO_CROSS"]);
+        assert_eq!(toks("ппу 24"), vec!["PPU", "24"]);
+        assert_eq!(similarity(&toks("539 85"), &toks("85 | 539")).0, 1.0);
+    }
+
+    #[test]
+    fn confusions_wildcards_and_rotation() {
+        let (score, kind) = similarity(&toks("S39 85"), &toks("539 85"));
+        assert!(score > 0.9 && kind == HeadstampMatch::Confusable, "{score} {kind:?}");
+        let (score, kind) = similarity(&toks("5?9 8?"), &toks("539 85"));
+        assert!(score > 0.85 && kind == HeadstampMatch::Wildcard, "{score} {kind:?}");
+        let (score, kind) = similarity(&toks("61 881"), &toks("188 19"));
+        assert!(score > 0.8 && kind == HeadstampMatch::Rotated, "{score} {kind:?}");
+        assert_eq!(similarity(&toks("LC 19"), &toks("PPU 24")).0, 0.0);
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(raw in "\\PC*", other in "\\PC*") {
+            let n = normalise(&raw);
+            let (score, _) = similarity(&n.tokens, &toks(&other));
+            prop_assert!((0.0..=1.0).contains(&score));
+        }
+    }
+}

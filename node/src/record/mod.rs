@@ -1,0 +1,538 @@
+//! The seizure record: validation at the edge, node-assigned fields, and derived values.
+//!
+//! A record crosses the API as JSON (`schemas/seizure-record.schema.json`, `docs/records.md`)
+//! and is stored as that JSON: the node never rewrites what a State submitted. It only
+//! - coerces the shorthand `"lot": "21-85"` to `{"raw": "21-85"}` (also `calibre`, `ammo_type`,
+//!   `designation`, and `headstamp` → `{"present": true, "raw_transcription": …}`);
+//! - assigns `record_id` (UUIDv7), `record_version`, `created_at`/`updated_at`,
+//!   `schema_version` when absent;
+//! - writes a node-owned `derived` object beside the raw `lot`, `headstamp` and `calibre` text
+//!   (method, confidence, `normaliser_version`), recomputed on every write.
+//!
+//! Validation refuses, with a JSON pointer to the field: any float (no floats in stored
+//! records), anything the schema refuses, unknown country codes, duplicate item ids, and a
+//! record whose `originating_state` is not this node's State.
+
+pub mod country;
+
+use std::fmt;
+use std::sync::LazyLock;
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::normalise::calibre::{CalibreResolution, CalibreTable};
+use crate::normalise::{self, NORMALISER_VERSION, headstamp, lot};
+
+/// The record schema, as published in `schemas/`.
+pub const SCHEMA_JSON: &str = include_str!("../../../schemas/seizure-record.schema.json");
+
+/// Current `schema_version` written when a record carries none.
+pub const SCHEMA_VERSION: &str = "0.1";
+
+static SCHEMA: LazyLock<Result<jsonschema::Validator, String>> = LazyLock::new(|| {
+    let schema: Value = serde_json::from_str(SCHEMA_JSON).map_err(|e| e.to_string())?;
+    jsonschema::validator_for(&schema).map_err(|e| e.to_string())
+});
+
+/// A record id: a UUID, written `urn:uuid:…` by the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordId(pub Uuid);
+
+impl RecordId {
+    /// A new time-ordered id.
+    pub fn new_v7() -> RecordId {
+        RecordId(Uuid::now_v7())
+    }
+
+    /// Parses `urn:uuid:<uuid>` or a bare UUID.
+    pub fn parse(text: &str) -> Option<RecordId> {
+        let bare = text.strip_prefix("urn:uuid:").unwrap_or(text);
+        Uuid::try_parse(bare).ok().map(RecordId)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Display for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "urn:uuid:{}", self.0.hyphenated())
+    }
+}
+
+/// One reason a document was refused, located by a JSON pointer (RFC 6901).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub pointer: String,
+    pub detail: String,
+}
+
+impl FieldError {
+    pub fn new(pointer: impl Into<String>, detail: impl Into<String>) -> FieldError {
+        FieldError { pointer: pointer.into(), detail: detail.into() }
+    }
+}
+
+/// A record that passed validation, ready to store.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub id: RecordId,
+    /// The version the submitter declared, if any.
+    pub declared_version: Option<u32>,
+    pub record: Value,
+}
+
+/// Validates submitted records for one node.
+#[derive(Debug, Clone)]
+pub struct Validator {
+    node_id: String,
+}
+
+impl Validator {
+    pub fn new(node_id: &str) -> Validator {
+        Validator { node_id: node_id.to_owned() }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Validates and completes a submitted record. `now` is the RFC 3339 time of the write.
+    pub fn prepare(&self, mut value: Value, now: &str) -> Result<Prepared, Vec<FieldError>> {
+        let Some(object) = value.as_object_mut() else {
+            return Err(vec![FieldError::new("", "a record must be a JSON object")]);
+        };
+        coerce_shorthand(object);
+        strip_derived(object);
+        let mut errors = Vec::new();
+        find_floats(&value, &mut String::new(), &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        schema_errors(&value, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        self.domain_errors(&value, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let Some(object) = value.as_object_mut() else {
+            return Err(vec![FieldError::new("", "a record must be a JSON object")]);
+        };
+        let id = match object.get("record_id").and_then(Value::as_str) {
+            Some(text) => RecordId::parse(text)
+                .ok_or_else(|| vec![FieldError::new("/record_id", "not a UUID or urn:uuid")])?,
+            None => {
+                let id = RecordId::new_v7();
+                object.insert("record_id".into(), Value::String(id.to_string()));
+                id
+            }
+        };
+        let declared_version = match object.get("record_version") {
+            Some(v) => Some(
+                v.as_u64()
+                    .and_then(|v| u32::try_from(v).ok())
+                    .filter(|v| *v >= 1)
+                    .ok_or_else(|| {
+                        vec![FieldError::new("/record_version", "must be an integer from 1")]
+                    })?,
+            ),
+            None => None,
+        };
+        object
+            .entry("schema_version")
+            .or_insert_with(|| Value::String(SCHEMA_VERSION.into()));
+        object.entry("created_at").or_insert_with(|| Value::String(now.into()));
+        object.entry("updated_at").or_insert_with(|| Value::String(now.into()));
+        derive(&mut value);
+        Ok(Prepared { id, declared_version, record: value })
+    }
+
+    fn domain_errors(&self, value: &Value, errors: &mut Vec<FieldError>) {
+        if let Some(state) = value.get("originating_state").and_then(Value::as_str)
+            && state != self.node_id
+        {
+            errors.push(FieldError::new(
+                "/originating_state",
+                format!(
+                    "this node records {}'s seizures only; {state}'s records arrive through the federation",
+                    self.node_id
+                ),
+            ));
+        }
+        check_countries(value, &mut String::new(), errors);
+        if let Some(items) = value.get("items").and_then(Value::as_array) {
+            let mut seen = std::collections::HashSet::new();
+            for (i, item) in items.iter().enumerate() {
+                if let Some(id) = item.get("item_id").and_then(Value::as_str)
+                    && !seen.insert(id)
+                {
+                    errors.push(FieldError::new(
+                        format!("/items/{i}/item_id"),
+                        format!("item_id {id:?} appears twice in this record"),
+                    ));
+                }
+            }
+        }
+        if let Some(text) = value.get("record_id").and_then(Value::as_str)
+            && RecordId::parse(text).is_none()
+        {
+            errors.push(FieldError::new("/record_id", "not a UUID or urn:uuid"));
+        }
+    }
+}
+
+/// Escapes one JSON pointer segment (RFC 6901).
+pub fn pointer_segment(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn schema_errors(value: &Value, errors: &mut Vec<FieldError>) {
+    match &*SCHEMA {
+        Ok(validator) => {
+            for error in validator.iter_errors(value).take(20) {
+                let mut detail = error.masked().to_string();
+                if detail.len() > 300 {
+                    let mut cut = 300;
+                    while !detail.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    detail.truncate(cut);
+                }
+                errors.push(FieldError::new(error.instance_path().as_str(), detail));
+            }
+        }
+        Err(e) => errors.push(FieldError::new("", format!("record schema unavailable: {e}"))),
+    }
+}
+
+/// Keys whose value is a country code, wherever they appear.
+const COUNTRY_KEYS: [&str; 4] = ["originating_state", "country", "state", "country_iso3"];
+
+fn check_countries(value: &Value, path: &mut String, errors: &mut Vec<FieldError>) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                let len = path.len();
+                path.push('/');
+                path.push_str(&pointer_segment(key));
+                if let (true, Some(code)) = (COUNTRY_KEYS.contains(&key.as_str()), child.as_str())
+                    && !country::is_valid(code)
+                {
+                    errors.push(FieldError::new(
+                        path.clone(),
+                        format!("{code:?} is not an ISO 3166-1 alpha-3 or user-assigned country code"),
+                    ));
+                }
+                // `derived` objects are the node's own; sharing.releasable_to may name groups.
+                if key != "derived" {
+                    check_countries(child, path, errors);
+                }
+                path.truncate(len);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                let len = path.len();
+                path.push('/');
+                path.push_str(&i.to_string());
+                check_countries(child, path, errors);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn find_floats(value: &Value, path: &mut String, errors: &mut Vec<FieldError>) {
+    match value {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => errors.push(FieldError::new(
+            path.clone(),
+            "numbers must be integers (no floats in stored records: write coordinates as decimal strings)",
+        )),
+        Value::Object(map) => {
+            for (key, child) in map {
+                let len = path.len();
+                path.push('/');
+                path.push_str(&pointer_segment(key));
+                find_floats(child, path, errors);
+                path.truncate(len);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                let len = path.len();
+                path.push('/');
+                path.push_str(&i.to_string());
+                find_floats(child, path, errors);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn coerce_shorthand(record: &mut Map<String, Value>) {
+    let Some(items) = record.get_mut("items").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for item in items.iter_mut().filter_map(Value::as_object_mut) {
+        for key in ["calibre", "lot", "ammo_type", "designation"] {
+            if let Some(Value::String(raw)) = item.get(key) {
+                let raw = raw.clone();
+                item.insert(key.into(), json!({ "raw": raw }));
+            }
+        }
+        if let Some(Value::String(raw)) = item.get("headstamp") {
+            let raw = raw.clone();
+            item.insert("headstamp".into(), json!({ "present": true, "raw_transcription": raw }));
+        }
+    }
+}
+
+fn strip_derived(record: &mut Map<String, Value>) {
+    record.remove("normaliser_version");
+    if let Some(items) = record.get_mut("items").and_then(Value::as_array_mut) {
+        for item in items.iter_mut().filter_map(Value::as_object_mut) {
+            for key in ["calibre", "lot", "headstamp"] {
+                if let Some(obj) = item.get_mut(key).and_then(Value::as_object_mut) {
+                    obj.remove("derived");
+                }
+            }
+        }
+    }
+}
+
+/// Removes what the node adds to a record, leaving what the submitter wrote (used to compare a
+/// stored record with its submission).
+pub fn without_node_fields(record: &Value) -> Value {
+    let mut copy = record.clone();
+    if let Some(object) = copy.as_object_mut() {
+        strip_derived(object);
+    }
+    copy
+}
+
+/// Recomputes the node-owned `derived` objects and `normaliser_version` of a record.
+pub fn derive(record: &mut Value) {
+    let Some(object) = record.as_object_mut() else {
+        return;
+    };
+    object.insert("normaliser_version".into(), Value::String(NORMALISER_VERSION.into()));
+    let Some(items) = object.get_mut("items").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for item in items.iter_mut().filter_map(Value::as_object_mut) {
+        let keys = ItemKeys::from_item(item);
+        if let Some(lot_obj) = item.get_mut("lot").and_then(Value::as_object_mut)
+            && let Some(lot) = &keys.lot
+        {
+            let mut derived = serde_json::to_value(lot).unwrap_or(Value::Null);
+            if let Some(d) = derived.as_object_mut() {
+                let reading = keys.readings.first();
+                let identity = lot::identity_key(
+                    lot,
+                    reading.and_then(|r| r.manufacturer_code.as_deref()),
+                    reading.and_then(|r| r.year_gregorian),
+                );
+                d.insert("weak".into(), Value::Bool(identity.is_none()));
+                if let Some(identity) = identity {
+                    d.insert("identity_key".into(), Value::String(identity));
+                }
+                d.insert("method".into(), json!("lot_grammar"));
+                d.insert("confidence".into(), json!(if lot.scheme == "unknown" { "low" } else { "medium" }));
+                d.insert("normaliser_version".into(), json!(NORMALISER_VERSION));
+            }
+            lot_obj.insert("derived".into(), derived);
+        }
+        if let Some(hs_obj) = item.get_mut("headstamp").and_then(Value::as_object_mut)
+            && !keys.headstamp_tokens.is_empty()
+        {
+            hs_obj.insert(
+                "derived".into(),
+                json!({
+                    "tokens": keys.headstamp_tokens,
+                    "readings": keys.readings,
+                    "method": "headstamp_table",
+                    "normaliser_version": NORMALISER_VERSION,
+                }),
+            );
+        }
+        if let Some(cal_obj) = item.get_mut("calibre").and_then(Value::as_object_mut)
+            && let Some(calibre) = &keys.calibre
+        {
+            let mut derived = serde_json::to_value(calibre).unwrap_or(Value::Null);
+            if let Some(d) = derived.as_object_mut() {
+                d.insert("normaliser_version".into(), json!(NORMALISER_VERSION));
+            }
+            cal_obj.insert("derived".into(), derived);
+        }
+    }
+}
+
+/// The searchable identifiers of one item, recomputed from its raw text by the current
+/// normaliser.
+#[derive(Debug, Clone)]
+pub struct ItemKeys {
+    pub item_id: String,
+    pub category: String,
+    pub lot: Option<lot::LotNorm>,
+    pub headstamp_tokens: Vec<String>,
+    pub readings: Vec<normalise::maker::HeadstampReading>,
+    pub calibre: Option<CalibreResolution>,
+}
+
+impl ItemKeys {
+    pub fn from_item(item: &Map<String, Value>) -> ItemKeys {
+        let text = |key: &str, field: &str| {
+            item.get(key).and_then(|v| v.get(field)).and_then(Value::as_str)
+        };
+        let lot = text("lot", "raw").map(lot::normalise).filter(|l| !l.is_empty());
+        let (headstamp_tokens, readings) = match text("headstamp", "raw_transcription") {
+            Some(raw) => {
+                let h = headstamp::normalise(raw);
+                (h.tokens, h.readings)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let calibre = text("calibre", "raw").map(|raw| CalibreTable::embedded().resolve(raw));
+        ItemKeys {
+            item_id: item.get("item_id").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            category: item
+                .get("item_category")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            lot,
+            headstamp_tokens,
+            readings,
+            calibre,
+        }
+    }
+}
+
+/// Record-level facts every item of a record shares, for the index and for hit summaries.
+#[derive(Debug, Clone, Default)]
+pub struct EventKeys {
+    pub origin: String,
+    pub country: String,
+    /// `YYYYMMDD` with unknown parts as 00 (`2024-06` → 20240600); 0 when absent.
+    pub date_key: i64,
+}
+
+impl EventKeys {
+    pub fn from_record(record: &Value) -> EventKeys {
+        let event = record.get("event");
+        EventKeys {
+            origin: str_at(record, "/originating_state").to_owned(),
+            country: event
+                .and_then(|e| e.pointer("/location/country"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            date_key: event
+                .and_then(|e| e.pointer("/date/start"))
+                .and_then(Value::as_str)
+                .and_then(|d| date_key(d, false))
+                .unwrap_or(0),
+        }
+    }
+}
+
+fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
+    value.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// `YYYY`, `YYYY-MM` or `YYYY-MM-DD` as `YYYYMMDD`; missing parts are 00, or 99 when `upper`
+/// (so a `to` bound includes the whole month or year).
+pub fn date_key(text: &str, upper: bool) -> Option<i64> {
+    let parts: Vec<&str> = text.split('-').collect();
+    let num = |s: &str, len: usize| {
+        (s.len() == len && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse::<i64>().ok())?
+    };
+    let fill = if upper { 99 } else { 0 };
+    match parts.as_slice() {
+        [y] => Some(num(y, 4)? * 10000 + fill * 100 + fill),
+        [y, m] => Some(num(y, 4)? * 10000 + num(m, 2)? * 100 + fill),
+        [y, m, d] => Some(num(y, 4)? * 10000 + num(m, 2)? * 100 + num(d, 2)?),
+        _ => None,
+    }
+}
+
+/// The event summary shown with a search hit.
+pub fn event_summary(record: &Value) -> Value {
+    let event = record.get("event").cloned().unwrap_or(Value::Null);
+    json!({
+        "event_type": event.get("event_type"),
+        "date": event.get("date"),
+        "country": event.pointer("/location/country"),
+        "place_name": event.pointer("/location/place_name"),
+        "context": event.get("context"),
+    })
+}
+
+/// True when a stored record version is a retraction.
+pub fn is_retracted(record: &Value) -> bool {
+    record.get("retracted").and_then(Value::as_bool).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> Value {
+        json!({
+            "originating_state": "XAA",
+            "event": {"event_type": "seizure", "date": {"start": "2024-03-11", "precision": "day"},
+                      "location": {"country": "XAA", "precision": "country"}},
+            "items": [{"item_id": "i1", "item_category": "small_arms_ammunition",
+                       "calibre": "7.62x39", "lot": "21-85", "headstamp": "539 85",
+                       "quantity": {"count": 10, "unit": "rounds"}}],
+            "sharing": {"tlp": "GREEN"}
+        })
+    }
+
+    #[test]
+    fn prepares_shorthand_ids_and_derived() {
+        let p = Validator::new("XAA").prepare(minimal(), "2026-01-01T00:00:00Z").unwrap();
+        let item = &p.record["items"][0];
+        assert_eq!(item["lot"]["raw"], "21-85");
+        assert_eq!(item["lot"]["derived"]["key"], "2185");
+        assert_eq!(item["headstamp"]["raw_transcription"], "539 85");
+        assert_eq!(item["calibre"]["derived"]["canonical_id"], "7.62x39");
+        assert_eq!(p.record["record_id"], p.id.to_string());
+        assert_eq!(p.id.0.get_version_num(), 7);
+    }
+
+    #[test]
+    fn refusals_point_at_the_field() {
+        let v = Validator::new("XAA");
+        let cases: Vec<(fn(&mut Value), &str)> = vec![
+            (|r| r["originating_state"] = json!("XBB"), "/originating_state"),
+            (|r| r["event"]["location"]["country"] = json!("QQQ"), "/event/location/country"),
+            (|r| r["items"][0]["quantity"]["count"] = json!(1.5), "/items/0/quantity/count"),
+            (|r| r["items"][0]["item_category"] = json!("banana"), "/items/0/item_category"),
+        ];
+        for (mutate, pointer) in cases {
+            let mut r = minimal();
+            mutate(&mut r);
+            let errors = v.prepare(r, "2026-01-01T00:00:00Z").unwrap_err();
+            assert!(errors.iter().any(|e| e.pointer == pointer), "{pointer}: {errors:?}");
+        }
+        let mut r = minimal();
+        r["items"] = json!([]);
+        assert!(v.prepare(r, "t").is_err());
+    }
+
+    #[test]
+    fn date_keys() {
+        assert_eq!(date_key("2024-06", false), Some(20240600));
+        assert_eq!(date_key("2024", true), Some(20249999));
+        assert_eq!(date_key("2024-06-07", true), Some(20240607));
+        assert_eq!(date_key("24-06", false), None);
+    }
+}

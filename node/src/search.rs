@@ -1,0 +1,405 @@
+//! Matching: turns an investigator's question into candidates and ranks them (design §5,
+//! `docs/matching.md`).
+//!
+//! Candidates come from the index by any of: the lot key, its confusable skeleton, a wildcard
+//! pattern, or a fuzzy skeleton (edit distance 1, 2 for long lots); by headstamp tokens; by
+//! calibre. Each candidate is then scored here, in this order of lot match kinds:
+//! `exact` (same folded text, or same identity key) > `folded` (same key once labels,
+//! separators, case and scripts are folded) > `confusable` (same skeleton: O/0, I/1, S/5…) >
+//! `wildcard` (`?`, `*`) > `fuzzy` (a dropped, added or swapped character, confined to the same
+//! calibre family). Headstamp agreement (tokens in any order, rotated reading) and calibre
+//! agreement raise the score; disagreement lowers it. Sibling lots (same maker and year, one
+//! digit apart) are a separate query, [`SearchParams::siblings`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::index::{Candidate, CandidateQuery};
+use crate::normalise::calibre::{CalibreMatch, CalibreTable};
+use crate::normalise::{fold, headstamp, lot};
+use crate::record::{FieldError, date_key};
+
+/// The parameters of `GET /api/v1/search` and `ammotrace search`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchParams {
+    pub lot: Option<String>,
+    pub headstamp: Option<String>,
+    pub calibre: Option<String>,
+    /// Free text: tried as a lot and as headstamp tokens.
+    pub q: Option<String>,
+    pub country: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub category: Option<String>,
+    pub limit: Option<usize>,
+    /// Sibling-lot query: lots of the same maker and year one character apart.
+    #[serde(default)]
+    pub siblings: bool,
+    /// Offer related-not-identical calibres (5.56 NATO ~ .223 Rem) as agreeing.
+    #[serde(default)]
+    pub include_related: bool,
+    /// Wait until the index has committed this change sequence number (at most 10 s).
+    pub min_seq: Option<u64>,
+}
+
+/// How a hit matched.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MatchInfo {
+    pub kind: &'static str,
+    pub score: f32,
+    /// Lot match kind, if the query gave a lot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lot: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headstamp: Option<headstamp::HeadstampMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibre: Option<&'static str>,
+    /// True when the lot matched only on its text (maker or year unknown): a weak key.
+    pub weak_key: bool,
+}
+
+/// A ranked candidate.
+#[derive(Debug, Clone)]
+pub struct Ranked {
+    pub candidate: Candidate,
+    pub matched: MatchInfo,
+}
+
+/// A query prepared for the index and the ranker.
+#[derive(Debug)]
+pub struct Plan {
+    pub candidates: CandidateQuery,
+    lot: Option<lot::LotNorm>,
+    headstamp: Vec<String>,
+    calibres: Vec<String>,
+    families: Vec<String>,
+    related: Vec<String>,
+    siblings: bool,
+    limit: usize,
+}
+
+fn regex_escape(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        match c {
+            '?' => out.push('.'),
+            '*' => out.push_str(".*"),
+            c if c.is_alphanumeric() => out.push(c),
+            c => {
+                out.push('\\');
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Validates the parameters and builds the plan.
+pub fn plan(params: &SearchParams, default_limit: usize, max_limit: usize) -> Result<Plan, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let limit = params.limit.unwrap_or(default_limit);
+    if limit == 0 || limit > max_limit {
+        errors.push(FieldError::new("/limit", format!("limit must be between 1 and {max_limit}")));
+    }
+    let from = params.from.as_deref().map(|d| (d, date_key(d, false)));
+    let to = params.to.as_deref().map(|d| (d, date_key(d, true)));
+    for (name, bound) in [("from", from), ("to", to)] {
+        if let Some((text, None)) = bound {
+            errors.push(FieldError::new(format!("/{name}"), format!("{text:?} is not YYYY, YYYY-MM or YYYY-MM-DD")));
+        }
+    }
+    if let Some(c) = &params.country
+        && !crate::record::country::is_valid(c)
+    {
+        errors.push(FieldError::new("/country", format!("{c:?} is not an ISO 3166-1 alpha-3 code")));
+    }
+    let lot_text = params.lot.as_deref().or(params.q.as_deref()).filter(|t| !t.trim().is_empty());
+    let lot = lot_text.map(lot::normalise).filter(|l| !l.is_empty());
+    let hs_text = params.headstamp.as_deref().or(params.q.as_deref());
+    let headstamp = hs_text.map(|t| headstamp::tokenise(t).0).unwrap_or_default();
+    let calibre = params.calibre.as_deref().filter(|t| !t.trim().is_empty());
+    if lot.is_none() && headstamp.is_empty() && calibre.is_none() && params.category.is_none() && params.country.is_none() {
+        errors.push(FieldError::new("", "give at least one of lot, headstamp, calibre, q, category or country"));
+    }
+    if params.siblings && lot.as_ref().is_none_or(|l| l.wildcard) {
+        errors.push(FieldError::new("/lot", "a sibling-lot query needs a lot without wildcards"));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+
+    let table = CalibreTable::embedded();
+    let (calibres, families) = match calibre.map(|c| table.resolve(c)) {
+        Some(r) if r.match_kind != CalibreMatch::Unresolved => (r.candidates.clone(), r.families.clone()),
+        _ => (Vec::new(), Vec::new()),
+    };
+    let related: Vec<String> = if params.include_related {
+        calibres.iter().flat_map(|c| table.related(c).iter().cloned()).collect()
+    } else {
+        Vec::new()
+    };
+
+    let mut cq = CandidateQuery {
+        category: params.category.clone(),
+        country: params.country.clone(),
+        date_from: from.and_then(|(_, k)| k),
+        date_to: to.and_then(|(_, k)| k),
+        // Enough candidates for the ranker to reorder; the index's order is only a first cut.
+        limit: (limit * 10).clamp(200, 2000),
+        ..CandidateQuery::default()
+    };
+    if let Some(l) = &lot {
+        if params.siblings {
+            cq.lot_regex = Some(sibling_pattern(&l.key));
+        } else if l.wildcard {
+            cq.lot_regex = Some(regex_escape(&l.skeleton));
+        } else {
+            cq.lot_key = Some(l.key.clone());
+            cq.lot_skeleton = Some(l.skeleton.clone());
+            let len = l.skeleton.chars().count();
+            if len >= 4 {
+                cq.lot_fuzzy = Some((l.skeleton.clone(), if len >= 12 { 2 } else { 1 }));
+            }
+        }
+    }
+    for token in &headstamp {
+        let skel = fold::skeleton(token);
+        if token.contains(['?', '*']) {
+            cq.headstamp_regexes.push(regex_escape(&skel));
+        } else {
+            cq.headstamp_skeletons.push(skel.clone());
+            if let Some(rotated) = headstamp::rotate_token(token) {
+                cq.headstamp_skeletons.push(fold::skeleton(&rotated));
+            }
+        }
+    }
+    cq.calibres = calibres.iter().chain(related.iter()).cloned().collect();
+    cq.families = families.clone();
+    Ok(Plan { candidates: cq, lot, headstamp, calibres, families, related, siblings: params.siblings, limit })
+}
+
+/// Lots one character away from `key` at a digit position, same length: `(?:.123|1.23|…)` over
+/// skeletons, with the digit replaced by any digit class.
+fn sibling_pattern(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    let mut alternatives = Vec::new();
+    for i in 0..chars.len() {
+        if chars[i].is_ascii_digit() {
+            let prefix: String = fold::skeleton(&chars[..i].iter().collect::<String>());
+            let suffix: String = fold::skeleton(&chars[i + 1..].iter().collect::<String>());
+            alternatives.push(format!("{}[0-9]{}", regex_escape(&prefix), regex_escape(&suffix)));
+        }
+    }
+    if alternatives.is_empty() {
+        return regex_escape(&fold::skeleton(key));
+    }
+    format!("(?:{})", alternatives.join("|"))
+}
+
+fn lot_match(query: &lot::LotNorm, c: &Candidate) -> Option<(&'static str, f32)> {
+    if c.lot_key.is_empty() {
+        return None;
+    }
+    if query.wildcard {
+        let cand = fold::skeleton(&c.lot_key);
+        return headstamp::wildcard_match(&query.skeleton, &cand).then_some(("wildcard", 0.82));
+    }
+    if query.folded == c.lot_folded {
+        return Some(("exact", 1.0));
+    }
+    if query.key == c.lot_key {
+        return Some(("folded", 0.96));
+    }
+    let d = fold::weighted_distance(&query.key, &c.lot_key);
+    if fold::skeleton(&query.key) == fold::skeleton(&c.lot_key) {
+        return Some(("confusable", 0.92 - 0.05 * d.min(1.0)));
+    }
+    let len = query.key.chars().count().max(c.lot_key.chars().count());
+    let max = if len >= 12 { 2.0 } else if len >= 4 { 1.0 } else { 0.0 };
+    (d <= max).then(|| ("fuzzy", 0.72 - 0.12 * d))
+}
+
+fn calibre_agreement(plan: &Plan, c: &Candidate) -> (Option<&'static str>, f32) {
+    if plan.calibres.is_empty() || c.calibres.is_empty() {
+        return (None, 0.0);
+    }
+    let same = c.calibres.iter().any(|x| plan.calibres.contains(x));
+    if same {
+        let single = plan.calibres.len() == 1 && c.calibres.len() == 1;
+        return (Some(if single { "same" } else { "candidate" }), if single { 0.08 } else { 0.05 });
+    }
+    if c.calibres.iter().any(|x| plan.related.contains(x)) {
+        return (Some("related"), 0.02);
+    }
+    if c.families.iter().any(|f| plan.families.contains(f)) {
+        return (Some("same_family"), -0.08);
+    }
+    (Some("different"), -0.25)
+}
+
+/// Scores and orders the candidates; drops those that do not match.
+pub fn rank(plan: &Plan, candidates: Vec<Candidate>) -> Vec<Ranked> {
+    let mut out: Vec<Ranked> = Vec::with_capacity(candidates.len());
+    for c in candidates {
+        let (calibre_kind, calibre_adj) = calibre_agreement(plan, &c);
+        let mut kind = "calibre";
+        let mut score = 0.5;
+        let mut lot_kind = None;
+        let mut weak_key = false;
+        if let Some(q) = &plan.lot {
+            let found = if plan.siblings {
+                sibling_match(q, &c)
+            } else {
+                lot_match(q, &c)
+            };
+            match found {
+                Some((k, s)) => {
+                    kind = k;
+                    score = s;
+                    lot_kind = Some(k);
+                    weak_key = c.maker.is_empty() || c.year == 0;
+                }
+                None if plan.headstamp.is_empty() => continue,
+                None => {
+                    // A headstamp-only match when the lot disagrees: kept, but far down.
+                    kind = "headstamp";
+                    score = 0.2;
+                }
+            }
+            // Fuzzy lots must stay within the calibre family.
+            if kind == "fuzzy" && calibre_kind == Some("different") {
+                continue;
+            }
+        }
+        let mut hs_kind = None;
+        if !plan.headstamp.is_empty() && !c.headstamp.is_empty() {
+            let (s, k) = headstamp::similarity(&plan.headstamp, &c.headstamp);
+            hs_kind = Some(k);
+            if plan.lot.is_none() {
+                if s <= 0.0 {
+                    continue;
+                }
+                kind = "headstamp";
+                score = 0.4 + 0.5 * s;
+            } else if s > 0.0 {
+                score += 0.12 * s;
+            } else {
+                score -= 0.15;
+            }
+        } else if plan.lot.is_none() && !plan.headstamp.is_empty() {
+            continue;
+        }
+        score += calibre_adj;
+        if plan.lot.is_none() && plan.headstamp.is_empty() && calibre_kind.is_none() && !plan.calibres.is_empty() {
+            continue;
+        }
+        out.push(Ranked {
+            matched: MatchInfo {
+                kind,
+                score: (score.clamp(0.0, 1.0) * 1000.0).round() / 1000.0,
+                lot: lot_kind,
+                headstamp: hs_kind,
+                calibre: calibre_kind,
+                weak_key,
+            },
+            candidate: c,
+        });
+    }
+    out.sort_by(|a, b| {
+        b.matched
+            .score
+            .total_cmp(&a.matched.score)
+            .then(b.candidate.date.cmp(&a.candidate.date))
+            .then(a.candidate.record_id.cmp(&b.candidate.record_id))
+    });
+    out.truncate(plan.limit);
+    out
+}
+
+fn sibling_match(q: &lot::LotNorm, c: &Candidate) -> Option<(&'static str, f32)> {
+    let (a, b): (Vec<char>, Vec<char>) = (q.key.chars().collect(), c.lot_key.chars().collect());
+    if a.len() != b.len() {
+        return None;
+    }
+    let diffs: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+    match diffs.as_slice() {
+        [i] if a[*i].is_ascii_digit() && b[*i].is_ascii_digit() => Some(("sibling", 0.7)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(lot: &str, hs: &str, calibre: &str) -> Candidate {
+        let l = lot::normalise(lot);
+        let r = CalibreTable::embedded().resolve(calibre);
+        Candidate {
+            record_id: format!("{lot}/{hs}/{calibre}"),
+            lot_folded: l.folded,
+            lot_key: l.key,
+            headstamp: headstamp::tokenise(hs).0,
+            calibres: r.candidates,
+            families: r.families,
+            ..Candidate::default()
+        }
+    }
+
+    fn params(lot: &str, hs: &str, calibre: &str) -> SearchParams {
+        SearchParams {
+            lot: Some(lot.into()),
+            headstamp: Some(hs.into()),
+            calibre: Some(calibre.into()),
+            ..SearchParams::default()
+        }
+    }
+
+    #[test]
+    fn kinds_are_ordered_and_agreement_counts() {
+        let p = plan(&params("21-85 539", "539 85", "7.62x39"), 10, 100).unwrap();
+        let ranked = rank(
+            &p,
+            vec![
+                cand("21-85-539", "85 539", "7.62x39mm"),
+                cand("21 85 539", "539 85", "7,62x39"),
+                cand("2I-85-539", "539 85", "7.62x39"),
+                cand("21-85-538", "539 85", "7.62x39"),
+                cand("21-85-539", "PPU 19", "9mm Luger"),
+                cand("99-99", "539 85", "7.62x39"),
+            ],
+        );
+        let kinds: Vec<&str> = ranked.iter().map(|r| r.matched.kind).collect();
+        assert_eq!(kinds[0], "exact");
+        assert_eq!(kinds[1], "exact");
+        assert_eq!(kinds[2], "confusable");
+        // The same lot text from another maker and calibre falls below the confusable match.
+        assert!(ranked.iter().position(|r| r.candidate.record_id.contains("PPU")).unwrap() > 2);
+        assert!(ranked.iter().any(|r| r.matched.kind == "fuzzy"));
+    }
+
+    #[test]
+    fn wildcards_and_siblings() {
+        let p = plan(&params("21-8?-539", "", ""), 10, 100).unwrap();
+        let r = rank(&p, vec![cand("21-85-539", "", ""), cand("21-95-539", "", "")]);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].matched.kind, "wildcard");
+        let mut sp = params("21-85", "", "");
+        sp.siblings = true;
+        let p = plan(&sp, 10, 100).unwrap();
+        let r = rank(&p, vec![cand("22-85", "", ""), cand("21-85", "", ""), cand("2185", "", "")]);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].matched.kind, "sibling");
+    }
+
+    #[test]
+    fn bad_parameters_are_refused() {
+        let mut p = params("1", "", "");
+        p.limit = Some(0);
+        p.from = Some("last year".into());
+        let errors = plan(&p, 10, 100).unwrap_err();
+        let pointers: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(pointers, vec!["/limit", "/from"]);
+        assert!(plan(&SearchParams::default(), 10, 100).is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! Helpers for end-to-end tests: [`TestNode`] starts a real `ammotrace` node process (real
+//! sled, tantivy, HTTP) on 127.0.0.1 port 0 in a temporary data directory, and talks to it
+//! with typed request helpers.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// Path of the node binary built with this crate.
+pub fn node_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ammotrace-e2e-node"))
+}
+
+/// The repository's `../shared/data` (present beside the checkout in development and CI).
+pub fn shared_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data")
+}
+
+/// A running node process and its data directory.
+pub struct TestNode {
+    pub node_id: String,
+    pub url: String,
+    pub token: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    pub http: reqwest::Client,
+}
+
+/// A response's status and JSON body (Null when not JSON), and its content type.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: String,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The `pointer` of a problem+json answer.
+    pub fn pointer(&self) -> Option<&str> {
+        self.body.get("pointer").and_then(Value::as_str)
+    }
+    pub fn is_problem(&self) -> bool {
+        self.content_type.starts_with("application/problem+json")
+    }
+    pub fn seq(&self) -> Option<u64> {
+        self.headers.get("ammotrace-seq")?.to_str().ok()?.parse().ok()
+    }
+}
+
+impl TestNode {
+    /// Initialises a fresh data directory for `node_id` and starts a node on it.
+    pub async fn spawn(node_id: &str) -> anyhow::Result<TestNode> {
+        let tmp = tempfile::tempdir()?;
+        let data_dir = tmp.path().join("data");
+        let status = Command::new(node_binary())
+            .args(["init", "--data-dir"])
+            .arg(&data_dir)
+            .args(["--node-id", node_id])
+            .stdout(Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "init failed");
+        let mut node = TestNode::start(&data_dir, node_id).await?;
+        node._tmp = Some(tmp);
+        Ok(node)
+    }
+
+    /// Starts a node process on an initialised data directory.
+    pub async fn start(data_dir: &Path, node_id: &str) -> anyhow::Result<TestNode> {
+        let mut child = Command::new(node_binary())
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "ammotrace=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let url = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(line) = lines.next() {
+                let line = line?;
+                if let Some(rest) = line.trim().strip_prefix("API:") {
+                    let url = rest.split_whitespace().next().unwrap_or_default();
+                    let base = url.trim_end_matches("/api/v1").to_owned();
+                    // Keep draining stdout so the child never blocks on a full pipe.
+                    std::thread::spawn(move || for _ in lines.by_ref() {});
+                    return Ok(base);
+                }
+            }
+            bail!("the node exited before printing its address")
+        })
+        .await??;
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))?.trim().to_owned();
+        Ok(TestNode {
+            node_id: node_id.to_owned(),
+            url,
+            token,
+            data_dir: data_dir.to_owned(),
+            _tmp: None,
+            child: Some(child),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?,
+        })
+    }
+
+    /// Stops the process gracefully (SIGTERM) and waits for it.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            Command::new("kill").args(["-TERM", &pid]).status()?;
+            let status = child.wait()?;
+            anyhow::ensure!(status.success(), "node exited with {status}");
+        }
+        Ok(())
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Stops (gracefully, unless already dead) and starts again on the same data directory.
+    pub async fn restart(mut self) -> anyhow::Result<TestNode> {
+        self.stop()?;
+        let tmp = self._tmp.take();
+        let mut node = TestNode::start(&self.data_dir, &self.node_id).await?;
+        node._tmp = tmp;
+        Ok(node)
+    }
+
+    async fn answer(response: reqwest::Response) -> anyhow::Result<Answer> {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let content_type = headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let bytes = response.bytes().await?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Answer { status, content_type, headers, body })
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.url)).bearer_auth(&self.token)
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
+        TestNode::answer(request.send().await?).await
+    }
+
+    pub async fn post_record(&self, record: &Value) -> anyhow::Result<Answer> {
+        self.send(self.request(reqwest::Method::POST, "/api/v1/records").json(record)).await
+    }
+
+    pub async fn put_record(&self, id: &str, record: &Value) -> anyhow::Result<Answer> {
+        self.send(self.request(reqwest::Method::PUT, &format!("/api/v1/records/{id}")).json(record)).await
+    }
+
+    pub async fn get_record(&self, id: &str) -> anyhow::Result<Answer> {
+        self.send(self.request(reqwest::Method::GET, &format!("/api/v1/records/{id}"))).await
+    }
+
+    pub async fn delete_record(&self, id: &str) -> anyhow::Result<Answer> {
+        self.send(self.request(reqwest::Method::DELETE, &format!("/api/v1/records/{id}?reason=test"))).await
+    }
+
+    pub async fn import(&self, media_type: &str, body: Vec<u8>, query: &str) -> anyhow::Result<Answer> {
+        self.send(
+            self.request(reqwest::Method::POST, &format!("/api/v1/import{query}"))
+                .header("content-type", media_type)
+                .body(body),
+        )
+        .await
+    }
+
+    /// Searches, waiting until every write so far is indexed.
+    pub async fn search(&self, params: &[(&str, &str)]) -> anyhow::Result<Answer> {
+        let health = self.send(self.http.get(format!("{}/healthz", self.url))).await?;
+        let seq = health.body["last_seq"].as_u64().unwrap_or(0).to_string();
+        let mut query: Vec<(&str, &str)> = params.to_vec();
+        query.push(("min_seq", &seq));
+        self.send(self.request(reqwest::Method::GET, "/api/v1/search").query(&query)).await
+    }
+
+    /// Record ids of the hits of a search, in order.
+    pub async fn search_ids(&self, params: &[(&str, &str)]) -> anyhow::Result<Vec<String>> {
+        let answer = self.search(params).await?;
+        anyhow::ensure!(answer.status == 200, "search failed: {:?}", answer.body);
+        Ok(answer.body["hits"]
+            .as_array()
+            .map(|hits| hits.iter().filter_map(|h| h["record_id"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default())
+    }
+
+    /// Number of records in the store, by export.
+    pub async fn export_lines(&self) -> anyhow::Result<Vec<Value>> {
+        let response = self.request(reqwest::Method::GET, "/api/v1/export").send().await?;
+        let text = response.text().await?;
+        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = self.kill9();
+    }
+}

@@ -1,0 +1,221 @@
+//! Records through the API of a real node: create, search by transcription variants, versions,
+//! retraction, refusals that change nothing, restart.
+
+use ammotrace_e2e::TestNode;
+use serde_json::{Value, json};
+
+fn record(lot: &str, headstamp: &str, calibre: &str) -> Value {
+    json!({
+        "originating_state": "XAA",
+        "event": {
+            "event_type": "seizure",
+            "context": ["trafficking_interdiction"],
+            "date": {"start": "2024-03-11", "precision": "day"},
+            "location": {"country": "XAA", "precision": "settlement", "place_name": "Port A"}
+        },
+        "items": [{
+            "item_id": "i1",
+            "item_category": "small_arms_ammunition",
+            "calibre": calibre,
+            "headstamp": headstamp,
+            "lot": lot,
+            "quantity": {"count": 1080, "unit": "rounds"}
+        }],
+        "sharing": {"tlp": "AMBER"}
+    })
+}
+
+async fn create(node: &TestNode, r: &Value) -> String {
+    let a = node.post_record(r).await.unwrap();
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    a.body["record_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn lot_variants_and_calibre_aliases_find_the_record() {
+    let node = TestNode::spawn("XAA").await.unwrap();
+    let target = create(&node, &record("LC19L123-456", "LC 19", "5.56x45mm NATO")).await;
+    let soviet = create(&node, &record("21-85 539", "539 85", "7.62x39")).await;
+    // Distractors: a sibling lot and the same lot text from another maker and calibre.
+    let sibling = create(&node, &record("LC19L123-457", "LC 19", "5.56x45mm NATO")).await;
+    let other = create(&node, &record("21-85 539", "PPU 19", "9mm Luger")).await;
+
+    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+        (&[("lot", "LC19L123-456")], &target, "exact"),
+        (&[("lot", "lc-19-l-123 456")], &target, "folded"),
+        (&[("lot", "LOT NO. LC19L123-456")], &target, "exact"),
+        (&[("lot", "L/N lc19l123456")], &target, "folded"),
+        (&[("lot", "LC19LI23-456")], &target, "confusable"),
+        (&[("lot", "LC19L12?-456")], &target, "wildcard"),
+        (&[("lot", "LC19L*456")], &target, "wildcard"),
+        (&[("lot", "LC19L12-456")], &target, "fuzzy"),
+        (&[("lot", "№ 21–85–539"), ("headstamp", "85 539")], &soviet, "exact"),
+        (&[("lot", "2I-85-S39"), ("headstamp", "S39 85"), ("calibre", "7,62х39")], &soviet, "confusable"),
+        (&[("lot", "٢١-٨٥-٥٣٩")], &soviet, "exact"),
+    ];
+    for (params, want, kind) in cases {
+        let a = node.search(params).await.unwrap();
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        let first = &a.body["hits"][0];
+        assert_eq!(first["record_id"], **want, "{params:?} → {:?}", a.body["hits"]);
+        assert_eq!(first["match"]["kind"], *kind, "{params:?}");
+        assert!(first["match"]["score"].as_f64().unwrap() > 0.0);
+        assert_eq!(first["origin"], "XAA");
+        assert_eq!(first["event"]["country"], "XAA");
+    }
+    // Headstamp and calibre agreement rank the right maker first; the other maker still shows.
+    let ids = node.search_ids(&[("lot", "21-85-539"), ("headstamp", "539 85"), ("calibre", "7.62x39mm")]).await.unwrap();
+    assert_eq!(ids.first(), Some(&soviet));
+    let ids = node.search_ids(&[("lot", "21-85-539"), ("headstamp", "PPU 19"), ("calibre", "9x19")]).await.unwrap();
+    assert_eq!(ids.first(), Some(&other));
+    // The sibling is below the target for its own lot, and found by the sibling query.
+    let ids = node.search_ids(&[("lot", "LC19L123-456")]).await.unwrap();
+    assert_eq!(ids.first(), Some(&target));
+    let a = node.search(&[("lot", "LC19L123-456"), ("siblings", "true")]).await.unwrap();
+    let hits = a.body["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0]["record_id"], sibling.as_str());
+    assert_eq!(hits[0]["match"]["kind"], "sibling");
+    // Calibre aliases and families.
+    for alias in ["5.56 NATO", "556NATO", "5,56x45"] {
+        let ids = node.search_ids(&[("calibre", alias)]).await.unwrap();
+        assert!(ids.contains(&target) && !ids.contains(&soviet), "{alias}: {ids:?}");
+    }
+    let ids = node.search_ids(&[("calibre", "7.62mm")]).await.unwrap();
+    assert!(ids.contains(&soviet) && !ids.contains(&target), "family: {ids:?}");
+    // Headstamp only, tokens in any order.
+    let ids = node.search_ids(&[("headstamp", "85/539")]).await.unwrap();
+    assert_eq!(ids.first(), Some(&soviet));
+    // Filters.
+    assert!(node.search_ids(&[("lot", "LC19L123-456"), ("country", "XBB")]).await.unwrap().is_empty());
+    assert!(node.search_ids(&[("lot", "LC19L123-456"), ("from", "2025")]).await.unwrap().is_empty());
+    assert_eq!(node.search_ids(&[("lot", "LC19L123-456"), ("to", "2024-03")]).await.unwrap().first(), Some(&target));
+    assert!(node.search_ids(&[("lot", "LC19L123-456"), ("category", "grenade")]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn update_makes_version_2_and_retraction_hides_the_record() {
+    let node = TestNode::spawn("XAA").await.unwrap();
+    let id = create(&node, &record("77-98", "270 98", "5.45x39")).await;
+    let mut changed = record("78-98", "270 98", "5.45x39");
+    let a = node.put_record(&id, &changed).await.unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(a.body["record_version"], 2);
+    let hits = node.search(&[("lot", "78-98")]).await.unwrap();
+    assert_eq!(hits.body["hits"][0]["record_id"], id.as_str());
+    assert_eq!(hits.body["hits"][0]["record_version"], 2);
+    assert!(!node.search_ids(&[("lot", "77-98")]).await.unwrap().contains(&id), "old version still found");
+    // A stale declared version is a conflict and changes nothing.
+    changed["record_version"] = json!(2);
+    let a = node.put_record(&id, &changed).await.unwrap();
+    assert_eq!(a.status, 409);
+    assert!(a.is_problem());
+
+    let a = node.delete_record(&id).await.unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body["record_version"], 3);
+    assert_eq!(a.body["retracted"], true);
+    assert!(node.search_ids(&[("lot", "78-98")]).await.unwrap().is_empty());
+    let versions = node.send(node.request(reqwest::Method::GET, &format!("/api/v1/records/{id}/versions"))).await.unwrap();
+    let versions = versions.body["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 3);
+    assert_eq!(versions[0]["items"][0]["lot"]["raw"], "77-98");
+    assert_eq!(node.delete_record(&id).await.unwrap().status, 409);
+}
+
+#[tokio::test]
+async fn bad_input_gets_problem_json_and_changes_nothing() {
+    let node = TestNode::spawn("XAA").await.unwrap();
+    let keep = create(&node, &record("1-1", "LC 19", "5.56x45")).await;
+    let before = node.export_lines().await.unwrap();
+
+    let raw = |body: &'static str| node.request(reqwest::Method::POST, "/api/v1/records").header("content-type", "application/json").body(body);
+    let a = node.send(raw("{\"originating_state\": \"XAA\", ")).await.unwrap();
+    assert_eq!(a.status, 400);
+    assert!(a.is_problem(), "{}", a.content_type);
+
+    let mut cases: Vec<(Value, &str)> = Vec::new();
+    let mut r = record("1", "", "9mm");
+    r["items"][0]["quantity"]["count"] = json!("many");
+    cases.push((r, "/items/0/quantity/count"));
+    let mut r = record("1", "", "9mm");
+    r["items"][0]["item_category"] = json!("banana");
+    cases.push((r, "/items/0/item_category"));
+    let mut r = record("1", "", "9mm");
+    r["event"]["location"]["country"] = json!("XA");
+    cases.push((r, "/event/location/country"));
+    let mut r = record("1", "", "9mm");
+    r["event"]["location"]["country"] = json!("QQQ");
+    cases.push((r, "/event/location/country"));
+    let mut r = record("1", "", "9mm");
+    r["items"] = json!([]);
+    cases.push((r, "/items"));
+    let mut r = record("1", "", "9mm");
+    r["originating_state"] = json!("XBB");
+    cases.push((r, "/originating_state"));
+    let mut r = record("1", "", "9mm");
+    r["items"][0]["quantity"]["count"] = json!(1.5);
+    cases.push((r, "/items/0/quantity/count"));
+    for (body, pointer) in cases {
+        let a = node.post_record(&body).await.unwrap();
+        assert_eq!(a.status, 422, "{pointer}: {:?}", a.body);
+        assert!(a.is_problem());
+        assert_eq!(a.pointer(), Some(pointer), "{:?}", a.body);
+    }
+    // Oversized body: 413, as problem+json.
+    let huge = format!("{{\"notes\": \"{}\"}}", "x".repeat(70 * 1024 * 1024));
+    let a = node.send(node.request(reqwest::Method::POST, "/api/v1/records").header("content-type", "application/json").body(huge)).await.unwrap();
+    assert_eq!(a.status, 413);
+    assert!(a.is_problem());
+    // A CSV with one broken row: the whole import is refused, with the row and column.
+    let csv = "date,country,event_type,location_precision,tlp,item_category,lot,quantity\n\
+               2024-01-01,XAA,seizure,country,GREEN,small_arms_ammunition,5-55,10\n\
+               2024-01-02,XAA,seizure,country,GREEN,rocket_launcher,5-56,10\n";
+    let a = node.import("text/csv", csv.as_bytes().to_vec(), "").await.unwrap();
+    assert_eq!(a.status, 422, "{:?}", a.body);
+    assert!(a.is_problem());
+    assert_eq!(a.body["rejected"][0]["row"], 3);
+    assert_eq!(a.body["rejected"][0]["column"], "item_category");
+    // Unknown token and missing token.
+    let a = node.send(node.http.get(format!("{}/api/v1/search?lot=1", node.url)).bearer_auth("nope")).await.unwrap();
+    assert_eq!(a.status, 401);
+    let a = node.send(node.http.get(format!("{}/api/v1/search?lot=1", node.url))).await.unwrap();
+    assert_eq!(a.status, 401);
+    // Nothing changed.
+    assert_eq!(node.export_lines().await.unwrap(), before);
+    assert_eq!(node.search_ids(&[("lot", "5-55")]).await.unwrap(), Vec::<String>::new());
+    assert_eq!(node.get_record(&keep).await.unwrap().body["record_version"], 1);
+}
+
+#[tokio::test]
+async fn imports_and_restart_keep_everything() {
+    let node = TestNode::spawn("XAA").await.unwrap();
+    let csv = "record_ref,date,country,event_type,location_precision,tlp,item_category,calibre,headstamp,lot,quantity\n\
+               A,2024-01-01,XAA,seizure,country,GREEN,small_arms_ammunition,7.62x39,539 85,21-85,100\n\
+               A,2024-01-01,XAA,seizure,country,GREEN,small_arms_ammunition,5.45x39,270 98,77-98,40\n\
+               B,2024-01-02,XAA,seizure,country,GREEN,small_arms_ammunition,9mm Luger,PPU 19,UF7387/19,10\n";
+    let a = node.import("text/csv", csv.as_bytes().to_vec(), "").await.unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(a.body["accepted"], 2);
+    let mut lines = String::new();
+    for i in 0..50 {
+        lines.push_str(&record(&format!("JL-{i:03}"), "LC 20", "5.56x45").to_string());
+        lines.push('\n');
+    }
+    let a = node.import("application/x-ndjson", lines.into_bytes(), "").await.unwrap();
+    assert_eq!(a.body["accepted"], 50, "{:?}", a.body);
+    // Partial mode stores the good rows and reports the bad one.
+    let mixed = format!("{}\n{{\"originating_state\": \"XAA\"}}\n", record("PM-1", "", "9mm"));
+    let a = node.import("application/x-ndjson", mixed.into_bytes(), "?mode=partial").await.unwrap();
+    assert_eq!((a.body["accepted"].as_u64(), a.body["rejected_rows"].as_u64()), (Some(1), Some(1)), "{:?}", a.body);
+    assert_eq!(a.body["rejected"][0]["row"], 2);
+
+    let before = node.export_lines().await.unwrap();
+    assert_eq!(before.len(), 53);
+    let node = node.restart().await.unwrap();
+    assert_eq!(node.export_lines().await.unwrap(), before);
+    assert_eq!(node.search_ids(&[("lot", "UF7387-19")]).await.unwrap().len(), 1);
+    assert_eq!(node.search_ids(&[("lot", "JL-049")]).await.unwrap().len(), 1);
+    let h = node.search(&[("lot", "21/85"), ("headstamp", "539 85")]).await.unwrap();
+    assert_eq!(h.body["hits"][0]["item"]["calibre"]["raw"], "7.62x39");
+}
