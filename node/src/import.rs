@@ -30,7 +30,7 @@ impl Format {
     pub fn from_media_type(media: &str) -> Option<Format> {
         let essence = media.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
         match essence.as_str() {
-            "application/x-ndjson" | "application/jsonl" | "application/jsonlines" | "application/json-seq" => {
+            "application/x-ndjson" | "application/jsonl" | "application/jsonlines" => {
                 Some(Format::JsonLines)
             }
             "text/csv" => Some(Format::Csv),
@@ -106,10 +106,12 @@ fn cell_text(cell: &Data) -> String {
         Data::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", *f as i64),
         Data::Float(f) => f.to_string(),
         Data::Bool(b) => b.to_string(),
-        Data::DateTime(d) => d.as_datetime().map(|t| t.date().to_string()).unwrap_or_else(|| d.to_string()),
+        Data::DateTime(d) => {
+            let (y, m, day, ..) = d.to_ymd_hms_milli();
+            format!("{y:04}-{m:02}-{day:02}")
+        }
         Data::DateTimeIso(s) | Data::DurationIso(s) => s.chars().take(10).collect(),
         Data::Error(e) => format!("#{e:?}"),
-        Data::RichText(r) => r.to_string(),
     }
 }
 

@@ -135,7 +135,6 @@ pub struct CandidateQuery {
 }
 
 struct Shared {
-    index: Index,
     reader: IndexReader,
     fields: Fields,
 }
@@ -253,7 +252,7 @@ impl SearchIndex {
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let mut writer: IndexWriter = index.writer(writer_memory_mib.max(16) * 1024 * 1024)?;
         let start = watermark_of(&index)?;
-        let shared = Arc::new(Shared { index, reader, fields });
+        let shared = Arc::new(Shared { reader, fields });
         let (tx_mark, rx_mark) = watch::channel(start);
         let (wake_tx, wake_rx) = mpsc::channel::<()>();
         let stop = Arc::new(AtomicBool::new(false));

@@ -46,6 +46,9 @@ fn load_confusions() -> Confusions {
         };
         match kind {
             "homoglyph_script" | "transliteration" | "digit_script" | "punctuation" => {
+                // Cyrillic У looks like Y but, in the codes seen on ammunition (ППУ = PPU),
+                // stands for U: transliteration wins over the look-alike.
+                let tc = if fc == 'У' { 'U' } else { tc };
                 // Fold both cases of the source letter, to the upper-case target.
                 for src in std::iter::once(fc).chain(fc.to_lowercase()).chain(fc.to_uppercase()) {
                     char_fold.insert(src, tc.to_ascii_uppercase());

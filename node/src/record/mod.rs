@@ -203,7 +203,16 @@ fn schema_errors(value: &Value, errors: &mut Vec<FieldError>) {
                     }
                     detail.truncate(cut);
                 }
-                errors.push(FieldError::new(error.instance_path().as_str(), detail));
+                // A missing member is located at the member, not at its parent.
+                let mut pointer = error.instance_path().as_str().to_owned();
+                if let jsonschema::error::ValidationErrorKind::Required { property } = error.kind()
+                    && let Some(name) = property.as_str()
+                {
+                    pointer.push('/');
+                    pointer.push_str(&pointer_segment(name));
+                    detail = format!("{name:?} is required");
+                }
+                errors.push(FieldError::new(pointer, detail));
             }
         }
         Err(e) => errors.push(FieldError::new("", format!("record schema unavailable: {e}"))),
@@ -513,7 +522,7 @@ mod tests {
         let v = Validator::new("XAA");
         let cases: Vec<(fn(&mut Value), &str)> = vec![
             (|r| r["originating_state"] = json!("XBB"), "/originating_state"),
-            (|r| r["event"]["location"]["country"] = json!("QQQ"), "/event/location/country"),
+            (|r| r["event"]["location"]["country"] = json!("ABC"), "/event/location/country"),
             (|r| r["items"][0]["quantity"]["count"] = json!(1.5), "/items/0/quantity/count"),
             (|r| r["items"][0]["item_category"] = json!("banana"), "/items/0/item_category"),
         ];

@@ -1,0 +1,189 @@
+//! Benchmark helper for `scripts/bench.sh`.
+//!
+//! - `bench limits`: the physical limits on this machine (ed25519 sign/verify of 1.5 KB,
+//!   sled inserts of 1.5 KB values with a flush every 1,000, tantivy indexing in one commit).
+//! - `bench gen N FILE`: N synthetic one-item records as JSON Lines (deterministic).
+//! - `bench latency URL TOKEN N TOTAL`: p50/p99 of `GET /api/v1/search` for exact, confusable,
+//!   wildcard and fuzzy lot queries on lots that `gen` made (TOTAL = records generated).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::{Signer, SigningKey, Verifier};
+use serde_json::json;
+use tantivy::schema::{STORED, STRING, Schema};
+
+const MAKERS: [(&str, &str, &str); 6] = [
+    ("LC", "LC", "5.56x45mm NATO"),
+    ("WCC", "WCC", "7.62x51mm NATO"),
+    ("FC", "FC", "5.56x45"),
+    ("PPU", "PPU", "9mm Luger"),
+    ("MKE", "MKE", "7.62x39"),
+    ("IVI", "IVI", "5.56 NATO"),
+];
+
+/// The lot of synthetic record `i`: MIL-STD-1168 shaped and unique per `i`.
+fn lot(i: u64) -> String {
+    let (maker, _, _) = MAKERS[(i % 6) as usize];
+    let year = 10 + (i / 6) % 15;
+    let month = b"ABCDEFGHJKLM"[((i / 90) % 12) as usize] as char;
+    let n = i / 1080;
+    format!("{maker}{year}{month}{:03}-{:03}", n / 1000, n % 1000)
+}
+
+fn record(i: u64) -> serde_json::Value {
+    let (_, code, calibre) = MAKERS[(i % 6) as usize];
+    let year = 10 + (i / 6) % 15;
+    json!({
+        "originating_state": "XAA",
+        "event": {"event_type": "seizure", "context": ["trafficking_interdiction"],
+                  "date": {"start": format!("20{:02}-{:02}-{:02}", 15 + i % 10, 1 + i % 12, 1 + i % 28), "precision": "day"},
+                  "location": {"country": "XAA", "precision": "settlement", "place_name": format!("site-{}", i % 500)},
+                  "seizing_agency": {"type": "customs"}},
+        "items": [{"item_id": "i1", "item_category": "small_arms_ammunition",
+                   "calibre": {"raw": calibre}, "headstamp": {"present": true, "raw_transcription": format!("{code} {year}")},
+                   "lot": {"raw": lot(i)}, "quantity": {"count": 100 + i % 5000, "unit": "rounds"}}],
+        "sharing": {"tlp": "GREEN"},
+        "notes": "synthetic benchmark record with a note of ordinary length to make the record about as large as a real one"
+    })
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn limits() -> anyhow::Result<()> {
+    let message = vec![7u8; 1536];
+    let key = SigningKey::from_bytes(&[42u8; 32]);
+    let n = 20_000u64;
+    let t = Instant::now();
+    let mut sig = key.sign(&message);
+    for _ in 0..n {
+        sig = key.sign(&message);
+    }
+    let sign = rate(n, t.elapsed());
+    let vk = key.verifying_key();
+    let t = Instant::now();
+    for _ in 0..n {
+        vk.verify(&message, &sig)?;
+    }
+    let verify = rate(n, t.elapsed());
+
+    let dir = tempfile::tempdir()?;
+    let db = sled::open(dir.path().join("sled"))?;
+    let value = vec![1u8; 1536];
+    let n = 100_000u64;
+    let t = Instant::now();
+    for i in 0..n {
+        db.insert(i.to_be_bytes(), value.as_slice())?;
+        if i % 1000 == 999 {
+            db.flush()?;
+        }
+    }
+    db.flush()?;
+    let sled_rate = rate(n, t.elapsed());
+
+    let mut b = Schema::builder();
+    let id = b.add_text_field("id", STRING | STORED);
+    let lot_f = b.add_text_field("lot", STRING);
+    let cal = b.add_text_field("calibre", STRING);
+    std::fs::create_dir_all(dir.path().join("tantivy"))?;
+    let index = tantivy::Index::create_in_dir(dir.path().join("tantivy"), b.build())?;
+    let mut writer: tantivy::IndexWriter = index.writer(256 * 1024 * 1024)?;
+    let n = 300_000u64;
+    let t = Instant::now();
+    for i in 0..n {
+        writer.add_document(tantivy::doc!(id => i.to_string(), lot_f => lot(i), cal => "5.56x45-nato"))?;
+    }
+    writer.commit()?;
+    let tantivy_rate = rate(n, t.elapsed());
+    println!("{}", json!({"sign_per_s": sign.round(), "verify_per_s": verify.round(), "sled_insert_per_s": sled_rate.round(), "tantivy_docs_per_s": tantivy_rate.round()}));
+    Ok(())
+}
+
+fn gen_records(n: u64, path: &str) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for i in 0..n {
+        serde_json::to_writer(&mut out, &record(i))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn variant(kind: &str, lot: &str, salt: u64) -> String {
+    let chars: Vec<char> = lot.chars().collect();
+    match kind {
+        "confusable" => {
+            // One digit read as its look-alike letter.
+            let swap = |c: char| match c {
+                '0' => Some('O'),
+                '1' => Some('I'),
+                '5' => Some('S'),
+                '8' => Some('B'),
+                '2' => Some('Z'),
+                _ => None,
+            };
+            let mut out = chars.clone();
+            let positions: Vec<usize> = (0..chars.len()).filter(|&i| swap(chars[i]).is_some()).collect();
+            if let Some(&p) = positions.get((salt as usize) % positions.len().max(1)) {
+                out[p] = swap(chars[p]).unwrap_or(chars[p]);
+            }
+            out.into_iter().collect()
+        }
+        "wildcard" => {
+            let mut out = chars.clone();
+            let p = chars.len() - 1 - (salt as usize % 4);
+            out[p] = '?';
+            out.into_iter().collect()
+        }
+        "fuzzy" => {
+            let mut out = chars.clone();
+            out.remove(chars.len() - 2 - (salt as usize % 3));
+            out.into_iter().collect()
+        }
+        _ => lot.to_owned(),
+    }
+}
+
+async fn latency(url: &str, token: &str, n: u64, total: u64) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let mut report = serde_json::Map::new();
+    for kind in ["exact", "confusable", "wildcard", "fuzzy"] {
+        let mut times = Vec::with_capacity(n as usize);
+        let mut found = 0u64;
+        for q in 0..n {
+            let i = (q * 7919 + 13) % total;
+            let l = lot(i);
+            let query = variant(kind, &l, q);
+            let t = Instant::now();
+            let response = http
+                .get(format!("{url}/api/v1/search"))
+                .bearer_auth(token)
+                .query(&[("lot", query.as_str()), ("limit", "10")])
+                .send()
+                .await?;
+            let body: serde_json::Value = response.json().await?;
+            times.push(t.elapsed());
+            if body["hits"].as_array().is_some_and(|h| h.iter().any(|h| h["item"]["lot"]["raw"] == l.as_str())) {
+                found += 1;
+            }
+        }
+        times.sort();
+        let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)].as_secs_f64() * 1000.0;
+        report.insert(kind.into(), json!({"p50_ms": pct(0.50), "p99_ms": pct(0.99), "found_share": found as f64 / n as f64, "queries": n}));
+    }
+    println!("{}", serde_json::Value::Object(report));
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["limits"] => limits(),
+        ["gen", n, path] => gen_records(n.parse()?, path),
+        ["latency", url, token, n, total] => latency(url, token, n.parse()?, total.parse()?).await,
+        _ => anyhow::bail!("usage: bench limits | gen N FILE | latency URL TOKEN N TOTAL"),
+    }
+}
