@@ -93,11 +93,16 @@ fn limits() -> anyhow::Result<()> {
     let n = 300_000u64;
     let t = Instant::now();
     for i in 0..n {
-        writer.add_document(tantivy::doc!(id => i.to_string(), lot_f => lot(i), cal => "5.56x45-nato"))?;
+        writer.add_document(
+            tantivy::doc!(id => i.to_string(), lot_f => lot(i), cal => "5.56x45-nato"),
+        )?;
     }
     writer.commit()?;
     let tantivy_rate = rate(n, t.elapsed());
-    println!("{}", json!({"sign_per_s": sign.round(), "verify_per_s": verify.round(), "sled_insert_per_s": sled_rate.round(), "tantivy_docs_per_s": tantivy_rate.round()}));
+    println!(
+        "{}",
+        json!({"sign_per_s": sign.round(), "verify_per_s": verify.round(), "sled_insert_per_s": sled_rate.round(), "tantivy_docs_per_s": tantivy_rate.round()})
+    );
     Ok(())
 }
 
@@ -125,7 +130,9 @@ fn variant(kind: &str, lot: &str, salt: u64) -> String {
                 _ => None,
             };
             let mut out = chars.clone();
-            let positions: Vec<usize> = (0..chars.len()).filter(|&i| swap(chars[i]).is_some()).collect();
+            let positions: Vec<usize> = (0..chars.len())
+                .filter(|&i| swap(chars[i]).is_some())
+                .collect();
             if let Some(&p) = positions.get((salt as usize) % positions.len().max(1)) {
                 out[p] = swap(chars[p]).unwrap_or(chars[p]);
             }
@@ -165,12 +172,17 @@ async fn latency(url: &str, token: &str, n: u64, total: u64) -> anyhow::Result<(
                 .await?;
             let body: serde_json::Value = response.json().await?;
             times.push(t.elapsed());
-            if body["hits"].as_array().is_some_and(|h| h.iter().any(|h| h["item"]["lot"]["raw"] == l.as_str())) {
+            if body["hits"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|h| h["item"]["lot"]["raw"] == l.as_str()))
+            {
                 found += 1;
             }
         }
         times.sort();
-        let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)].as_secs_f64() * 1000.0;
+        let pct = |p: f64| {
+            times[((times.len() as f64 * p) as usize).min(times.len() - 1)].as_secs_f64() * 1000.0
+        };
         report.insert(kind.into(), json!({"p50_ms": pct(0.50), "p99_ms": pct(0.99), "found_share": found as f64 / n as f64, "queries": n}));
     }
     println!("{}", serde_json::Value::Object(report));
@@ -180,7 +192,12 @@ async fn latency(url: &str, token: &str, n: u64, total: u64) -> anyhow::Result<(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["limits"] => limits(),
         ["gen", n, path] => gen_records(n.parse()?, path),
         ["latency", url, token, n, total] => latency(url, token, n.parse()?, total.parse()?).await,

@@ -21,7 +21,11 @@ use crate::node::{self, INDEX_DIR, Node, STORE_DIR};
 pub const DEFAULT_DATA_DIR: &str = "ammotrace-data";
 
 #[derive(Debug, Parser)]
-#[command(name = "ammotrace", version, about = "Federated seized-ammunition tracing node")]
+#[command(
+    name = "ammotrace",
+    version,
+    about = "Federated seized-ammunition tracing node"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -133,7 +137,8 @@ impl Client {
         let base = match &args.url {
             Some(u) => u.trim_end_matches('/').to_owned(),
             None => {
-                let config = Config::load(&args.data_dir).context("no --url given and no node data directory found")?;
+                let config = Config::load(&args.data_dir)
+                    .context("no --url given and no node data directory found")?;
                 format!("http://{}", config.api.listen)
             }
         };
@@ -144,11 +149,17 @@ impl Client {
                 .trim()
                 .to_owned(),
         };
-        Ok(Client { http: reqwest::Client::new(), base, token })
+        Ok(Client {
+            http: reqwest::Client::new(),
+            base,
+            token,
+        })
     }
 
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
     }
 }
 
@@ -159,13 +170,20 @@ async fn answer(response: reqwest::Response) -> anyhow::Result<(reqwest::StatusC
 }
 
 fn problem_text(body: &Value) -> String {
-    let mut text = body.get("detail").and_then(Value::as_str).unwrap_or("request failed").to_owned();
+    let mut text = body
+        .get("detail")
+        .and_then(Value::as_str)
+        .unwrap_or("request failed")
+        .to_owned();
     if let Some(rejected) = body.get("rejected").and_then(Value::as_array) {
         for r in rejected.iter().take(50) {
             text.push_str(&format!(
                 "\n  row {}{}: {} {}",
                 r["row"],
-                r.get("column").and_then(Value::as_str).map(|c| format!(" (column {c})")).unwrap_or_default(),
+                r.get("column")
+                    .and_then(Value::as_str)
+                    .map(|c| format!(" (column {c})"))
+                    .unwrap_or_default(),
                 r["pointer"].as_str().unwrap_or(""),
                 r["detail"].as_str().unwrap_or("")
             ));
@@ -182,11 +200,15 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "ammotrace=info,tower_http=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "ammotrace=info,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -208,16 +230,50 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let created = node::init(&data_dir, &node_id)?;
             println!("initialised {} for {node_id}", data_dir.display());
             println!("  signing key id: {}", created.key_id);
-            println!("  admin token:    {}", data_dir.join(ADMIN_TOKEN_FILE).display());
-            println!("  configuration:  {}", data_dir.join("config.toml").display());
+            println!(
+                "  admin token:    {}",
+                data_dir.join(ADMIN_TOKEN_FILE).display()
+            );
+            println!(
+                "  configuration:  {}",
+                data_dir.join("config.toml").display()
+            );
             Ok(())
         }
         Command::Serve { data_dir, listen } => serve(data_dir, listen).await,
-        Command::Import { file, client, partial, batch, as_own } => import(&file, &client, partial, batch.max(1), as_own).await,
-        Command::Search { client, lot, headstamp, calibre, q, country, from, to, category, limit, siblings, json } => {
+        Command::Import {
+            file,
+            client,
+            partial,
+            batch,
+            as_own,
+        } => import(&file, &client, partial, batch.max(1), as_own).await,
+        Command::Search {
+            client,
+            lot,
+            headstamp,
+            calibre,
+            q,
+            country,
+            from,
+            to,
+            category,
+            limit,
+            siblings,
+            json,
+        } => {
             let client = Client::new(&client)?;
             let mut query: Vec<(&str, String)> = Vec::new();
-            for (k, v) in [("lot", lot), ("headstamp", headstamp), ("calibre", calibre), ("q", q), ("country", country), ("from", from), ("to", to), ("category", category)] {
+            for (k, v) in [
+                ("lot", lot),
+                ("headstamp", headstamp),
+                ("calibre", calibre),
+                ("q", q),
+                ("country", country),
+                ("from", from),
+                ("to", to),
+                ("category", category),
+            ] {
                 if let Some(v) = v {
                     query.push((k, v));
                 }
@@ -228,7 +284,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             if siblings {
                 query.push(("siblings", "true".into()));
             }
-            let (status, body) = answer(client.request(reqwest::Method::GET, "/api/v1/search").query(&query).send().await?).await?;
+            let (status, body) = answer(
+                client
+                    .request(reqwest::Method::GET, "/api/v1/search")
+                    .query(&query)
+                    .send()
+                    .await?,
+            )
+            .await?;
             if !status.is_success() {
                 bail!("{status}: {}", problem_text(&body));
             }
@@ -239,7 +302,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Export { client, output, include_retracted } => {
+        Command::Export {
+            client,
+            output,
+            include_retracted,
+        } => {
             let client = Client::new(&client)?;
             let mut response = client
                 .request(reqwest::Method::GET, "/api/v1/export")
@@ -262,39 +329,68 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Reindex { data_dir } => {
             let config = Config::load(&data_dir)?;
-            let store = crate::store::Store::open(&data_dir.join(STORE_DIR)).context("cannot open the store (is the node still running?)")?;
+            let store = crate::store::Store::open(&data_dir.join(STORE_DIR))
+                .context("cannot open the store (is the node still running?)")?;
             let bar = indicatif::ProgressBar::new(store.record_count() as u64);
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} records {per_sec} {eta}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} records {per_sec} {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             let started = Instant::now();
-            let (docs, mark) = crate::index::rebuild(&data_dir.join(INDEX_DIR), &store, config.index.writer_memory_mib, &|n| bar.set_position(n))?;
+            let (docs, mark) = crate::index::rebuild(
+                &data_dir.join(INDEX_DIR),
+                &store,
+                config.index.writer_memory_mib,
+                &|n| bar.set_position(n),
+            )?;
             bar.finish_and_clear();
-            println!("reindexed {docs} items up to change {mark} in {:.1} s", started.elapsed().as_secs_f64());
+            println!(
+                "reindexed {docs} items up to change {mark} in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
             Ok(())
         }
     }
 }
 
 fn print_hits(body: &Value) {
-    let hits = body.get("hits").and_then(Value::as_array).cloned().unwrap_or_default();
+    let hits = body
+        .get("hits")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if hits.is_empty() {
         println!("no match");
         return;
     }
-    println!("{:<6} {:<11} {:<5} {:<18} {:<14} {:<16} {:<10} {}", "score", "kind", "from", "lot", "headstamp", "calibre", "date", "record");
+    println!(
+        "{:<6} {:<11} {:<5} {:<18} {:<14} {:<16} {:<10} {}",
+        "score", "kind", "from", "lot", "headstamp", "calibre", "date", "record"
+    );
     for h in hits {
         let item = &h["item"];
         println!(
             "{:<6} {:<11} {:<5} {:<18} {:<14} {:<16} {:<10} {}#{}",
-            h["match"]["score"].as_f64().map(|s| format!("{s:.3}")).unwrap_or_default(),
+            h["match"]["score"]
+                .as_f64()
+                .map(|s| format!("{s:.3}"))
+                .unwrap_or_default(),
             h["match"]["kind"].as_str().unwrap_or(""),
             h["origin"].as_str().unwrap_or(""),
-            item.pointer("/lot/raw").and_then(Value::as_str).unwrap_or("-"),
-            item.pointer("/headstamp/raw_transcription").and_then(Value::as_str).unwrap_or("-"),
-            item.pointer("/calibre/raw").and_then(Value::as_str).unwrap_or("-"),
-            h.pointer("/event/date/start").and_then(Value::as_str).unwrap_or(""),
+            item.pointer("/lot/raw")
+                .and_then(Value::as_str)
+                .unwrap_or("-"),
+            item.pointer("/headstamp/raw_transcription")
+                .and_then(Value::as_str)
+                .unwrap_or("-"),
+            item.pointer("/calibre/raw")
+                .and_then(Value::as_str)
+                .unwrap_or("-"),
+            h.pointer("/event/date/start")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
             h["record_id"].as_str().unwrap_or(""),
             h["item_id"].as_str().unwrap_or(""),
         );
@@ -305,10 +401,20 @@ async fn serve(data_dir: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow:
     let explicit = data_dir.is_some();
     let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     if !data_dir.join("config.toml").exists() {
-        anyhow::ensure!(!explicit, "{} is not initialised: run `ammotrace init --data-dir {} --node-id XXX` first", data_dir.display(), data_dir.display());
+        anyhow::ensure!(
+            !explicit,
+            "{} is not initialised: run `ammotrace init --data-dir {} --node-id XXX` first",
+            data_dir.display(),
+            data_dir.display()
+        );
         let default = Config::embedded_default()?;
         let created = node::init(&data_dir, &default.node_id)?;
-        println!("initialised {} with the embedded default configuration (node {}, key {})", data_dir.display(), default.node_id, created.key_id);
+        println!(
+            "initialised {} with the embedded default configuration (node {}, key {})",
+            data_dir.display(),
+            default.node_id,
+            created.key_id
+        );
     }
     let mut config = Config::load(&data_dir)?;
     if let Some(listen) = listen {
@@ -320,8 +426,13 @@ async fn serve(data_dir: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow:
         .with_context(|| format!("cannot listen on {}", node.config().api.listen))?;
     let address = listener.local_addr()?;
     println!("ammotrace node {} serving", node.config().node_id);
-    println!("  API:          http://{address}/api/v1   (OpenAPI: http://{address}/api/openapi.json)");
-    println!("  admin token:  {}", data_dir.join(ADMIN_TOKEN_FILE).display());
+    println!(
+        "  API:          http://{address}/api/v1   (OpenAPI: http://{address}/api/openapi.json)"
+    );
+    println!(
+        "  admin token:  {}",
+        data_dir.join(ADMIN_TOKEN_FILE).display()
+    );
     println!("  data:         {}", data_dir.display());
     let _ = std::io::stdout().flush();
     node.serve(listener, shutdown_signal()).await
@@ -343,11 +454,25 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn import(file: &Path, args: &ClientArgs, partial: bool, batch: usize, as_own: bool) -> anyhow::Result<()> {
-    let format = Format::from_path(file).ok_or_else(|| anyhow::anyhow!("{}: name it .jsonl, .ndjson, .csv or .xlsx", file.display()))?;
+async fn import(
+    file: &Path,
+    args: &ClientArgs,
+    partial: bool,
+    batch: usize,
+    as_own: bool,
+) -> anyhow::Result<()> {
+    let format = Format::from_path(file).ok_or_else(|| {
+        anyhow::anyhow!("{}: name it .jsonl, .ndjson, .csv or .xlsx", file.display())
+    })?;
     let client = Client::new(args)?;
     let node_id = if as_own {
-        let (_, health) = answer(client.request(reqwest::Method::GET, "/healthz").send().await?).await?;
+        let (_, health) = answer(
+            client
+                .request(reqwest::Method::GET, "/healthz")
+                .send()
+                .await?,
+        )
+        .await?;
         health["node_id"].as_str().map(str::to_owned)
     } else {
         None
@@ -357,11 +482,15 @@ async fn import(file: &Path, args: &ClientArgs, partial: bool, batch: usize, as_
     let mut total = 0usize;
     match format {
         Format::JsonLines => {
-            let reader = std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?);
+            let reader = std::io::BufReader::new(
+                std::fs::File::open(file)
+                    .with_context(|| format!("cannot open {}", file.display()))?,
+            );
             let (mut body, mut count, mut first_line) = (Vec::new(), 0, 1);
             for (i, line) in reader.lines().enumerate() {
                 let mut line = line?;
-                if let (Some(node_id), Ok(mut v)) = (&node_id, serde_json::from_str::<Value>(&line)) {
+                if let (Some(node_id), Ok(mut v)) = (&node_id, serde_json::from_str::<Value>(&line))
+                {
                     if let Some(o) = v.as_object_mut() {
                         o.insert("originating_state".into(), Value::String(node_id.clone()));
                     }
@@ -384,17 +513,21 @@ async fn import(file: &Path, args: &ClientArgs, partial: bool, batch: usize, as_
             }
         }
         Format::Csv | Format::Xlsx => {
-            let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let bytes =
+                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
             bodies.push((1, bytes));
         }
     }
     let mode = if partial { "partial" } else { "atomic" };
     let started = Instant::now();
-    let style = indicatif::ProgressStyle::with_template("{msg:10} {bar:40} {pos}/{len} requests {elapsed}")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style =
+        indicatif::ProgressStyle::with_template("{msg:10} {bar:40} {pos}/{len} requests {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     // Pass 1 (all or nothing): validate every batch before storing any.
     if !partial && bodies.len() > 1 {
-        let bar = indicatif::ProgressBar::new(bodies.len() as u64).with_style(style.clone()).with_message("checking");
+        let bar = indicatif::ProgressBar::new(bodies.len() as u64)
+            .with_style(style.clone())
+            .with_message("checking");
         let mut problems = Vec::new();
         for (first_line, body) in &bodies {
             let response = client
@@ -415,10 +548,15 @@ async fn import(file: &Path, args: &ClientArgs, partial: bool, batch: usize, as_
             for p in &problems {
                 eprintln!("{}", problem_text(p));
             }
-            bail!("{}: rejected; nothing was stored (use --partial to store the valid records)", file.display());
+            bail!(
+                "{}: rejected; nothing was stored (use --partial to store the valid records)",
+                file.display()
+            );
         }
     }
-    let bar = indicatif::ProgressBar::new(bodies.len() as u64).with_style(style).with_message("importing");
+    let bar = indicatif::ProgressBar::new(bodies.len() as u64)
+        .with_style(style)
+        .with_message("importing");
     let (mut accepted, mut rejected) = (0u64, 0u64);
     let mut reports = Vec::new();
     for (first_line, body) in bodies {
@@ -433,7 +571,10 @@ async fn import(file: &Path, args: &ClientArgs, partial: bool, batch: usize, as_
         let body = offset_rows(body, first_line - 1);
         if !status.is_success() {
             bar.abandon();
-            bail!("{status} after {accepted} records stored: {}", problem_text(&body));
+            bail!(
+                "{status} after {accepted} records stored: {}",
+                problem_text(&body)
+            );
         }
         accepted += body["accepted"].as_u64().unwrap_or(0);
         rejected += body["rejected_rows"].as_u64().unwrap_or(0);
@@ -450,7 +591,11 @@ async fn import(file: &Path, args: &ClientArgs, partial: bool, batch: usize, as_
     println!(
         "{}: {accepted} records stored, {rejected} rejected, of {} read, in {secs:.1} s ({:.0} records/s)",
         file.display(),
-        if total > 0 { total as u64 } else { accepted + rejected },
+        if total > 0 {
+            total as u64
+        } else {
+            accepted + rejected
+        },
         accepted as f64 / secs.max(1e-9)
     );
     Ok(())
@@ -473,14 +618,25 @@ mod tests {
 
     #[test]
     fn parses_the_contract_commands() {
-        let cli = Cli::try_parse_from(["ammotrace", "init", "--data-dir", "d", "--node-id", "XAA"]).unwrap();
+        let cli = Cli::try_parse_from(["ammotrace", "init", "--data-dir", "d", "--node-id", "XAA"])
+            .unwrap();
         assert!(matches!(cli.command, Command::Init { ref node_id, .. } if node_id == "XAA"));
         let cli = Cli::try_parse_from(["ammotrace", "serve"]).unwrap();
-        assert!(matches!(cli.command, Command::Serve { data_dir: None, listen: None }));
+        assert!(matches!(
+            cli.command,
+            Command::Serve {
+                data_dir: None,
+                listen: None
+            }
+        ));
         let cli = Cli::try_parse_from(["ammotrace", "import", "f.csv", "--partial"]).unwrap();
         assert!(matches!(cli.command, Command::Import { partial: true, .. }));
-        let cli = Cli::try_parse_from(["ammotrace", "search", "--lot", "21-85", "--siblings"]).unwrap();
-        assert!(matches!(cli.command, Command::Search { siblings: true, .. }));
+        let cli =
+            Cli::try_parse_from(["ammotrace", "search", "--lot", "21-85", "--siblings"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Search { siblings: true, .. }
+        ));
         assert!(Cli::try_parse_from(["ammotrace", "serve", "--listen", "nowhere"]).is_err());
     }
 }

@@ -62,7 +62,10 @@ pub struct SearchConfig {
 
 impl Default for SearchConfig {
     fn default() -> Self {
-        SearchConfig { default_limit: 20, max_limit: 500 }
+        SearchConfig {
+            default_limit: 20,
+            max_limit: 500,
+        }
     }
 }
 
@@ -75,7 +78,10 @@ pub struct IndexConfig {
 
 impl Default for IndexConfig {
     fn default() -> Self {
-        IndexConfig { writer_memory_mib: 256, commit_interval_ms: 200 }
+        IndexConfig {
+            writer_memory_mib: 256,
+            commit_interval_ms: 200,
+        }
     }
 }
 
@@ -87,7 +93,9 @@ pub struct FederationConfig {
 
 impl Default for FederationConfig {
     fn default() -> Self {
-        FederationConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8601)) }
+        FederationConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8601)),
+        }
     }
 }
 
@@ -118,13 +126,22 @@ impl Config {
             "node_id {:?} is not an ISO 3166-1 alpha-3 or user-assigned code",
             self.node_id
         );
-        anyhow::ensure!(self.search.default_limit >= 1, "search.default_limit must be at least 1");
+        anyhow::ensure!(
+            self.search.default_limit >= 1,
+            "search.default_limit must be at least 1"
+        );
         anyhow::ensure!(
             self.search.max_limit >= self.search.default_limit,
             "search.max_limit must be at least search.default_limit"
         );
-        anyhow::ensure!(self.api.max_body_bytes >= 1024, "api.max_body_bytes must be at least 1024");
-        anyhow::ensure!(self.index.writer_memory_mib >= 16, "index.writer_memory_mib must be at least 16");
+        anyhow::ensure!(
+            self.api.max_body_bytes >= 1024,
+            "api.max_body_bytes must be at least 1024"
+        );
+        anyhow::ensure!(
+            self.index.writer_memory_mib >= 16,
+            "index.writer_memory_mib must be at least 16"
+        );
         Ok(())
     }
 

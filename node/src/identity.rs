@@ -46,7 +46,10 @@ impl Identity {
         let pem = fs::read_to_string(data_dir.join(SIGNING_KEY_FILE))?;
         let signing_key = SigningKey::from_pkcs8_pem(&pem)
             .map_err(|e| anyhow::anyhow!("{SIGNING_KEY_FILE} is not a PKCS#8 ed25519 key: {e}"))?;
-        Ok(Identity { node_id: node_id.to_owned(), signing_key })
+        Ok(Identity {
+            node_id: node_id.to_owned(),
+            signing_key,
+        })
     }
 }
 
@@ -98,22 +101,41 @@ pub fn init(data_dir: &Path, node_id: &str) -> anyhow::Result<Created> {
     let key_id = key_id(&verifying);
     fs::write(
         data_dir.join(PUBLIC_KEY_FILE),
-        format!("{key_id} {}\n", URL_SAFE_NO_PAD.encode(verifying.as_bytes())),
+        format!(
+            "{key_id} {}\n",
+            URL_SAFE_NO_PAD.encode(verifying.as_bytes())
+        ),
     )?;
 
-    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), node_id.to_lowercase()];
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        node_id.to_lowercase(),
+    ];
     let certified = rcgen::generate_simple_self_signed(names)?;
     fs::write(data_dir.join(TLS_CERT_FILE), certified.cert.pem())?;
-    write_secret(&data_dir.join(TLS_KEY_FILE), certified.signing_key.serialize_pem().as_bytes())?;
+    write_secret(
+        &data_dir.join(TLS_KEY_FILE),
+        certified.signing_key.serialize_pem().as_bytes(),
+    )?;
 
     let admin_token = new_token()?;
-    write_secret(&data_dir.join(ADMIN_TOKEN_FILE), format!("{admin_token}\n").as_bytes())?;
-    Ok(Created { key_id, admin_token })
+    write_secret(
+        &data_dir.join(ADMIN_TOKEN_FILE),
+        format!("{admin_token}\n").as_bytes(),
+    )?;
+    Ok(Created {
+        key_id,
+        admin_token,
+    })
 }
 
 /// SHA-256 of a token, hex: how tokens are named in the configuration.
 pub fn token_digest(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -126,11 +148,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let created = init(dir.path(), "XAA").unwrap();
         for file in [SIGNING_KEY_FILE, TLS_KEY_FILE, ADMIN_TOKEN_FILE] {
-            let mode = fs::metadata(dir.path().join(file)).unwrap().permissions().mode();
+            let mode = fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{file}");
         }
         let identity = Identity::load(dir.path(), "XAA").unwrap();
         assert_eq!(identity.key_id(), created.key_id);
-        assert!(init(dir.path(), "XAA").is_err(), "init must not overwrite secrets");
+        assert!(
+            init(dir.path(), "XAA").is_err(),
+            "init must not overwrite secrets"
+        );
     }
 }

@@ -23,12 +23,18 @@ pub enum Format {
     Xlsx,
 }
 
-pub const XLSX_MEDIA_TYPE: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+pub const XLSX_MEDIA_TYPE: &str =
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
 
 impl Format {
     /// From a Content-Type header (parameters ignored).
     pub fn from_media_type(media: &str) -> Option<Format> {
-        let essence = media.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        let essence = media
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
         match essence.as_str() {
             "application/x-ndjson" | "application/jsonl" | "application/jsonlines" => {
                 Some(Format::JsonLines)
@@ -75,10 +81,15 @@ pub fn parse(format: Format, body: &[u8], node_id: &str) -> Result<Vec<Row>, Fie
     match format {
         Format::JsonLines => Ok(parse_json_lines(body)),
         Format::Csv => {
-            let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(body);
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .flexible(true)
+                .from_reader(body);
             let mut rows = Vec::new();
             for (i, record) in reader.records().enumerate() {
-                let record = record.map_err(|e| FieldError::new(format!("/rows/{}", i + 1), format!("unreadable CSV: {e}")))?;
+                let record = record.map_err(|e| {
+                    FieldError::new(format!("/rows/{}", i + 1), format!("unreadable CSV: {e}"))
+                })?;
                 rows.push(record.iter().map(str::to_owned).collect());
             }
             sheet_rows(rows, node_id)
@@ -90,7 +101,10 @@ pub fn parse(format: Format, body: &[u8], node_id: &str) -> Result<Vec<Row>, Fie
                 .worksheet_range_at(0)
                 .ok_or_else(|| FieldError::new("", "the workbook has no sheet"))?
                 .map_err(|e| FieldError::new("", format!("unreadable first sheet: {e}")))?;
-            let rows = range.rows().map(|r| r.iter().map(cell_text).collect()).collect();
+            let rows = range
+                .rows()
+                .map(|r| r.iter().map(cell_text).collect())
+                .collect();
             sheet_rows(rows, node_id)
         }
     }
@@ -123,9 +137,16 @@ fn parse_json_lines(body: &[u8]) -> Vec<Row> {
             continue;
         }
         let record = serde_json::from_slice::<Value>(line).map_err(|e| {
-            vec![FieldError::new("", format!("line {} is not JSON: {e}", i + 1))]
+            vec![FieldError::new(
+                "",
+                format!("line {} is not JSON: {e}", i + 1),
+            )]
         });
-        rows.push(Row { row: i + 1, record, columns: BTreeMap::new() });
+        rows.push(Row {
+            row: i + 1,
+            record,
+            columns: BTreeMap::new(),
+        });
     }
     rows
 }
@@ -163,8 +184,13 @@ const COLUMNS: &[(&str, &str)] = &[
     ("ammo_type", "ammo_type/raw"),
 ];
 
+/// A header as a column name: `Record Ref`, `record-ref` and `record_ref` are one column.
+fn column_name(header: &str) -> String {
+    header.trim().to_ascii_lowercase().replace([' ', '-'], "_")
+}
+
 fn column_target(name: &str) -> Option<&'static str> {
-    let key = name.trim().to_ascii_lowercase().replace([' ', '-'], "_");
+    let key = column_name(name);
     COLUMNS.iter().find(|(c, _)| *c == key).map(|(_, t)| *t)
 }
 
@@ -176,7 +202,9 @@ fn set_path(root: &mut Map<String, Value>, path: &str, value: Value) {
             current.insert(part.to_owned(), value);
             return;
         }
-        let entry = current.entry(part.to_owned()).or_insert_with(|| Value::Object(Map::new()));
+        let entry = current
+            .entry(part.to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
         if !entry.is_object() {
             *entry = Value::Object(Map::new());
         }
@@ -200,7 +228,10 @@ fn sheet_rows(rows: Vec<Vec<String>>, node_id: &str) -> Result<Vec<Row>, FieldEr
             None => {
                 return Err(FieldError::new(
                     format!("/columns/{i}"),
-                    format!("unknown column {name:?}; known columns: {}", COLUMNS.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")),
+                    format!(
+                        "unknown column {name:?}; known columns: {}",
+                        COLUMNS.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
+                    ),
                 ));
             }
         }
@@ -213,9 +244,22 @@ fn sheet_rows(rows: Vec<Vec<String>>, node_id: &str) -> Result<Vec<Row>, FieldEr
         if cells.iter().all(|c| c.trim().is_empty()) {
             continue;
         }
+        if cells
+            .iter()
+            .skip(targets.len())
+            .any(|c| !c.trim().is_empty())
+        {
+            return Err(FieldError::new(
+                format!("/rows/{row}"),
+                format!(
+                    "row {row} has more cells than the header has columns ({})",
+                    targets.len()
+                ),
+            ));
+        }
         let reference = targets
             .iter()
-            .position(|(n, _)| n.eq_ignore_ascii_case("record_ref"))
+            .position(|(n, _)| column_name(n) == "record_ref")
             .and_then(|p| cells.get(p))
             .map(|r| r.trim().to_owned())
             .filter(|r| !r.is_empty())
@@ -227,14 +271,20 @@ fn sheet_rows(rows: Vec<Vec<String>>, node_id: &str) -> Result<Vec<Row>, FieldEr
     }
     let mut out = Vec::new();
     for reference in order {
-        let Some(group) = groups.remove(&reference) else { continue };
+        let Some(group) = groups.remove(&reference) else {
+            continue;
+        };
         out.push(sheet_record(&targets, group, node_id));
     }
     out.sort_by_key(|r| r.row);
     Ok(out)
 }
 
-fn sheet_record(targets: &[(String, &'static str)], group: Vec<(usize, Vec<String>)>, node_id: &str) -> Row {
+fn sheet_record(
+    targets: &[(String, &'static str)],
+    group: Vec<(usize, Vec<String>)>,
+    node_id: &str,
+) -> Row {
     let first_row = group.first().map_or(0, |(r, _)| *r);
     let mut record = Map::new();
     let mut columns = BTreeMap::new();
@@ -251,7 +301,12 @@ fn sheet_record(targets: &[(String, &'static str)], group: Vec<(usize, Vec<Strin
                 let pointer = format!("/{record_path}");
                 columns.insert(pointer.clone(), name.clone());
                 let value = match record_path {
-                    "event/context" => json!(cell.split(['|', ';']).map(str::trim).filter(|c| !c.is_empty()).collect::<Vec<_>>()),
+                    "event/context" => json!(
+                        cell.split(['|', ';'])
+                            .map(str::trim)
+                            .filter(|c| !c.is_empty())
+                            .collect::<Vec<_>>()
+                    ),
                     "case_refs" => json!([{ "system": "national_case", "ref": cell }]),
                     _ => Value::String(cell.to_owned()),
                 };
@@ -277,24 +332,39 @@ fn sheet_record(targets: &[(String, &'static str)], group: Vec<(usize, Vec<Strin
             }
         }
         if !item.contains_key("item_id") {
-            item.insert("item_id".into(), Value::String(format!("i{}", item_index + 1)));
+            item.insert(
+                "item_id".into(),
+                Value::String(format!("i{}", item_index + 1)),
+            );
         }
         if let Some(h) = item.get_mut("headstamp").and_then(Value::as_object_mut) {
             h.insert("present".into(), Value::Bool(true));
         }
         items.push(Value::Object(item));
     }
-    record.entry("originating_state").or_insert_with(|| Value::String(node_id.to_owned()));
+    record
+        .entry("originating_state")
+        .or_insert_with(|| Value::String(node_id.to_owned()));
     record.insert("items".into(), Value::Array(items));
-    let record = if errors.is_empty() { Ok(Value::Object(record)) } else { Err(errors) };
-    Row { row: first_row, record, columns }
+    let record = if errors.is_empty() {
+        Ok(Value::Object(record))
+    } else {
+        Err(errors)
+    };
+    Row {
+        row: first_row,
+        record,
+        columns,
+    }
 }
 
 /// The sheet column a record pointer came from, if any.
 pub fn column_of(columns: &BTreeMap<String, String>, pointer: &str) -> Option<String> {
     columns
         .iter()
-        .filter(|(p, _)| pointer.starts_with(p.as_str()) || p.starts_with(pointer) && !pointer.is_empty())
+        .filter(|(p, _)| {
+            pointer.starts_with(p.as_str()) || p.starts_with(pointer) && !pointer.is_empty()
+        })
         .max_by_key(|(p, _)| p.len())
         .map(|(_, c)| c.clone())
 }
@@ -320,7 +390,10 @@ mod tests {
         let b = rows[1].record.as_ref().unwrap_err();
         assert_eq!(b[0].pointer, "/items/0/quantity/count");
         assert_eq!(rows[1].row, 4);
-        assert_eq!(column_of(&rows[0].columns, "/items/1/lot/raw").as_deref(), Some("lot"));
+        assert_eq!(
+            column_of(&rows[0].columns, "/items/1/lot/raw").as_deref(),
+            Some("lot")
+        );
     }
 
     #[test]

@@ -23,8 +23,7 @@ use tantivy::query::{
     TermQuery,
 };
 use tantivy::schema::{
-    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TantivyDocument,
-    Value as _,
+    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TantivyDocument, Value as _,
 };
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term, doc};
 use tokio::sync::watch;
@@ -156,7 +155,11 @@ fn open_index(path: &Path) -> Result<(Index, Fields), IndexError> {
 }
 
 fn watermark_of(index: &Index) -> Result<u64, IndexError> {
-    Ok(index.load_metas()?.payload.and_then(|p| p.parse().ok()).unwrap_or(0))
+    Ok(index
+        .load_metas()?
+        .payload
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0))
 }
 
 fn add_item_docs(
@@ -224,7 +227,10 @@ fn catch_up(
         return Ok((watermark, false));
     }
     for change in &changes {
-        writer.delete_term(Term::from_field_text(shared.fields.record_id, &change.id.to_string()));
+        writer.delete_term(Term::from_field_text(
+            shared.fields.record_id,
+            &change.id.to_string(),
+        ));
         if !change.retracted
             && let Some(record) = store.get(&change.id, Some(change.version))?
         {
@@ -249,7 +255,10 @@ impl SearchIndex {
         commit_interval: Duration,
     ) -> Result<SearchIndex, IndexError> {
         let (index, fields) = open_index(path)?;
-        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
         let mut writer: IndexWriter = index.writer(writer_memory_mib.max(16) * 1024 * 1024)?;
         let start = watermark_of(&index)?;
         let shared = Arc::new(Shared { reader, fields });
@@ -259,31 +268,33 @@ impl SearchIndex {
         let thread = {
             let shared = shared.clone();
             let stop = stop.clone();
-            std::thread::Builder::new().name("indexer".into()).spawn(move || {
-                let mut watermark = start;
-                while !stop.load(Ordering::Relaxed) {
-                    match catch_up(&store, &shared, &mut writer, watermark, 20_000) {
-                        Ok((mark, more)) => {
-                            if mark != watermark {
-                                watermark = mark;
-                                tx_mark.send_replace(watermark);
+            std::thread::Builder::new()
+                .name("indexer".into())
+                .spawn(move || {
+                    let mut watermark = start;
+                    while !stop.load(Ordering::Relaxed) {
+                        match catch_up(&store, &shared, &mut writer, watermark, 20_000) {
+                            Ok((mark, more)) => {
+                                if mark != watermark {
+                                    watermark = mark;
+                                    tx_mark.send_replace(watermark);
+                                }
+                                if more {
+                                    continue;
+                                }
                             }
-                            if more {
-                                continue;
-                            }
+                            Err(e) => tracing::error!(error = %e, "indexer failed; retrying"),
                         }
-                        Err(e) => tracing::error!(error = %e, "indexer failed; retrying"),
+                        match wake_rx.recv_timeout(commit_interval) {
+                            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        }
+                        while wake_rx.try_recv().is_ok() {}
                     }
-                    match wake_rx.recv_timeout(commit_interval) {
-                        Ok(()) | Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => break,
+                    if let Err(e) = writer.wait_merging_threads() {
+                        tracing::warn!(error = %e, "index merge threads");
                     }
-                    while wake_rx.try_recv().is_ok() {}
-                }
-                if let Err(e) = writer.wait_merging_threads() {
-                    tracing::warn!(error = %e, "index merge threads");
-                }
-            })?
+                })?
         };
         Ok(SearchIndex {
             shared,
@@ -309,7 +320,9 @@ impl SearchIndex {
     /// Waits until the index has committed `seq`, or `timeout` passes; returns whether it has.
     pub async fn wait_for(&self, seq: u64, timeout: Duration) -> bool {
         let mut rx = self.watermark.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|mark| *mark >= seq)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|mark| *mark >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Stops the indexer thread after its current batch.
@@ -330,12 +343,17 @@ impl SearchIndex {
     pub fn candidates(&self, q: &CandidateQuery) -> Result<Vec<Candidate>, IndexError> {
         let f = &self.shared.fields;
         let term = |field: Field, text: &str| -> Box<dyn Query> {
-            Box::new(TermQuery::new(Term::from_field_text(field, text), IndexRecordOption::Basic))
+            Box::new(TermQuery::new(
+                Term::from_field_text(field, text),
+                IndexRecordOption::Basic,
+            ))
         };
-        let boost = |q: Box<dyn Query>, b: f32| -> Box<dyn Query> { Box::new(BoostQuery::new(q, b)) };
+        let boost =
+            |q: Box<dyn Query>, b: f32| -> Box<dyn Query> { Box::new(BoostQuery::new(q, b)) };
         let regex = |pattern: &str, field: Field| -> Result<Box<dyn Query>, IndexError> {
             Ok(Box::new(
-                RegexQuery::from_pattern(pattern, field).map_err(|e| IndexError::Query(e.to_string()))?,
+                RegexQuery::from_pattern(pattern, field)
+                    .map_err(|e| IndexError::Query(e.to_string()))?,
             ))
         };
 
@@ -350,7 +368,8 @@ impl SearchIndex {
             lot.push((Occur::Should, boost(regex(pattern, f.lot_skel)?, 4.0)));
         }
         if let Some((skel, distance)) = &q.lot_fuzzy {
-            let fuzzy = FuzzyTermQuery::new(Term::from_field_text(f.lot_skel, skel), *distance, true);
+            let fuzzy =
+                FuzzyTermQuery::new(Term::from_field_text(f.lot_skel, skel), *distance, true);
             lot.push((Occur::Should, boost(Box::new(fuzzy), 1.0)));
         }
         let mut hs: Vec<(Occur, Box<dyn Query>)> = Vec::new();
@@ -379,7 +398,11 @@ impl SearchIndex {
             clauses.push((occur, boost(Box::new(BooleanQuery::new(hs)), 0.5)));
         }
         if !cal.is_empty() {
-            let occur = if q.calibre_required || (!has_lot && !has_hs) { Occur::Must } else { Occur::Should };
+            let occur = if q.calibre_required || (!has_lot && !has_hs) {
+                Occur::Must
+            } else {
+                Occur::Should
+            };
             clauses.push((occur, boost(Box::new(BooleanQuery::new(cal)), 0.5)));
         }
         if let Some(c) = &q.category {
@@ -390,8 +413,12 @@ impl SearchIndex {
         }
         if q.date_from.is_some() || q.date_to.is_some() {
             use std::ops::Bound::*;
-            let lo = q.date_from.map_or(Unbounded, |d| Included(Term::from_field_i64(f.date, d)));
-            let hi = q.date_to.map_or(Unbounded, |d| Included(Term::from_field_i64(f.date, d)));
+            let lo = q
+                .date_from
+                .map_or(Unbounded, |d| Included(Term::from_field_i64(f.date, d)));
+            let hi = q
+                .date_to
+                .map_or(Unbounded, |d| Included(Term::from_field_i64(f.date, d)));
             clauses.push((Occur::Must, Box::new(RangeQuery::new(lo, hi))));
         }
         if !clauses.iter().any(|(o, _)| *o == Occur::Must) {
@@ -399,15 +426,23 @@ impl SearchIndex {
         }
         let query = BooleanQuery::new(clauses);
         let searcher = self.shared.reader.searcher();
-        let top = searcher.search(&query, &TopDocs::with_limit(q.limit.max(1)).order_by_score())?;
+        let top = searcher.search(
+            &query,
+            &TopDocs::with_limit(q.limit.max(1)).order_by_score(),
+        )?;
         let mut out = Vec::with_capacity(top.len());
         for (score, address) in top {
             let d: TantivyDocument = searcher.doc(address)?;
             let text = |field: Field| {
-                d.get_first(field).and_then(|v| v.as_str()).unwrap_or_default().to_owned()
+                d.get_first(field)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
             };
             let all = |field: Field| {
-                d.get_all(field).filter_map(|v| v.as_str().map(str::to_owned)).collect::<Vec<_>>()
+                d.get_all(field)
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect::<Vec<_>>()
             };
             out.push(Candidate {
                 record_id: text(f.record_id),

@@ -42,15 +42,23 @@ pub fn init(data_dir: &Path, node_id: &str) -> anyhow::Result<Initialised> {
     let config_text = Config::default_text_for(node_id);
     Config::parse(&config_text)?;
     let config_path = data_dir.join("config.toml");
-    anyhow::ensure!(!config_path.exists(), "{} already exists: this data directory is initialised", config_path.display());
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    anyhow::ensure!(
+        !config_path.exists(),
+        "{} already exists: this data directory is initialised",
+        config_path.display()
+    );
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
     }
     let created = identity::init(data_dir, node_id)?;
     std::fs::write(&config_path, config_text)?;
-    Ok(Initialised { key_id: created.key_id, admin_token: created.admin_token })
+    Ok(Initialised {
+        key_id: created.key_id,
+        admin_token: created.admin_token,
+    })
 }
 
 impl Node {
@@ -61,10 +69,20 @@ impl Node {
     }
 
     pub fn open_with(data_dir: &Path, config: Config) -> anyhow::Result<Arc<Node>> {
-        let admin = std::fs::read_to_string(data_dir.join(ADMIN_TOKEN_FILE))
-            .with_context(|| format!("cannot read {}", data_dir.join(ADMIN_TOKEN_FILE).display()))?;
-        let mut tokens = vec![ApiToken { name: "admin".into(), role: Role::Admin, sha256: identity::token_digest(admin.trim()) }];
-        tokens.extend(config.api.tokens.iter().map(|t| ApiToken { name: t.name.clone(), role: t.role, sha256: t.sha256.clone() }));
+        let admin =
+            std::fs::read_to_string(data_dir.join(ADMIN_TOKEN_FILE)).with_context(|| {
+                format!("cannot read {}", data_dir.join(ADMIN_TOKEN_FILE).display())
+            })?;
+        let mut tokens = vec![ApiToken {
+            name: "admin".into(),
+            role: Role::Admin,
+            sha256: identity::token_digest(admin.trim()),
+        }];
+        tokens.extend(config.api.tokens.iter().map(|t| ApiToken {
+            name: t.name.clone(),
+            role: t.role,
+            sha256: t.sha256.clone(),
+        }));
         let store = Store::open(&data_dir.join(STORE_DIR)).context("cannot open the store")?;
         let index = SearchIndex::open(
             &data_dir.join(INDEX_DIR),
@@ -104,9 +122,15 @@ impl Node {
 
     /// Serves the local API on `listener` until `shutdown` completes, then stops the indexer
     /// and flushes the store.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let router = crate::api::router(self.clone());
-        axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
         let node = self.clone();
         tokio::task::spawn_blocking(move || {
             node.index.shutdown();

@@ -95,34 +95,64 @@ fn regex_escape(text: &str) -> String {
 }
 
 /// Validates the parameters and builds the plan.
-pub fn plan(params: &SearchParams, default_limit: usize, max_limit: usize) -> Result<Plan, Vec<FieldError>> {
+pub fn plan(
+    params: &SearchParams,
+    default_limit: usize,
+    max_limit: usize,
+) -> Result<Plan, Vec<FieldError>> {
     let mut errors = Vec::new();
     let limit = params.limit.unwrap_or(default_limit);
     if limit == 0 || limit > max_limit {
-        errors.push(FieldError::new("/limit", format!("limit must be between 1 and {max_limit}")));
+        errors.push(FieldError::new(
+            "/limit",
+            format!("limit must be between 1 and {max_limit}"),
+        ));
     }
     let from = params.from.as_deref().map(|d| (d, date_key(d, false)));
     let to = params.to.as_deref().map(|d| (d, date_key(d, true)));
     for (name, bound) in [("from", from), ("to", to)] {
         if let Some((text, None)) = bound {
-            errors.push(FieldError::new(format!("/{name}"), format!("{text:?} is not YYYY, YYYY-MM or YYYY-MM-DD")));
+            errors.push(FieldError::new(
+                format!("/{name}"),
+                format!("{text:?} is not YYYY, YYYY-MM or YYYY-MM-DD"),
+            ));
         }
     }
     if let Some(c) = &params.country
         && !crate::record::country::is_valid(c)
     {
-        errors.push(FieldError::new("/country", format!("{c:?} is not an ISO 3166-1 alpha-3 code")));
+        errors.push(FieldError::new(
+            "/country",
+            format!("{c:?} is not an ISO 3166-1 alpha-3 code"),
+        ));
     }
-    let lot_text = params.lot.as_deref().or(params.q.as_deref()).filter(|t| !t.trim().is_empty());
+    let lot_text = params
+        .lot
+        .as_deref()
+        .or(params.q.as_deref())
+        .filter(|t| !t.trim().is_empty());
     let lot = lot_text.map(lot::normalise).filter(|l| !l.is_empty());
     let hs_text = params.headstamp.as_deref().or(params.q.as_deref());
-    let headstamp = hs_text.map(|t| headstamp::tokenise(t).0).unwrap_or_default();
+    let headstamp = hs_text
+        .map(|t| headstamp::tokenise(t).0)
+        .unwrap_or_default();
     let calibre = params.calibre.as_deref().filter(|t| !t.trim().is_empty());
-    if lot.is_none() && headstamp.is_empty() && calibre.is_none() && params.category.is_none() && params.country.is_none() {
-        errors.push(FieldError::new("", "give at least one of lot, headstamp, calibre, q, category or country"));
+    if lot.is_none()
+        && headstamp.is_empty()
+        && calibre.is_none()
+        && params.category.is_none()
+        && params.country.is_none()
+    {
+        errors.push(FieldError::new(
+            "",
+            "give at least one of lot, headstamp, calibre, q, category or country",
+        ));
     }
     if params.siblings && lot.as_ref().is_none_or(|l| l.wildcard) {
-        errors.push(FieldError::new("/lot", "a sibling-lot query needs a lot without wildcards"));
+        errors.push(FieldError::new(
+            "/lot",
+            "a sibling-lot query needs a lot without wildcards",
+        ));
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -130,11 +160,16 @@ pub fn plan(params: &SearchParams, default_limit: usize, max_limit: usize) -> Re
 
     let table = CalibreTable::embedded();
     let (calibres, families) = match calibre.map(|c| table.resolve(c)) {
-        Some(r) if r.match_kind != CalibreMatch::Unresolved => (r.candidates.clone(), r.families.clone()),
+        Some(r) if r.match_kind != CalibreMatch::Unresolved => {
+            (r.candidates.clone(), r.families.clone())
+        }
         _ => (Vec::new(), Vec::new()),
     };
     let related: Vec<String> = if params.include_related {
-        calibres.iter().flat_map(|c| table.related(c).iter().cloned()).collect()
+        calibres
+            .iter()
+            .flat_map(|c| table.related(c).iter().cloned())
+            .collect()
     } else {
         Vec::new()
     };
@@ -175,7 +210,16 @@ pub fn plan(params: &SearchParams, default_limit: usize, max_limit: usize) -> Re
     }
     cq.calibres = calibres.iter().chain(related.iter()).cloned().collect();
     cq.families = families.clone();
-    Ok(Plan { candidates: cq, lot, headstamp, calibres, families, related, siblings: params.siblings, limit })
+    Ok(Plan {
+        candidates: cq,
+        lot,
+        headstamp,
+        calibres,
+        families,
+        related,
+        siblings: params.siblings,
+        limit,
+    })
 }
 
 /// Lots one character away from `key` at a digit position, same length: `(?:.123|1.23|…)` over
@@ -187,7 +231,11 @@ fn sibling_pattern(key: &str) -> String {
         if chars[i].is_ascii_digit() {
             let prefix: String = fold::skeleton(&chars[..i].iter().collect::<String>());
             let suffix: String = fold::skeleton(&chars[i + 1..].iter().collect::<String>());
-            alternatives.push(format!("{}[0-9]{}", regex_escape(&prefix), regex_escape(&suffix)));
+            alternatives.push(format!(
+                "{}[0-9]{}",
+                regex_escape(&prefix),
+                regex_escape(&suffix)
+            ));
         }
     }
     if alternatives.is_empty() {
@@ -215,7 +263,13 @@ fn lot_match(query: &lot::LotNorm, c: &Candidate) -> Option<(&'static str, f32)>
         return Some(("confusable", 0.92 - 0.05 * d.min(1.0)));
     }
     let len = query.key.chars().count().max(c.lot_key.chars().count());
-    let max = if len >= 12 { 2.0 } else if len >= 4 { 1.0 } else { 0.0 };
+    let max = if len >= 12 {
+        2.0
+    } else if len >= 4 {
+        1.0
+    } else {
+        0.0
+    };
     (d <= max).then(|| ("fuzzy", 0.72 - 0.12 * d))
 }
 
@@ -226,7 +280,10 @@ fn calibre_agreement(plan: &Plan, c: &Candidate) -> (Option<&'static str>, f32) 
     let same = c.calibres.iter().any(|x| plan.calibres.contains(x));
     if same {
         let single = plan.calibres.len() == 1 && c.calibres.len() == 1;
-        return (Some(if single { "same" } else { "candidate" }), if single { 0.08 } else { 0.05 });
+        return (
+            Some(if single { "same" } else { "candidate" }),
+            if single { 0.08 } else { 0.05 },
+        );
     }
     if c.calibres.iter().any(|x| plan.related.contains(x)) {
         return (Some("related"), 0.02);
@@ -242,7 +299,11 @@ pub fn rank(plan: &Plan, candidates: Vec<Candidate>) -> Vec<Ranked> {
     let mut out: Vec<Ranked> = Vec::with_capacity(candidates.len());
     for c in candidates {
         let (calibre_kind, calibre_adj) = calibre_agreement(plan, &c);
-        let mut kind = "calibre";
+        let mut kind = if plan.calibres.is_empty() {
+            "filter"
+        } else {
+            "calibre"
+        };
         let mut score = 0.5;
         let mut lot_kind = None;
         let mut weak_key = false;
@@ -260,6 +321,7 @@ pub fn rank(plan: &Plan, candidates: Vec<Candidate>) -> Vec<Ranked> {
                     weak_key = c.maker.is_empty() || c.year == 0;
                 }
                 None if plan.headstamp.is_empty() => continue,
+                None if headstamp::similarity(&plan.headstamp, &c.headstamp).0 <= 0.0 => continue,
                 None => {
                     // A headstamp-only match when the lot disagrees: kept, but far down.
                     kind = "headstamp";
@@ -290,7 +352,11 @@ pub fn rank(plan: &Plan, candidates: Vec<Candidate>) -> Vec<Ranked> {
             continue;
         }
         score += calibre_adj;
-        if plan.lot.is_none() && plan.headstamp.is_empty() && calibre_kind.is_none() && !plan.calibres.is_empty() {
+        if plan.lot.is_none()
+            && plan.headstamp.is_empty()
+            && calibre_kind.is_none()
+            && !plan.calibres.is_empty()
+        {
             continue;
         }
         out.push(Ranked {
@@ -374,20 +440,36 @@ mod tests {
         assert_eq!(kinds[1], "exact");
         assert_eq!(kinds[2], "confusable");
         // The same lot text from another maker and calibre falls below the confusable match.
-        assert!(ranked.iter().position(|r| r.candidate.record_id.contains("PPU")).unwrap() > 2);
+        assert!(
+            ranked
+                .iter()
+                .position(|r| r.candidate.record_id.contains("PPU"))
+                .unwrap()
+                > 2
+        );
         assert!(ranked.iter().any(|r| r.matched.kind == "fuzzy"));
     }
 
     #[test]
     fn wildcards_and_siblings() {
         let p = plan(&params("21-8?-539", "", ""), 10, 100).unwrap();
-        let r = rank(&p, vec![cand("21-85-539", "", ""), cand("21-95-539", "", "")]);
+        let r = rank(
+            &p,
+            vec![cand("21-85-539", "", ""), cand("21-95-539", "", "")],
+        );
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].matched.kind, "wildcard");
         let mut sp = params("21-85", "", "");
         sp.siblings = true;
         let p = plan(&sp, 10, 100).unwrap();
-        let r = rank(&p, vec![cand("22-85", "", ""), cand("21-85", "", ""), cand("2185", "", "")]);
+        let r = rank(
+            &p,
+            vec![
+                cand("22-85", "", ""),
+                cand("21-85", "", ""),
+                cand("2185", "", ""),
+            ],
+        );
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].matched.kind, "sibling");
     }

@@ -24,8 +24,14 @@ pub enum StoreError {
     Exists(RecordId),
     #[error("record {0} not found")]
     NotFound(RecordId),
-    #[error("record {id} is at version {current}; the submitted version {submitted} is not the next one")]
-    VersionConflict { id: RecordId, current: u32, submitted: u32 },
+    #[error(
+        "record {id} is at version {current}; the submitted version {submitted} is not the next one"
+    )]
+    VersionConflict {
+        id: RecordId,
+        current: u32,
+        submitted: u32,
+    },
     #[error("record {0} is retracted")]
     Retracted(RecordId),
     #[error("record {0} appears twice in one batch")]
@@ -87,21 +93,34 @@ fn encode_head(head: Head) -> [u8; 5] {
 
 fn decode_head(bytes: &[u8]) -> Option<Head> {
     let version = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?);
-    Some(Head { version, retracted: *bytes.get(4)? == 1 })
+    Some(Head {
+        version,
+        retracted: *bytes.get(4)? == 1,
+    })
 }
 
 fn decode_change(seq: &[u8], value: &[u8]) -> Option<Change> {
     let seq = u64::from_be_bytes(seq.try_into().ok()?);
     let id = RecordId(uuid::Uuid::from_bytes(value.get(..16)?.try_into().ok()?));
     let version = u32::from_be_bytes(value.get(16..20)?.try_into().ok()?);
-    Some(Change { seq, id, version, retracted: *value.get(20)? == 1 })
+    Some(Change {
+        seq,
+        id,
+        version,
+        retracted: *value.get(20)? == 1,
+    })
 }
 
 type Tx<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 /// Appends one version inside a transaction; returns its sequence number.
 fn append(
-    (head, versions, changes, meta): (&TransactionalTree, &TransactionalTree, &TransactionalTree, &TransactionalTree),
+    (head, versions, changes, meta): (
+        &TransactionalTree,
+        &TransactionalTree,
+        &TransactionalTree,
+        &TransactionalTree,
+    ),
     id: &RecordId,
     version: u32,
     record: &[u8],
@@ -143,7 +162,10 @@ fn to_bytes(record: &Value) -> Vec<u8> {
 impl Store {
     /// Opens (or creates) the store in `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(path).cache_capacity(256 * 1024 * 1024).open()?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(256 * 1024 * 1024)
+            .open()?;
         Ok(Store {
             head: db.open_tree("record_head")?,
             versions: db.open_tree("record_versions")?,
@@ -186,7 +208,11 @@ impl Store {
                     return abort(StoreError::Exists(*id));
                 }
                 let seq = append((&t.0, &t.1, &t.2, &t.3), id, *version, bytes, false)?;
-                written.push(Written { id: *id, version: *version, seq });
+                written.push(Written {
+                    id: *id,
+                    version: *version,
+                    seq,
+                });
             }
             Ok(written)
         }))
@@ -197,11 +223,20 @@ impl Store {
     pub fn update(&self, mut prepared: Prepared) -> Result<Written, StoreError> {
         let id = prepared.id;
         let head = self.head(&id)?.ok_or(StoreError::NotFound(id))?;
+        if head.retracted {
+            return Err(StoreError::Retracted(id));
+        }
         let next = head.version + 1;
         if let Some(submitted) = prepared.declared_version.filter(|v| *v != next) {
-            return Err(StoreError::VersionConflict { id, current: head.version, submitted });
+            return Err(StoreError::VersionConflict {
+                id,
+                current: head.version,
+                submitted,
+            });
         }
-        let previous = self.get(&id, Some(head.version))?.ok_or(StoreError::NotFound(id))?;
+        let previous = self
+            .get(&id, Some(head.version))?
+            .ok_or(StoreError::NotFound(id))?;
         if let Some(o) = prepared.record.as_object_mut() {
             o.insert("record_version".into(), Value::from(next));
             if let Some(created) = previous.get("created_at") {
@@ -217,12 +252,17 @@ impl Store {
         if head.retracted {
             return Err(StoreError::Retracted(id));
         }
-        let mut record = self.get(&id, Some(head.version))?.ok_or(StoreError::NotFound(id))?;
+        let mut record = self
+            .get(&id, Some(head.version))?
+            .ok_or(StoreError::NotFound(id))?;
         let next = head.version + 1;
         if let Some(o) = record.as_object_mut() {
             o.insert("record_version".into(), Value::from(next));
             o.insert("retracted".into(), Value::Bool(true));
-            o.insert("retraction".into(), serde_json::json!({ "reason": reason, "at": now }));
+            o.insert(
+                "retraction".into(),
+                serde_json::json!({ "reason": reason, "at": now }),
+            );
             o.insert("updated_at".into(), Value::String(now.into()));
         }
         self.append_version(id, head.version, next, &record, true)
@@ -243,7 +283,11 @@ impl Store {
             match current {
                 Some(h) if h.version == expected_head => {}
                 Some(h) => {
-                    return abort(StoreError::VersionConflict { id, current: h.version, submitted: version });
+                    return abort(StoreError::VersionConflict {
+                        id,
+                        current: h.version,
+                        submitted: version,
+                    });
                 }
                 None => return abort(StoreError::NotFound(id)),
             }
@@ -253,7 +297,11 @@ impl Store {
     }
 
     pub fn head(&self, id: &RecordId) -> Result<Option<Head>, StoreError> {
-        Ok(self.head.get(id.as_bytes())?.as_deref().and_then(decode_head))
+        Ok(self
+            .head
+            .get(id.as_bytes())?
+            .as_deref()
+            .and_then(decode_head))
     }
 
     /// A version of a record (the latest when `version` is `None`).
@@ -279,7 +327,8 @@ impl Store {
             .scan_prefix(id.as_bytes())
             .map(|kv| {
                 let (_, bytes) = kv?;
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(format!("{id}: {e}")))
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("{id}: {e}")))
             })
             .collect()
     }
@@ -301,7 +350,9 @@ impl Store {
     pub fn last_seq(&self) -> Result<u64, StoreError> {
         Ok(match self.meta.get(LAST_SEQ)? {
             Some(b) => u64::from_be_bytes(
-                b.as_ref().try_into().map_err(|_| StoreError::Corrupt("last_seq".into()))?,
+                b.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("last_seq".into()))?,
             ),
             None => 0,
         })
@@ -317,7 +368,9 @@ impl Store {
         self.head.iter().map(|kv| {
             let (k, v) = kv?;
             let id = RecordId(uuid::Uuid::from_bytes(
-                k.as_ref().try_into().map_err(|_| StoreError::Corrupt("head key".into()))?,
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("head key".into()))?,
             ));
             let head = decode_head(&v).ok_or_else(|| StoreError::Corrupt("head value".into()))?;
             Ok((id, head))
@@ -344,7 +397,9 @@ mod tests {
             "items": [{"item_id": "i1", "item_category": "small_arms_ammunition", "lot": lot}],
             "sharing": {"tlp": "GREEN"}
         });
-        Validator::new("XAA").prepare(record, "2026-01-01T00:00:00Z").unwrap()
+        Validator::new("XAA")
+            .prepare(record, "2026-01-01T00:00:00Z")
+            .unwrap()
     }
 
     #[test]
@@ -353,17 +408,28 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let mut batch = vec![prepared("1"), prepared("2")];
         let written = store.create_batch(&mut batch).unwrap();
-        assert_eq!(written.iter().map(|w| w.seq).collect::<Vec<_>>(), vec![1, 2]);
-        assert!(matches!(store.create_batch(&mut batch[..1]), Err(StoreError::Exists(_))));
+        assert_eq!(
+            written.iter().map(|w| w.seq).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert!(matches!(
+            store.create_batch(&mut batch[..1]),
+            Err(StoreError::Exists(_))
+        ));
 
         let mut update = prepared("1b");
         update.id = written[0].id;
         let w = store.update(update.clone()).unwrap();
         assert_eq!((w.version, w.seq), (2, 3));
         update.declared_version = Some(2);
-        assert!(matches!(store.update(update), Err(StoreError::VersionConflict { .. })));
+        assert!(matches!(
+            store.update(update),
+            Err(StoreError::VersionConflict { .. })
+        ));
 
-        let r = store.retract(written[0].id, "entered twice", "2026-01-02T00:00:00Z").unwrap();
+        let r = store
+            .retract(written[0].id, "entered twice", "2026-01-02T00:00:00Z")
+            .unwrap();
         assert_eq!(r.version, 3);
         assert!(store.head(&written[0].id).unwrap().unwrap().retracted);
         assert_eq!(store.versions(&written[0].id).unwrap().len(), 3);
@@ -374,6 +440,9 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.last_seq().unwrap(), 4);
-        assert_eq!(store.get(&written[1].id, None).unwrap().unwrap()["items"][0]["lot"]["raw"], "2");
+        assert_eq!(
+            store.get(&written[1].id, None).unwrap().unwrap()["items"][0]["lot"]["raw"],
+            "2"
+        );
     }
 }

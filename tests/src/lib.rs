@@ -10,9 +10,19 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-/// Path of the node binary built with this crate.
+/// Path of the node binary built with this crate: `target/<profile>/ammotrace-e2e-node`,
+/// beside the `deps/` folder holding the running test binary (`AMMOTRACE_BIN` overrides).
 pub fn node_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ammotrace-e2e-node"))
+    if let Some(path) = std::env::var_os("AMMOTRACE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    profile_dir.join("ammotrace-e2e-node")
 }
 
 /// The repository's `../shared/data` (present beside the checkout in development and CI).
@@ -49,13 +59,26 @@ impl Answer {
         self.content_type.starts_with("application/problem+json")
     }
     pub fn seq(&self) -> Option<u64> {
-        self.headers.get("ammotrace-seq")?.to_str().ok()?.parse().ok()
+        self.headers
+            .get("ammotrace-seq")?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
     }
 }
 
 impl TestNode {
     /// Initialises a fresh data directory for `node_id` and starts a node on it.
     pub async fn spawn(node_id: &str) -> anyhow::Result<TestNode> {
+        TestNode::spawn_with_config(node_id, |text| text).await
+    }
+
+    /// Like [`TestNode::spawn`], with `edit` applied to the `config.toml` that `init` wrote.
+    pub async fn spawn_with_config(
+        node_id: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> anyhow::Result<TestNode> {
         let tmp = tempfile::tempdir()?;
         let data_dir = tmp.path().join("data");
         let status = Command::new(node_binary())
@@ -65,6 +88,8 @@ impl TestNode {
             .stdout(Stdio::null())
             .status()?;
         anyhow::ensure!(status.success(), "init failed");
+        let config = data_dir.join("config.toml");
+        std::fs::write(&config, edit(std::fs::read_to_string(&config)?))?;
         let mut node = TestNode::start(&data_dir, node_id).await?;
         node._tmp = Some(tmp);
         Ok(node)
@@ -96,7 +121,9 @@ impl TestNode {
             bail!("the node exited before printing its address")
         })
         .await??;
-        let token = std::fs::read_to_string(data_dir.join("admin.token"))?.trim().to_owned();
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))?
+            .trim()
+            .to_owned();
         Ok(TestNode {
             node_id: node_id.to_owned(),
             url,
@@ -104,7 +131,9 @@ impl TestNode {
             data_dir: data_dir.to_owned(),
             _tmp: None,
             child: Some(child),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()?,
         })
     }
 
@@ -147,11 +176,18 @@ impl TestNode {
             .to_owned();
         let bytes = response.bytes().await?;
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok(Answer { status, content_type, headers, body })
+        Ok(Answer {
+            status,
+            content_type,
+            headers,
+            body,
+        })
     }
 
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.url)).bearer_auth(&self.token)
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
     }
 
     pub async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
@@ -159,22 +195,40 @@ impl TestNode {
     }
 
     pub async fn post_record(&self, record: &Value) -> anyhow::Result<Answer> {
-        self.send(self.request(reqwest::Method::POST, "/api/v1/records").json(record)).await
+        self.send(
+            self.request(reqwest::Method::POST, "/api/v1/records")
+                .json(record),
+        )
+        .await
     }
 
     pub async fn put_record(&self, id: &str, record: &Value) -> anyhow::Result<Answer> {
-        self.send(self.request(reqwest::Method::PUT, &format!("/api/v1/records/{id}")).json(record)).await
+        self.send(
+            self.request(reqwest::Method::PUT, &format!("/api/v1/records/{id}"))
+                .json(record),
+        )
+        .await
     }
 
     pub async fn get_record(&self, id: &str) -> anyhow::Result<Answer> {
-        self.send(self.request(reqwest::Method::GET, &format!("/api/v1/records/{id}"))).await
+        self.send(self.request(reqwest::Method::GET, &format!("/api/v1/records/{id}")))
+            .await
     }
 
     pub async fn delete_record(&self, id: &str) -> anyhow::Result<Answer> {
-        self.send(self.request(reqwest::Method::DELETE, &format!("/api/v1/records/{id}?reason=test"))).await
+        self.send(self.request(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/records/{id}?reason=test"),
+        ))
+        .await
     }
 
-    pub async fn import(&self, media_type: &str, body: Vec<u8>, query: &str) -> anyhow::Result<Answer> {
+    pub async fn import(
+        &self,
+        media_type: &str,
+        body: Vec<u8>,
+        query: &str,
+    ) -> anyhow::Result<Answer> {
         self.send(
             self.request(reqwest::Method::POST, &format!("/api/v1/import{query}"))
                 .header("content-type", media_type)
@@ -185,11 +239,17 @@ impl TestNode {
 
     /// Searches, waiting until every write so far is indexed.
     pub async fn search(&self, params: &[(&str, &str)]) -> anyhow::Result<Answer> {
-        let health = self.send(self.http.get(format!("{}/healthz", self.url))).await?;
+        let health = self
+            .send(self.http.get(format!("{}/healthz", self.url)))
+            .await?;
         let seq = health.body["last_seq"].as_u64().unwrap_or(0).to_string();
         let mut query: Vec<(&str, &str)> = params.to_vec();
         query.push(("min_seq", &seq));
-        self.send(self.request(reqwest::Method::GET, "/api/v1/search").query(&query)).await
+        self.send(
+            self.request(reqwest::Method::GET, "/api/v1/search")
+                .query(&query),
+        )
+        .await
     }
 
     /// Record ids of the hits of a search, in order.
@@ -198,15 +258,25 @@ impl TestNode {
         anyhow::ensure!(answer.status == 200, "search failed: {:?}", answer.body);
         Ok(answer.body["hits"]
             .as_array()
-            .map(|hits| hits.iter().filter_map(|h| h["record_id"].as_str().map(str::to_owned)).collect())
+            .map(|hits| {
+                hits.iter()
+                    .filter_map(|h| h["record_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
     /// Number of records in the store, by export.
     pub async fn export_lines(&self) -> anyhow::Result<Vec<Value>> {
-        let response = self.request(reqwest::Method::GET, "/api/v1/export").send().await?;
+        let response = self
+            .request(reqwest::Method::GET, "/api/v1/export")
+            .send()
+            .await?;
         let text = response.text().await?;
-        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
     }
 }
 

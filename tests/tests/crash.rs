@@ -46,7 +46,11 @@ async fn kill_9_during_bulk_import_loses_no_acknowledged_record() {
                     Ok(r) if r.status().is_success() => {
                         let body: serde_json::Value = r.json().await.unwrap_or_default();
                         if let Some(records) = body["records"].as_array() {
-                            acked.extend(records.iter().filter_map(|r| r["record_id"].as_str().map(str::to_owned)));
+                            acked.extend(
+                                records
+                                    .iter()
+                                    .filter_map(|r| r["record_id"].as_str().map(str::to_owned)),
+                            );
                         }
                     }
                     _ => break,
@@ -62,7 +66,11 @@ async fn kill_9_during_bulk_import_loses_no_acknowledged_record() {
     for w in writers {
         acked.extend(w.await.unwrap());
     }
-    assert!(acked.len() >= 400, "too few acknowledged records to prove anything: {}", acked.len());
+    assert!(
+        acked.len() >= 400,
+        "too few acknowledged records to prove anything: {}",
+        acked.len()
+    );
 
     // `crashed` keeps the temporary data directory alive.
     let crashed = node;
@@ -75,14 +83,28 @@ async fn kill_9_during_bulk_import_loses_no_acknowledged_record() {
         .filter_map(|r| r["record_id"].as_str().map(str::to_owned))
         .collect();
     let missing: Vec<&String> = acked.iter().filter(|id| !exported.contains(*id)).collect();
-    assert!(missing.is_empty(), "{} acknowledged records lost, e.g. {:?}", missing.len(), missing.first());
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged records lost, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
     // Every acknowledged record is searchable once the indexer has replayed the change log.
     for id in acked.iter().step_by(97) {
         let record = node.get_record(id).await.unwrap();
-        let lot = record.body["items"][0]["lot"]["raw"].as_str().unwrap().to_owned();
+        let lot = record.body["items"][0]["lot"]["raw"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let ids = node.search_ids(&[("lot", &lot)]).await.unwrap();
-        assert!(ids.contains(id), "{id} ({lot}) not searchable after restart");
+        assert!(
+            ids.contains(id),
+            "{id} ({lot}) not searchable after restart"
+        );
     }
-    let health = node.send(node.http.get(format!("{}/healthz", node.url))).await.unwrap();
+    let health = node
+        .send(node.http.get(format!("{}/healthz", node.url)))
+        .await
+        .unwrap();
     assert_eq!(health.body["indexed_seq"], health.body["last_seq"]);
 }

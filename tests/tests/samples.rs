@@ -10,7 +10,13 @@ use serde_json::Value;
 fn as_submitted(stored: &Value, submitted: &Value) -> Value {
     let mut copy = ammotrace::record::without_node_fields(stored);
     if let (Some(c), Some(s)) = (copy.as_object_mut(), submitted.as_object()) {
-        for key in ["record_id", "record_version", "created_at", "updated_at", "schema_version"] {
+        for key in [
+            "record_id",
+            "record_version",
+            "created_at",
+            "updated_at",
+            "schema_version",
+        ] {
             if !s.contains_key(key) {
                 c.remove(key);
             }
@@ -22,7 +28,10 @@ fn as_submitted(stored: &Value, submitted: &Value) -> Value {
 fn by_state(records: Vec<Value>) -> BTreeMap<String, Vec<Value>> {
     let mut map: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for r in records {
-        let state = r["originating_state"].as_str().unwrap_or_default().to_owned();
+        let state = r["originating_state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         map.entry(state).or_default().push(r);
     }
     map
@@ -34,7 +43,8 @@ async fn samples_round_trip_unchanged() {
     let mut samples = Vec::new();
     for entry in std::fs::read_dir(&dir).expect("../shared/data/samples beside the checkout") {
         let path = entry.unwrap().path();
-        samples.push(serde_json::from_str::<Value>(&std::fs::read_to_string(path).unwrap()).unwrap());
+        samples
+            .push(serde_json::from_str::<Value>(&std::fs::read_to_string(path).unwrap()).unwrap());
     }
     assert_eq!(samples.len(), 4);
     for (state, records) in by_state(samples) {
@@ -58,14 +68,21 @@ async fn samples_round_trip_unchanged() {
 
 #[tokio::test]
 async fn dev_set_imports_and_exports_unchanged() {
-    let text = std::fs::read_to_string(shared_data().join("dev-set/records.jsonl")).expect("dev set");
-    let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let text =
+        std::fs::read_to_string(shared_data().join("dev-set/records.jsonl")).expect("dev set");
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let total = records.len();
     let mut seen = 0;
     for (state, records) in by_state(records) {
         let node = TestNode::spawn(&state).await.unwrap();
         let body: String = records.iter().map(|r| format!("{r}\n")).collect();
-        let a = node.import("application/x-ndjson", body.into_bytes(), "").await.unwrap();
+        let a = node
+            .import("application/x-ndjson", body.into_bytes(), "")
+            .await
+            .unwrap();
         assert_eq!(a.status, 200, "{state}: {:?}", a.body);
         assert_eq!(a.body["accepted"].as_u64(), Some(records.len() as u64));
         let exported: BTreeMap<String, Value> = node

@@ -62,7 +62,8 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
-        let unauthorized = |detail: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail);
+        let unauthorized =
+            |detail: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail);
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -74,12 +75,45 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .ok_or_else(|| unauthorized("the Authorization header must be Bearer <token>"))?;
         let digest = token_digest(token);
-        match state.node.tokens().iter().find(|t| t.sha256.eq_ignore_ascii_case(&digest)) {
-            Some(t) => Ok(Caller { name: t.name.clone(), role: t.role }),
+        match state
+            .node
+            .tokens()
+            .iter()
+            .find(|t| t.sha256.eq_ignore_ascii_case(&digest))
+        {
+            Some(t) => Ok(Caller {
+                name: t.name.clone(),
+                role: t.role,
+            }),
             None => {
                 tracing::warn!("refused an unknown API token");
                 Err(unauthorized("unknown token"))
             }
         }
+    }
+}
+
+/// A caller allowed to write (checked before the body is read).
+pub struct Writer(pub Caller);
+/// A caller allowed to read records and search.
+pub struct Reader(pub Caller);
+
+impl FromRequestParts<AppState> for Writer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Writer, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require(WRITERS)?;
+        Ok(Writer(caller))
+    }
+}
+
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Reader, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require(READERS)?;
+        Ok(Reader(caller))
     }
 }

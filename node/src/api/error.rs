@@ -22,17 +22,31 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> ApiError {
-        ApiError { status, title, detail: detail.into(), errors: Vec::new(), extra: None }
+        ApiError {
+            status,
+            title,
+            detail: detail.into(),
+            errors: Vec::new(),
+            extra: None,
+        }
     }
 
     /// 422: the document is well-formed JSON but not a valid record.
     pub fn invalid(errors: Vec<FieldError>) -> ApiError {
         let detail = match errors.first() {
             Some(e) if errors.len() == 1 => format!("{}: {}", pointer_label(&e.pointer), e.detail),
-            Some(e) => format!("{} problems; first at {}: {}", errors.len(), pointer_label(&e.pointer), e.detail),
+            Some(e) => format!(
+                "{} problems; first at {}: {}",
+                errors.len(),
+                pointer_label(&e.pointer),
+                e.detail
+            ),
             None => "invalid document".into(),
         };
-        ApiError { errors, ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid record", detail) }
+        ApiError {
+            errors,
+            ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid record", detail)
+        }
     }
 
     pub fn bad_request(pointer: &str, detail: impl Into<String>) -> ApiError {
@@ -50,7 +64,11 @@ impl ApiError {
     pub fn internal(e: impl std::fmt::Display) -> ApiError {
         // Never leak internals: log the cause, answer with a generic text.
         tracing::error!(error = %e, "internal error");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error", "storage or index error; see the node's log")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error",
+            "storage or index error; see the node's log",
+        )
     }
 
     pub fn with_extra(mut self, extra: Value) -> ApiError {
@@ -60,7 +78,11 @@ impl ApiError {
 }
 
 fn pointer_label(pointer: &str) -> &str {
-    if pointer.is_empty() { "document" } else { pointer }
+    if pointer.is_empty() {
+        "document"
+    } else {
+        pointer
+    }
 }
 
 fn slug(title: &str) -> String {
@@ -83,11 +105,19 @@ impl IntoResponse for ApiError {
             obj.extend(extra);
         }
         let mut response = (self.status, Json(body)).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -97,15 +127,28 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::Exists(id) => ApiError {
-                errors: vec![FieldError::new("/record_id", format!("record {id} already exists; use PUT to add a version"))],
-                ..ApiError::new(StatusCode::CONFLICT, "conflict", format!("record {id} already exists"))
+                errors: vec![FieldError::new(
+                    "/record_id",
+                    format!("record {id} already exists; use PUT to add a version"),
+                )],
+                ..ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!("record {id} already exists"),
+                )
             },
-            StoreError::DuplicateInBatch(id) => ApiError::new(StatusCode::CONFLICT, "conflict", format!("record {id} appears twice")),
+            StoreError::DuplicateInBatch(id) => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("record {id} appears twice"),
+            ),
             StoreError::VersionConflict { .. } => ApiError {
                 errors: vec![FieldError::new("/record_version", e.to_string())],
                 ..ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             },
-            StoreError::Retracted(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            StoreError::Retracted(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             StoreError::NotFound(id) => ApiError::not_found(format!("no record {id}")),
             StoreError::Sled(_) | StoreError::Corrupt(_) => ApiError::internal(e),
         }

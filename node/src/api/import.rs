@@ -5,9 +5,9 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::auth::{Caller, WRITERS};
+use super::auth::Writer;
 use super::error::ApiError;
 use super::{AppState, RawBody, now_rfc3339};
 use crate::import::{self, Format};
@@ -42,25 +42,27 @@ struct Rejected {
     detail: String,
 }
 
-/// Records per store transaction.
-const CHUNK: usize = 1000;
-
 /// # `POST /api/v1/import`
 pub async fn import(
     State(state): State<AppState>,
-    caller: Caller,
+    Writer(caller): Writer,
     headers: HeaderMap,
     params: Result<Query<ImportParams>, axum::extract::rejection::QueryRejection>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    caller.require(WRITERS)?;
     let Query(params) = params.map_err(|e| ApiError::bad_request("", e.body_text()))?;
-    let media = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let format = Format::from_media_type(media).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported media type",
-            format!("{media:?}: send application/x-ndjson, text/csv or {}", import::XLSX_MEDIA_TYPE),
+            format!(
+                "{media:?}: send application/x-ndjson, text/csv or {}",
+                import::XLSX_MEDIA_TYPE
+            ),
         )
     })?;
     let node = state.node.clone();
@@ -82,7 +84,10 @@ pub async fn import(
                 match node.store().head(&p.id) {
                     Ok(Some(_)) => Err(vec![FieldError::new("/record_id", format!("record {} already exists", p.id))]),
                     Ok(None) => Ok(p),
-                    Err(e) => Err(vec![FieldError::new("", format!("store: {e}"))]),
+                    Err(e) => {
+                        tracing::error!(error = %e, "import: store lookup failed");
+                        Err(vec![FieldError::new("", "storage error; see the node's log")])
+                    }
                 }
             });
             match result {
@@ -107,19 +112,24 @@ pub async fn import(
                 first.detail
             );
             return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "import rejected", detail)
-                .with_extra(json!({ "accepted": 0, "rejected": rejected, "stored": false })));
+                .with_extra(json!({
+                    "accepted": 0,
+                    "rejected": rejected,
+                    "rejected_rows": rejected_rows.len(),
+                    "stored": false,
+                    "records": [],
+                    "last_seq": node.store().last_seq()?,
+                })));
         }
         let mut records = Vec::with_capacity(accepted.len());
         let mut last_seq = node.store().last_seq()?;
         if !params.dry_run {
-            let mut iter = accepted.into_iter().peekable();
-            while iter.peek().is_some() {
-                let (rows, mut batch): (Vec<usize>, Vec<Prepared>) = iter.by_ref().take(CHUNK).unzip();
-                let written = node.store().create_batch(&mut batch)?;
-                for (row, w) in rows.into_iter().zip(written) {
-                    last_seq = w.seq;
-                    records.push(json!({ "row": row, "record_id": w.id.to_string(), "record_version": w.version }));
-                }
+            // One transaction: every accepted record is stored, or none is.
+            let (rows, mut batch): (Vec<usize>, Vec<Prepared>) = accepted.into_iter().unzip();
+            let written = node.store().create_batch(&mut batch)?;
+            for (row, w) in rows.into_iter().zip(written) {
+                last_seq = w.seq;
+                records.push(json!({ "row": row, "record_id": w.id.to_string(), "record_version": w.version }));
             }
             node.store().flush()?;
             node.index().notify();
@@ -137,6 +147,5 @@ pub async fn import(
         })))
     })
     .await??;
-    let _ = Value::Null;
     Ok(response.into_response())
 }

@@ -37,16 +37,26 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/openapi.json", get(openapi))
+        .route("/api/seizure-record.schema.json", get(record_schema))
         .route("/api/v1/records", axum::routing::post(records::create))
         .route(
             "/api/v1/records/{id}",
-            get(records::get_one).put(records::update).delete(records::retract),
+            get(records::get_one)
+                .put(records::update)
+                .delete(records::retract),
         )
         .route("/api/v1/records/{id}/versions", get(records::versions))
         .route("/api/v1/search", get(search::search))
         .route("/api/v1/import", axum::routing::post(import::import))
         .route("/api/v1/export", get(records::export))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+                "this endpoint does not take that method",
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(AppState { node })
@@ -63,7 +73,18 @@ async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) ->
 }
 
 async fn openapi() -> impl IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI_JSON,
+    )
+}
+
+/// The record schema the OpenAPI document refers to (`seizure-record.schema.json`).
+async fn record_schema() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/schema+json")],
+        crate::record::SCHEMA_JSON,
+    )
 }
 
 /// A request body read whole, with rejections (too large, unreadable) as problem+json.
@@ -75,12 +96,18 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     async fn from_request(req: Request, state: &S) -> Result<RawBody, ApiError> {
         match Bytes::from_request(req, state).await {
             Ok(bytes) => Ok(RawBody(bytes)),
-            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload too large",
-                "the body is larger than api.max_body_bytes; nothing was stored",
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload too large",
+                    "the body is larger than api.max_body_bytes; nothing was stored",
+                ))
+            }
+            Err(rejection) => Err(ApiError::new(
+                rejection.status(),
+                "bad request",
+                rejection.body_text(),
             )),
-            Err(rejection) => Err(ApiError::new(rejection.status(), "bad request", rejection.body_text())),
         }
     }
 }
@@ -97,7 +124,11 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "malformed JSON",
-                format!("the body is not JSON (line {}, column {}): {e}", e.line(), e.column()),
+                format!(
+                    "the body is not JSON (line {}, column {}): {e}",
+                    e.line(),
+                    e.column()
+                ),
             )
         })
     }

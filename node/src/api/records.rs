@@ -8,14 +8,19 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::auth::{Caller, READERS, WRITERS};
+use super::auth::{Reader, Writer};
 use super::error::ApiError;
 use super::{AppState, JsonBody, now_rfc3339};
 use crate::record::{RecordId, is_retracted};
 use crate::store::Written;
 
 fn parse_id(text: &str) -> Result<RecordId, ApiError> {
-    RecordId::parse(text).ok_or_else(|| ApiError::bad_request("/record_id", format!("{text:?} is not a record id (urn:uuid:… or a UUID)")))
+    RecordId::parse(text).ok_or_else(|| {
+        ApiError::bad_request(
+            "/record_id",
+            format!("{text:?} is not a record id (urn:uuid:… or a UUID)"),
+        )
+    })
 }
 
 fn written_response(status: StatusCode, written: Written, record: Value) -> Response {
@@ -31,15 +36,26 @@ fn written_response(status: StatusCode, written: Written, record: Value) -> Resp
 
 /// # `POST /api/v1/records`
 /// Stores a new record (version 1 unless it declares one); 201 after the flush.
-pub async fn create(State(state): State<AppState>, caller: Caller, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
-    caller.require(WRITERS)?;
+pub async fn create(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
     let node = state.node.clone();
     let (written, record) = tokio::task::spawn_blocking(move || {
-        let mut prepared = node.validator().prepare(body, &now_rfc3339()).map_err(ApiError::invalid)?;
-        let written = node.store().create_batch(std::slice::from_mut(&mut prepared))?;
+        let mut prepared = node
+            .validator()
+            .prepare(body, &now_rfc3339())
+            .map_err(ApiError::invalid)?;
+        let written = node
+            .store()
+            .create_batch(std::slice::from_mut(&mut prepared))?;
         node.store().flush()?;
         node.index().notify();
-        let written = written.into_iter().next().ok_or_else(|| ApiError::internal("empty write"))?;
+        let written = written
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::internal("empty write"))?;
         Ok::<_, ApiError>((written, prepared.record))
     })
     .await??;
@@ -57,15 +73,15 @@ pub struct GetParams {
 /// The latest version (or `?version=N`).
 pub async fn get_one(
     State(state): State<AppState>,
-    caller: Caller,
+    Reader(_caller): Reader,
     Path(id): Path<String>,
     params: Result<Query<GetParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    caller.require(READERS)?;
     let Query(params) = params.map_err(|e| ApiError::bad_request("", e.body_text()))?;
     let id = parse_id(&id)?;
     let node = state.node.clone();
-    let record = tokio::task::spawn_blocking(move || node.store().get(&id, params.version)).await??;
+    let record =
+        tokio::task::spawn_blocking(move || node.store().get(&id, params.version)).await??;
     match record {
         Some(r) => Ok(Json(r).into_response()),
         None => Err(ApiError::not_found(format!("no record {id}"))),
@@ -76,15 +92,21 @@ pub async fn get_one(
 /// Stores the body as the next version of the record.
 pub async fn update(
     State(state): State<AppState>,
-    caller: Caller,
+    Writer(caller): Writer,
     Path(id): Path<String>,
     JsonBody(mut body): JsonBody,
 ) -> Result<Response, ApiError> {
-    caller.require(WRITERS)?;
     let id = parse_id(&id)?;
+    // This version's time is the node's: a copied `updated_at` would be stale.
+    if let Some(o) = body.as_object_mut() {
+        o.remove("updated_at");
+    }
     match body.get("record_id").and_then(Value::as_str) {
         Some(given) if RecordId::parse(given) != Some(id) => {
-            return Err(ApiError::invalid(vec![crate::record::FieldError::new("/record_id", "differs from the record id in the path")]));
+            return Err(ApiError::invalid(vec![crate::record::FieldError::new(
+                "/record_id",
+                "differs from the record id in the path",
+            )]));
         }
         Some(_) => {}
         None => {
@@ -98,11 +120,17 @@ pub async fn update(
         if node.store().head(&id)?.is_none() {
             return Err(ApiError::not_found(format!("no record {id}")));
         }
-        let prepared = node.validator().prepare(body, &now_rfc3339()).map_err(ApiError::invalid)?;
+        let prepared = node
+            .validator()
+            .prepare(body, &now_rfc3339())
+            .map_err(ApiError::invalid)?;
         let written = node.store().update(prepared)?;
         node.store().flush()?;
         node.index().notify();
-        let record = node.store().get(&id, Some(written.version))?.unwrap_or(Value::Null);
+        let record = node
+            .store()
+            .get(&id, Some(written.version))?
+            .unwrap_or(Value::Null);
         Ok::<_, ApiError>((written, record))
     })
     .await??;
@@ -120,11 +148,10 @@ pub struct RetractParams {
 /// Retracts the record: a new version marked `retracted` that search no longer returns.
 pub async fn retract(
     State(state): State<AppState>,
-    caller: Caller,
+    Writer(caller): Writer,
     Path(id): Path<String>,
     params: Result<Query<RetractParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    caller.require(WRITERS)?;
     let Query(params) = params.map_err(|e| ApiError::bad_request("", e.body_text()))?;
     let id = parse_id(&id)?;
     let reason = params.reason.unwrap_or_else(|| "retracted".into());
@@ -133,7 +160,10 @@ pub async fn retract(
         let written = node.store().retract(id, &reason, &now_rfc3339())?;
         node.store().flush()?;
         node.index().notify();
-        let record = node.store().get(&id, Some(written.version))?.unwrap_or(Value::Null);
+        let record = node
+            .store()
+            .get(&id, Some(written.version))?
+            .unwrap_or(Value::Null);
         Ok::<_, ApiError>((written, record))
     })
     .await??;
@@ -142,8 +172,11 @@ pub async fn retract(
 }
 
 /// # `GET /api/v1/records/{id}/versions`
-pub async fn versions(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
-    caller.require(READERS)?;
+pub async fn versions(
+    State(state): State<AppState>,
+    Reader(_caller): Reader,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let node = state.node.clone();
     let versions = tokio::task::spawn_blocking(move || node.store().versions(&id)).await??;
@@ -164,10 +197,9 @@ pub struct ExportParams {
 /// Every record's latest version as JSON Lines (retractions only with `include_retracted`).
 pub async fn export(
     State(state): State<AppState>,
-    caller: Caller,
+    Writer(_caller): Writer,
     params: Result<Query<ExportParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    caller.require(WRITERS)?;
     let Query(params) = params.map_err(|e| ApiError::bad_request("", e.body_text()))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(16);
     let node = state.node.clone();
@@ -178,7 +210,9 @@ pub async fn export(
                 if head.retracted && !params.include_retracted {
                     return Ok(None);
                 }
-                node.store().get(&id, Some(head.version)).map_err(std::io::Error::other)
+                node.store()
+                    .get(&id, Some(head.version))
+                    .map_err(std::io::Error::other)
             });
             match line {
                 Ok(Some(record)) if !is_retracted(&record) || params.include_retracted => {
@@ -192,7 +226,8 @@ pub async fn export(
                     return;
                 }
             }
-            if chunk.len() >= 60 * 1024 && tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_err() {
+            if chunk.len() >= 60 * 1024 && tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_err()
+            {
                 return;
             }
         }
@@ -201,7 +236,10 @@ pub async fn export(
         }
     });
     let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     Ok((headers, body).into_response())
 }

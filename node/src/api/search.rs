@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::auth::{Caller, READERS};
+use super::auth::Reader;
 use super::error::ApiError;
 use crate::record::{RecordId, event_summary};
 use crate::search::{self, SearchParams};
@@ -18,18 +18,25 @@ use crate::search::{self, SearchParams};
 /// match kind and score, the item and a summary of its event.
 pub async fn search(
     State(state): State<AppState>,
-    caller: Caller,
+    Reader(_caller): Reader,
     params: Result<Query<SearchParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    caller.require(READERS)?;
     let Query(params) = params.map_err(|e| ApiError::bad_request("", e.body_text()))?;
     let started = Instant::now();
     let config = &state.node.config().search;
     let plan = search::plan(&params, config.default_limit, config.max_limit).map_err(|errors| {
-        ApiError { title: "invalid query", ..ApiError::invalid(errors) }.with_status(axum::http::StatusCode::BAD_REQUEST)
+        ApiError {
+            title: "invalid query",
+            ..ApiError::invalid(errors)
+        }
+        .with_status(axum::http::StatusCode::BAD_REQUEST)
     })?;
     if let Some(seq) = params.min_seq
-        && !state.node.index().wait_for(seq, Duration::from_secs(10)).await
+        && !state
+            .node
+            .index()
+            .wait_for(seq, Duration::from_secs(10))
+            .await
     {
         return Err(ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -43,13 +50,19 @@ pub async fn search(
         let ranked = search::rank(&plan, candidates);
         let mut hits = Vec::with_capacity(ranked.len());
         for r in ranked {
-            let Some(id) = RecordId::parse(&r.candidate.record_id) else { continue };
+            let Some(id) = RecordId::parse(&r.candidate.record_id) else {
+                continue;
+            };
             let version = u32::try_from(r.candidate.version).ok();
             let record = node.store().get(&id, version)?.unwrap_or(Value::Null);
             let item = record
                 .get("items")
                 .and_then(Value::as_array)
-                .and_then(|items| items.iter().find(|i| i.get("item_id").and_then(Value::as_str) == Some(&r.candidate.item_id)))
+                .and_then(|items| {
+                    items.iter().find(|i| {
+                        i.get("item_id").and_then(Value::as_str) == Some(&r.candidate.item_id)
+                    })
+                })
                 .cloned()
                 .unwrap_or(Value::Null);
             hits.push(json!({

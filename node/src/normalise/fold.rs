@@ -50,7 +50,10 @@ fn load_confusions() -> Confusions {
                 // stands for U: transliteration wins over the look-alike.
                 let tc = if fc == 'У' { 'U' } else { tc };
                 // Fold both cases of the source letter, to the upper-case target.
-                for src in std::iter::once(fc).chain(fc.to_lowercase()).chain(fc.to_uppercase()) {
+                for src in std::iter::once(fc)
+                    .chain(fc.to_lowercase())
+                    .chain(fc.to_uppercase())
+                {
                     char_fold.insert(src, tc.to_ascii_uppercase());
                 }
             }
@@ -60,7 +63,15 @@ fn load_confusions() -> Confusions {
     let mut sub_cost = HashMap::new();
     let mut parent: HashMap<char, char> = HashMap::new();
     for (fc, tc, cost, kind) in &rows {
-        let (a, b) = (fold_char_with(&char_fold, *fc), fold_char_with(&char_fold, *tc));
+        // A confusion between a foreign-script letter and a digit (Cyrillic З / 3) is about
+        // the letter as written; once folded to Latin (Z) it must not merge Z with 3.
+        if char_fold.contains_key(fc) || char_fold.contains_key(tc) {
+            continue;
+        }
+        let (a, b) = (
+            fold_char_with(&char_fold, *fc),
+            fold_char_with(&char_fold, *tc),
+        );
         if a == b {
             continue;
         }
@@ -93,7 +104,11 @@ fn load_confusions() -> Confusions {
             }
         }
     }
-    Confusions { char_fold, sub_cost, skeleton }
+    Confusions {
+        char_fold,
+        sub_cost,
+        skeleton,
+    }
 }
 
 fn find(parent: &mut HashMap<char, char>, c: char) -> char {
@@ -186,7 +201,9 @@ pub fn weighted_distance(a: &str, b: &str) -> f32 {
             } else {
                 substitution_cost(a[i - 1], b[j - 1])
             };
-            let mut best = (d[i - 1][j] + 1.0).min(d[i][j - 1] + 1.0).min(d[i - 1][j - 1] + sub);
+            let mut best = (d[i - 1][j] + 1.0)
+                .min(d[i][j - 1] + 1.0)
+                .min(d[i - 1][j - 1] + sub);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 best = best.min(d[i - 2][j - 2] + 1.0);
             }

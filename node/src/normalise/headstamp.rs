@@ -38,7 +38,11 @@ pub enum HeadstampMatch {
 }
 
 fn is_separator(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '/' | '|' | ',' | ';' | ':' | '(' | ')' | '[' | ']' | '\\')
+    c.is_whitespace()
+        || matches!(
+            c,
+            '/' | '|' | ',' | ';' | ':' | '(' | ')' | '[' | ']' | '\\'
+        )
 }
 
 /// Splits a transcription into folded tokens and symbols (no maker readings).
@@ -69,7 +73,11 @@ pub fn tokenise(raw: &str) -> (Vec<String>, Vec<String>) {
 pub fn normalise(raw: &str) -> HeadstampNorm {
     let (tokens, symbols) = tokenise(raw);
     let readings = MakerTable::embedded().interpret(&tokens);
-    HeadstampNorm { tokens, symbols, readings }
+    HeadstampNorm {
+        tokens,
+        symbols,
+        readings,
+    }
 }
 
 /// The token as read with the cartridge turned 180°: characters reversed, 6 and 9 swapped.
@@ -193,7 +201,11 @@ pub fn similarity(query: &[String], stored: &[String]) -> (f32, HeadstampMatch) 
         let (score, kind) = multiset_score(&rotated, stored);
         let score = score * 0.9;
         if score > direct.0 {
-            let kind = if kind == HeadstampMatch::None { kind } else { HeadstampMatch::Rotated };
+            let kind = if kind == HeadstampMatch::None {
+                kind
+            } else {
+                HeadstampMatch::Rotated
+            };
             return (score, kind);
         }
     }
@@ -223,11 +235,20 @@ mod tests {
     #[test]
     fn confusions_wildcards_and_rotation() {
         let (score, kind) = similarity(&toks("S39 85"), &toks("539 85"));
-        assert!(score > 0.9 && kind == HeadstampMatch::Confusable, "{score} {kind:?}");
+        assert!(
+            score > 0.9 && kind == HeadstampMatch::Confusable,
+            "{score} {kind:?}"
+        );
         let (score, kind) = similarity(&toks("5?9 8?"), &toks("539 85"));
-        assert!(score > 0.85 && kind == HeadstampMatch::Wildcard, "{score} {kind:?}");
+        assert!(
+            score > 0.85 && kind == HeadstampMatch::Wildcard,
+            "{score} {kind:?}"
+        );
         let (score, kind) = similarity(&toks("61 881"), &toks("188 19"));
-        assert!(score > 0.8 && kind == HeadstampMatch::Rotated, "{score} {kind:?}");
+        assert!(
+            score > 0.8 && kind == HeadstampMatch::Rotated,
+            "{score} {kind:?}"
+        );
         assert_eq!(similarity(&toks("LC 19"), &toks("PPU 24")).0, 0.0);
     }
 

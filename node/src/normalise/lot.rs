@@ -52,18 +52,18 @@ static MIL_STD_1168: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^([A-Z]{1,3})-?(\d{2})-?([A-HJ-M])-?(\d{2,4})-?(\d{2,4})-?([A-Z]{1,2})?$")
         .expect("static regex")
 });
-static US_OLD: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^([A-Z]{2})-(\d{2})-(\d{2})([A-Z])?$").expect("static regex")
-});
-static SOVIET: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(\d{1,4})-(\d{2})(?:-(\d{1,4}))?$").expect("static regex")
-});
+static US_OLD: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^([A-Z]{2})-(\d{2})-(\d{2})([A-Z])?$").expect("static regex"));
+static SOVIET: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^(\d{1,4})-(\d{2})(?:-(\d{1,4}))?$").expect("static regex"));
 
 /// Normalises one lot marking.
 pub fn normalise(raw: &str) -> LotNorm {
     let upper: String = raw.trim().to_uppercase();
     // Labels can be stacked ("LOT NO. L/N 21-85"): strip until none is left.
-    let mut unlabelled = upper.trim_start_matches(|c: char| !c.is_alphanumeric() && c != '?' && c != '*' && c != '№').to_owned();
+    let mut unlabelled = upper
+        .trim_start_matches(|c: char| !c.is_alphanumeric() && c != '?' && c != '*' && c != '№')
+        .to_owned();
     while let Some(m) = LABEL.find(&unlabelled) {
         if m.end() == 0 {
             break;
@@ -104,9 +104,16 @@ pub fn normalise(raw: &str) -> LotNorm {
 fn parse(folded: &str) -> (&'static str, BTreeMap<&'static str, String>) {
     let mut components = BTreeMap::new();
     if let Some(c) = MIL_STD_1168.captures(folded) {
-        for (i, name) in ["mfr", "year", "month_letter", "interfix", "sequence", "suffix"]
-            .into_iter()
-            .enumerate()
+        for (i, name) in [
+            "mfr",
+            "year",
+            "month_letter",
+            "interfix",
+            "sequence",
+            "suffix",
+        ]
+        .into_iter()
+        .enumerate()
         {
             if let Some(m) = c.get(i + 1) {
                 components.insert(name, m.as_str().to_owned());
@@ -115,7 +122,10 @@ fn parse(folded: &str) -> (&'static str, BTreeMap<&'static str, String>) {
         return ("mil_std_1168", components);
     }
     if let Some(c) = US_OLD.captures(folded) {
-        for (i, name) in ["mfr", "interfix", "sequence", "suffix"].into_iter().enumerate() {
+        for (i, name) in ["mfr", "interfix", "sequence", "suffix"]
+            .into_iter()
+            .enumerate()
+        {
             if let Some(m) = c.get(i + 1) {
                 components.insert(name, m.as_str().to_owned());
             }
@@ -178,7 +188,10 @@ mod tests {
         let n = normalise("LC-19L123-456");
         assert_eq!(n.scheme, "mil_std_1168");
         assert_eq!(n.components.get("mfr").map(String::as_str), Some("LC"));
-        assert_eq!(n.components.get("interfix").map(String::as_str), Some("123"));
+        assert_eq!(
+            n.components.get("interfix").map(String::as_str),
+            Some("123")
+        );
         let n = normalise("21-85 539");
         assert_eq!(n.scheme, "soviet_style_lot_year_factory");
         assert_eq!(n.components.get("year").map(String::as_str), Some("85"));
@@ -198,7 +211,10 @@ mod tests {
     #[test]
     fn identity_key_needs_maker_and_year() {
         let lot = normalise("21-85 539");
-        assert_eq!(identity_key(&lot, Some("539"), Some(1985)).as_deref(), Some("539|1985|21"));
+        assert_eq!(
+            identity_key(&lot, Some("539"), Some(1985)).as_deref(),
+            Some("539|1985|21")
+        );
         assert_eq!(identity_key(&lot, None, Some(1985)), None);
     }
 

@@ -72,7 +72,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(pointer: impl Into<String>, detail: impl Into<String>) -> FieldError {
-        FieldError { pointer: pointer.into(), detail: detail.into() }
+        FieldError {
+            pointer: pointer.into(),
+            detail: detail.into(),
+        }
     }
 }
 
@@ -93,7 +96,9 @@ pub struct Validator {
 
 impl Validator {
     pub fn new(node_id: &str) -> Validator {
-        Validator { node_id: node_id.to_owned() }
+        Validator {
+            node_id: node_id.to_owned(),
+        }
     }
 
     pub fn node_id(&self) -> &str {
@@ -138,7 +143,10 @@ impl Validator {
                     .and_then(|v| u32::try_from(v).ok())
                     .filter(|v| *v >= 1)
                     .ok_or_else(|| {
-                        vec![FieldError::new("/record_version", "must be an integer from 1")]
+                        vec![FieldError::new(
+                            "/record_version",
+                            "must be an integer from 1",
+                        )]
                     })?,
             ),
             None => None,
@@ -146,10 +154,18 @@ impl Validator {
         object
             .entry("schema_version")
             .or_insert_with(|| Value::String(SCHEMA_VERSION.into()));
-        object.entry("created_at").or_insert_with(|| Value::String(now.into()));
-        object.entry("updated_at").or_insert_with(|| Value::String(now.into()));
+        object
+            .entry("created_at")
+            .or_insert_with(|| Value::String(now.into()));
+        object
+            .entry("updated_at")
+            .or_insert_with(|| Value::String(now.into()));
         derive(&mut value);
-        Ok(Prepared { id, declared_version, record: value })
+        Ok(Prepared {
+            id,
+            declared_version,
+            record: value,
+        })
     }
 
     fn domain_errors(&self, value: &Value, errors: &mut Vec<FieldError>) {
@@ -215,7 +231,10 @@ fn schema_errors(value: &Value, errors: &mut Vec<FieldError>) {
                 errors.push(FieldError::new(pointer, detail));
             }
         }
-        Err(e) => errors.push(FieldError::new("", format!("record schema unavailable: {e}"))),
+        Err(e) => errors.push(FieldError::new(
+            "",
+            format!("record schema unavailable: {e}"),
+        )),
     }
 }
 
@@ -234,7 +253,9 @@ fn check_countries(value: &Value, path: &mut String, errors: &mut Vec<FieldError
                 {
                     errors.push(FieldError::new(
                         path.clone(),
-                        format!("{code:?} is not an ISO 3166-1 alpha-3 or user-assigned country code"),
+                        format!(
+                            "{code:?} is not an ISO 3166-1 alpha-3 or user-assigned country code"
+                        ),
                     ));
                 }
                 // `derived` objects are the node's own; sharing.releasable_to may name groups.
@@ -298,7 +319,10 @@ fn coerce_shorthand(record: &mut Map<String, Value>) {
         }
         if let Some(Value::String(raw)) = item.get("headstamp") {
             let raw = raw.clone();
-            item.insert("headstamp".into(), json!({ "present": true, "raw_transcription": raw }));
+            item.insert(
+                "headstamp".into(),
+                json!({ "present": true, "raw_transcription": raw }),
+            );
         }
     }
 }
@@ -331,7 +355,10 @@ pub fn derive(record: &mut Value) {
     let Some(object) = record.as_object_mut() else {
         return;
     };
-    object.insert("normaliser_version".into(), Value::String(NORMALISER_VERSION.into()));
+    object.insert(
+        "normaliser_version".into(),
+        Value::String(NORMALISER_VERSION.into()),
+    );
     let Some(items) = object.get_mut("items").and_then(Value::as_array_mut) else {
         return;
     };
@@ -353,7 +380,14 @@ pub fn derive(record: &mut Value) {
                     d.insert("identity_key".into(), Value::String(identity));
                 }
                 d.insert("method".into(), json!("lot_grammar"));
-                d.insert("confidence".into(), json!(if lot.scheme == "unknown" { "low" } else { "medium" }));
+                d.insert(
+                    "confidence".into(),
+                    json!(if lot.scheme == "unknown" {
+                        "low"
+                    } else {
+                        "medium"
+                    }),
+                );
                 d.insert("normaliser_version".into(), json!(NORMALISER_VERSION));
             }
             lot_obj.insert("derived".into(), derived);
@@ -398,9 +432,13 @@ pub struct ItemKeys {
 impl ItemKeys {
     pub fn from_item(item: &Map<String, Value>) -> ItemKeys {
         let text = |key: &str, field: &str| {
-            item.get(key).and_then(|v| v.get(field)).and_then(Value::as_str)
+            item.get(key)
+                .and_then(|v| v.get(field))
+                .and_then(Value::as_str)
         };
-        let lot = text("lot", "raw").map(lot::normalise).filter(|l| !l.is_empty());
+        let lot = text("lot", "raw")
+            .map(lot::normalise)
+            .filter(|l| !l.is_empty());
         let (headstamp_tokens, readings) = match text("headstamp", "raw_transcription") {
             Some(raw) => {
                 let h = headstamp::normalise(raw);
@@ -410,7 +448,11 @@ impl ItemKeys {
         };
         let calibre = text("calibre", "raw").map(|raw| CalibreTable::embedded().resolve(raw));
         ItemKeys {
-            item_id: item.get("item_id").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            item_id: item
+                .get("item_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
             category: item
                 .get("item_category")
                 .and_then(Value::as_str)
@@ -453,7 +495,10 @@ impl EventKeys {
 }
 
 fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
-    value.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 /// `YYYY`, `YYYY-MM` or `YYYY-MM-DD` as `YYYYMMDD`; missing parts are 00, or 99 when `upper`
@@ -486,7 +531,10 @@ pub fn event_summary(record: &Value) -> Value {
 
 /// True when a stored record version is a retraction.
 pub fn is_retracted(record: &Value) -> bool {
-    record.get("retracted").and_then(Value::as_bool).unwrap_or(false)
+    record
+        .get("retracted")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -507,7 +555,9 @@ mod tests {
 
     #[test]
     fn prepares_shorthand_ids_and_derived() {
-        let p = Validator::new("XAA").prepare(minimal(), "2026-01-01T00:00:00Z").unwrap();
+        let p = Validator::new("XAA")
+            .prepare(minimal(), "2026-01-01T00:00:00Z")
+            .unwrap();
         let item = &p.record["items"][0];
         assert_eq!(item["lot"]["raw"], "21-85");
         assert_eq!(item["lot"]["derived"]["key"], "2185");
@@ -521,16 +571,31 @@ mod tests {
     fn refusals_point_at_the_field() {
         let v = Validator::new("XAA");
         let cases: Vec<(fn(&mut Value), &str)> = vec![
-            (|r| r["originating_state"] = json!("XBB"), "/originating_state"),
-            (|r| r["event"]["location"]["country"] = json!("ABC"), "/event/location/country"),
-            (|r| r["items"][0]["quantity"]["count"] = json!(1.5), "/items/0/quantity/count"),
-            (|r| r["items"][0]["item_category"] = json!("banana"), "/items/0/item_category"),
+            (
+                |r| r["originating_state"] = json!("XBB"),
+                "/originating_state",
+            ),
+            (
+                |r| r["event"]["location"]["country"] = json!("ABC"),
+                "/event/location/country",
+            ),
+            (
+                |r| r["items"][0]["quantity"]["count"] = json!(1.5),
+                "/items/0/quantity/count",
+            ),
+            (
+                |r| r["items"][0]["item_category"] = json!("banana"),
+                "/items/0/item_category",
+            ),
         ];
         for (mutate, pointer) in cases {
             let mut r = minimal();
             mutate(&mut r);
             let errors = v.prepare(r, "2026-01-01T00:00:00Z").unwrap_err();
-            assert!(errors.iter().any(|e| e.pointer == pointer), "{pointer}: {errors:?}");
+            assert!(
+                errors.iter().any(|e| e.pointer == pointer),
+                "{pointer}: {errors:?}"
+            );
         }
         let mut r = minimal();
         r["items"] = json!([]);
