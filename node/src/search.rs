@@ -46,7 +46,7 @@ pub struct SearchParams {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MatchInfo {
     pub kind: &'static str,
-    pub score: f32,
+    pub score: f64,
     /// Lot match kind, if the query gave a lot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lot: Option<&'static str>,
@@ -78,16 +78,23 @@ pub struct Plan {
     limit: usize,
 }
 
+/// A regular expression over index terms for a (skeleton) text: `?` is any one character, `*`
+/// any run, and every other character also matches a stored `?` (a worn character there).
 fn regex_escape(text: &str) -> String {
     let mut out = String::new();
     for c in text.chars() {
         match c {
             '?' => out.push('.'),
             '*' => out.push_str(".*"),
-            c if c.is_alphanumeric() => out.push(c),
-            c => {
-                out.push('\\');
+            c if c.is_alphanumeric() => {
+                out.push('[');
                 out.push(c);
+                out.push_str("?]");
+            }
+            c => {
+                out.push_str("[\\");
+                out.push(c);
+                out.push_str("?]");
             }
         }
     }
@@ -191,6 +198,8 @@ pub fn plan(
         } else {
             cq.lot_key = Some(l.key.clone());
             cq.lot_skeleton = Some(l.skeleton.clone());
+            // Stored lots with worn characters (`8-7?`) match a complete query.
+            cq.lot_regex = Some(regex_escape(&l.skeleton));
             let len = l.skeleton.chars().count();
             if len >= 4 {
                 cq.lot_fuzzy = Some((l.skeleton.clone(), if len >= 12 { 2 } else { 1 }));
@@ -248,9 +257,14 @@ fn lot_match(query: &lot::LotNorm, c: &Candidate) -> Option<(&'static str, f32)>
     if c.lot_key.is_empty() {
         return None;
     }
-    if query.wildcard {
+    if query.wildcard || c.lot_key.contains('?') {
         let cand = fold::skeleton(&c.lot_key);
-        return headstamp::wildcard_match(&query.skeleton, &cand).then_some(("wildcard", 0.82));
+        if headstamp::wildcard_match(&query.skeleton, &cand) {
+            return Some(("wildcard", 0.82));
+        }
+        if query.wildcard {
+            return None;
+        }
     }
     if query.folded == c.lot_folded {
         return Some(("exact", 1.0));
@@ -293,6 +307,11 @@ fn calibre_agreement(plan: &Plan, c: &Candidate) -> (Option<&'static str>, f32) 
     }
     (Some("different"), -0.25)
 }
+
+const HEADSTAMP_AGREE: f32 = 0.25;
+const HEADSTAMP_DISAGREE: f32 = 0.15;
+const CALIBRE_SAME: f32 = 0.08;
+const MAX_RAW_SCORE: f32 = 1.0 + HEADSTAMP_AGREE + CALIBRE_SAME;
 
 /// Scores and orders the candidates; drops those that do not match.
 pub fn rank(plan: &Plan, candidates: Vec<Candidate>) -> Vec<Ranked> {
@@ -343,10 +362,10 @@ pub fn rank(plan: &Plan, candidates: Vec<Candidate>) -> Vec<Ranked> {
                 }
                 kind = "headstamp";
                 score = 0.4 + 0.5 * s;
-            } else if s > 0.0 {
-                score += 0.12 * s;
             } else {
-                score -= 0.15;
+                // Full agreement is strong evidence (same maker and year); a token left
+                // unmatched (often the maker code) points to another factory's lot.
+                score += HEADSTAMP_AGREE * s - HEADSTAMP_DISAGREE * (1.0 - s);
             }
         } else if plan.lot.is_none() && !plan.headstamp.is_empty() {
             continue;
@@ -362,7 +381,10 @@ pub fn rank(plan: &Plan, candidates: Vec<Candidate>) -> Vec<Ranked> {
         out.push(Ranked {
             matched: MatchInfo {
                 kind,
-                score: (score.clamp(0.0, 1.0) * 1000.0).round() / 1000.0,
+                // Scale by the best possible raw score instead of clamping, so agreement still
+                // separates two exact lot matches.
+                score: (f64::from((score / MAX_RAW_SCORE).clamp(0.0, 1.0)) * 1000.0).round()
+                    / 1000.0,
                 lot: lot_kind,
                 headstamp: hs_kind,
                 calibre: calibre_kind,

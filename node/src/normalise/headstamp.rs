@@ -100,7 +100,7 @@ fn token_score(query: &str, stored: &str) -> (f32, HeadstampMatch) {
     if query == stored {
         return (1.0, HeadstampMatch::Exact);
     }
-    if query.contains(['?', '*']) {
+    if query.contains(['?', '*']) || stored.contains('?') {
         return if wildcard_match(query, stored) {
             (0.9, HeadstampMatch::Wildcard)
         } else {
@@ -118,14 +118,15 @@ fn token_score(query: &str, stored: &str) -> (f32, HeadstampMatch) {
     (0.0, HeadstampMatch::None)
 }
 
-/// `?` matches one character, `*` any run (possibly empty).
+/// `?` matches one character, `*` any run (possibly empty). A `?` in `text` (a worn character
+/// in the stored marking) matches any one character of the pattern.
 pub fn wildcard_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && p[pi] != '*' && (p[pi] == '?' || t[ti] == '?' || p[pi] == t[ti]) {
             pi += 1;
             ti += 1;
         } else if pi < p.len() && p[pi] == '*' {

@@ -42,9 +42,14 @@ impl LotNorm {
 /// Labels written before a lot number. Matched after upper-casing but before script folding,
 /// so Cyrillic and Chinese labels are seen as written. `1OT`/`L0T` are OCR readings of `LOT`.
 static LABEL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(
-        r"^(?:(?:[L1I|][O0]T|BATCH|LOTE)(?:\s*(?:NO|NR|NUMBER|N°|Nº|#)\b\.?)?|L\s*/\s*N|№|N°|Nº|NO\.|ПАРТИЯ|ПАРТІЯ|批号|批次)\s*[:#.]?\s*",
-    )
+    Regex::new(concat!(
+        // LOT, LOT NO., LOT #, and OCR readings of LOT (1OT, L0T).
+        r"^(?:(?:LOT|L0T|1OT|IOT|\|OT|LOTE|BATCH)(?:\s*(?:NO|N0|NR|NUMBER|N°|Nº|#)\b\.?)?\s*[:#.]?\s*",
+        // A worn LOT (one unreadable character): only when a separator follows.
+        r"|(?:\?OT|\?0T|L\?T|LO\?|L0\?)(?:\s*(?:NO|N0|N\?|NR|N°|#)\.?)?(?:\s+|\s*[:#.]\s*)",
+        // L/N (lot number), also worn (?/N, L/?), №, N°, NO., and Cyrillic and Chinese labels.
+        r"|[L1I?]\s*/\s*[N?]\s*[:#.]?\s*|№\s*|N°\s*|Nº\s*|NO\.\s*|ПАРТИЯ\s*[:#.]?\s*|ПАРТІЯ\s*[:#.]?\s*|批号\s*[:：]?\s*|批次\s*[:：]?\s*)",
+    ))
     .expect("static regex")
 });
 
@@ -177,10 +182,20 @@ mod tests {
             "lot: 2185539",
             "1ot: 21-85-539",
             "٢١-٨٥-٥٣٩",
+            "lo?: 21-85-539",
+            "?/N 21 85 539",
+            "L/? 21/85/539",
+            "?ot No. 21-85-539",
         ];
         for raw in same {
             assert_eq!(normalise(raw).key, "2185539", "key of {raw:?}");
         }
+    }
+
+    #[test]
+    fn worn_lots_are_not_taken_for_labels() {
+        assert_eq!(normalise("1?7-85").key, "1?785");
+        assert_eq!(normalise("LO?85").key, "LO?85");
     }
 
     #[test]
