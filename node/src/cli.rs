@@ -366,8 +366,8 @@ fn print_hits(body: &Value) {
         return;
     }
     println!(
-        "{:<6} {:<11} {:<5} {:<18} {:<14} {:<16} {:<10} {}",
-        "score", "kind", "from", "lot", "headstamp", "calibre", "date", "record"
+        "{:<6} {:<11} {:<5} {:<18} {:<14} {:<16} {:<10} record",
+        "score", "kind", "from", "lot", "headstamp", "calibre", "date"
     );
     for h in hits {
         let item = &h["item"];

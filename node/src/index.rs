@@ -496,7 +496,7 @@ pub fn rebuild(
             add_item_docs(&writer, &fields, &id, head.version, &record)?;
         }
         records += 1;
-        if records % 1000 == 0 {
+        if records.is_multiple_of(1000) {
             progress(records);
         }
     }

@@ -273,9 +273,13 @@ fn lot_match(query: &lot::LotNorm, c: &Candidate) -> Option<(&'static str, f32)>
         return Some(("folded", 0.96));
     }
     let d = fold::weighted_distance(&query.key, &c.lot_key);
-    if fold::skeleton(&query.key) == fold::skeleton(&c.lot_key) {
+    let candidate_skeleton = fold::skeleton(&c.lot_key);
+    if query.skeleton == candidate_skeleton {
         return Some(("confusable", 0.92 - 0.05 * d.min(1.0)));
     }
+    // Edits are counted on skeletons (a confusion is not an edit) and ranked by the weighted
+    // distance on keys.
+    let edits = fold::weighted_distance(&query.skeleton, &candidate_skeleton);
     let len = query.key.chars().count().max(c.lot_key.chars().count());
     let max = if len >= 12 {
         2.0
@@ -284,7 +288,7 @@ fn lot_match(query: &lot::LotNorm, c: &Candidate) -> Option<(&'static str, f32)>
     } else {
         0.0
     };
-    (d <= max).then(|| ("fuzzy", 0.72 - 0.12 * d))
+    (edits <= max).then_some(("fuzzy", 0.72 - 0.12 * d.min(2.0)))
 }
 
 fn calibre_agreement(plan: &Plan, c: &Candidate) -> (Option<&'static str>, f32) {

@@ -40,7 +40,8 @@ async fn lot_variants_and_calibre_aliases_find_the_record() {
     let sibling = create(&node, &record("LC19L123-457", "LC 19", "5.56x45mm NATO")).await;
     let other = create(&node, &record("21-85 539", "PPU 19", "9mm Luger")).await;
 
-    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+    type Params<'a> = &'a [(&'a str, &'a str)];
+    let cases: &[(Params, &str, &str)] = &[
         (&[("lot", "LC19L123-456")], &target, "exact"),
         (&[("lot", "lc-19-l-123 456")], &target, "folded"),
         (&[("lot", "LOT NO. LC19L123-456")], &target, "exact"),

@@ -570,7 +570,8 @@ mod tests {
     #[test]
     fn refusals_point_at_the_field() {
         let v = Validator::new("XAA");
-        let cases: Vec<(fn(&mut Value), &str)> = vec![
+        type Mutation = fn(&mut Value);
+        let cases: Vec<(Mutation, &str)> = vec![
             (
                 |r| r["originating_state"] = json!("XBB"),
                 "/originating_state",
