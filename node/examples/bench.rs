@@ -189,6 +189,51 @@ async fn latency(url: &str, token: &str, n: u64, total: u64) -> anyhow::Result<(
     Ok(())
 }
 
+/// Where the time of one record's write goes, without HTTP or sled.
+fn prepare(n: u64) -> anyhow::Result<()> {
+    use ammotrace::normalise::{calibre::CalibreTable, headstamp, lot};
+    let records: Vec<serde_json::Value> = (0..n).map(record).collect();
+    let validator = ammotrace::record::Validator::new("XAA");
+    let time = |name: &str, f: &mut dyn FnMut(&serde_json::Value)| {
+        let t = Instant::now();
+        for r in &records {
+            f(r);
+        }
+        println!("{name:>12}: {:>8.1} µs/record", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+    };
+    time("prepare", &mut |r| {
+        let _ = validator.prepare(r.clone(), "2026-01-01T00:00:00Z");
+    });
+    let schema: serde_json::Value = serde_json::from_str(ammotrace::record::SCHEMA_JSON)?;
+    let compiled = jsonschema::validator_for(&schema).map_err(|e| anyhow::anyhow!("{e}"))?;
+    time("schema", &mut |r| {
+        let _ = compiled.is_valid(r);
+    });
+    time("derive", &mut |r| {
+        let mut v = r.clone();
+        ammotrace::record::derive(&mut v);
+    });
+    time("clone", &mut |r| {
+        let _ = r.clone();
+    });
+    time("lot", &mut |r| {
+        let _ = lot::normalise(r["items"][0]["lot"]["raw"].as_str().unwrap_or_default());
+    });
+    time("headstamp", &mut |r| {
+        let _ = headstamp::normalise(r["items"][0]["headstamp"]["raw_transcription"].as_str().unwrap_or_default());
+    });
+    time("calibre", &mut |r| {
+        let _ = CalibreTable::embedded().resolve(r["items"][0]["calibre"]["raw"].as_str().unwrap_or_default());
+    });
+    time("to_vec", &mut |r| {
+        let _ = serde_json::to_vec(r);
+    });
+    Ok(())
+}
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -201,6 +246,7 @@ async fn main() -> anyhow::Result<()> {
         ["limits"] => limits(),
         ["gen", n, path] => gen_records(n.parse()?, path),
         ["latency", url, token, n, total] => latency(url, token, n.parse()?, total.parse()?).await,
+        ["prepare", n] => prepare(n.parse()?),
         _ => anyhow::bail!("usage: bench limits | gen N FILE | latency URL TOKEN N TOTAL"),
     }
 }

@@ -64,6 +64,9 @@ pub enum Command {
         /// Rewrite each JSON record's originating_state to this node's State.
         #[arg(long)]
         as_own: bool,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
     },
     /// Search a running node.
     Search {
@@ -247,7 +250,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             partial,
             batch,
             as_own,
-        } => import(&file, &client, partial, batch.max(1), as_own).await,
+            jobs,
+        } => import(&file, &client, partial, batch.max(1), as_own, jobs.max(1)).await,
         Command::Search {
             client,
             lot,
@@ -460,6 +464,7 @@ async fn import(
     partial: bool,
     batch: usize,
     as_own: bool,
+    jobs: usize,
 ) -> anyhow::Result<()> {
     let format = Format::from_path(file).ok_or_else(|| {
         anyhow::anyhow!("{}: name it .jsonl, .ndjson, .csv or .xlsx", file.display())
@@ -559,22 +564,28 @@ async fn import(
         .with_message("importing");
     let (mut accepted, mut rejected) = (0u64, 0u64);
     let mut reports = Vec::new();
-    for (first_line, body) in bodies {
-        let response = client
-            .request(reqwest::Method::POST, "/api/v1/import")
-            .query(&[("mode", mode)])
-            .header("content-type", format.media_type())
-            .body(body)
-            .send()
-            .await?;
-        let (status, body) = answer(response).await?;
-        let body = offset_rows(body, first_line - 1);
+    // Up to `jobs` requests in flight: the node validates one batch while it stores another.
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut pending = bodies.into_iter();
+    loop {
+        while in_flight.len() < jobs {
+            let Some((first_line, body)) = pending.next() else { break };
+            let request = client
+                .request(reqwest::Method::POST, "/api/v1/import")
+                .query(&[("mode", mode)])
+                .header("content-type", format.media_type())
+                .body(body);
+            in_flight.spawn(async move {
+                let (status, body) = answer(request.send().await?).await?;
+                Ok::<_, anyhow::Error>((status, offset_rows(body, first_line - 1)))
+            });
+        }
+        let Some(done) = in_flight.join_next().await else { break };
+        let (status, body) = done??;
         if !status.is_success() {
             bar.abandon();
-            bail!(
-                "{status} after {accepted} records stored: {}",
-                problem_text(&body)
-            );
+            in_flight.shutdown().await;
+            bail!("{status} after {accepted} records stored: {}", problem_text(&body));
         }
         accepted += body["accepted"].as_u64().unwrap_or(0);
         rejected += body["rejected_rows"].as_u64().unwrap_or(0);

@@ -28,7 +28,7 @@ use tantivy::schema::{
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term, doc};
 use tokio::sync::watch;
 
-use crate::record::{EventKeys, ItemKeys, RecordId};
+use crate::record::{EventKeys, ItemKeys, RecordId, event_summary};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +63,8 @@ struct Fields {
     date: Field,
     maker: Field,
     year: Field,
+    /// The item and its event summary as JSON: what a hit shows, without a store read.
+    hit: Field,
 }
 
 fn schema() -> (Schema, Fields) {
@@ -84,6 +86,7 @@ fn schema() -> (Schema, Fields) {
         date: b.add_i64_field("date", INDEXED | FAST | STORED),
         maker: b.add_text_field("maker", STRING | STORED),
         year: b.add_i64_field("year", STORED),
+        hit: b.add_bytes_field("hit", STORED),
     };
     (b.build(), fields)
 }
@@ -105,6 +108,8 @@ pub struct Candidate {
     pub date: i64,
     pub maker: String,
     pub year: i64,
+    /// `{"item": …, "event": …}` as JSON bytes.
+    pub hit: Vec<u8>,
     /// The index's own score (only used to bound how many candidates are fetched).
     pub retrieval_score: f32,
 }
@@ -150,7 +155,18 @@ pub struct SearchIndex {
 fn open_index(path: &Path) -> Result<(Index, Fields), IndexError> {
     std::fs::create_dir_all(path)?;
     let (schema, fields) = schema();
-    let index = Index::open_or_create(MmapDirectory::open(path)?, schema)?;
+    let index = match Index::open_or_create(MmapDirectory::open(path)?, schema.clone()) {
+        Ok(index) => index,
+        // An index written by another version of the node: it is derived, so start afresh
+        // (the indexer then replays the whole change log).
+        Err(tantivy::TantivyError::SchemaError(e)) => {
+            tracing::warn!(error = %e, path = %path.display(), "index schema changed; rebuilding the index");
+            std::fs::remove_dir_all(path)?;
+            std::fs::create_dir_all(path)?;
+            Index::open_or_create(MmapDirectory::open(path)?, schema)?
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok((index, fields))
 }
 
@@ -173,8 +189,10 @@ fn add_item_docs(
     let Some(items) = record.get("items").and_then(|v| v.as_array()) else {
         return Ok(());
     };
+    let summary = event_summary(record);
     for item in items.iter().filter_map(|i| i.as_object()) {
         let keys = ItemKeys::from_item(item);
+        let hit = serde_json::to_vec(&serde_json::json!({ "item": item, "event": summary })).unwrap_or_default();
         let mut d = doc!(
             fields.record_id => id.to_string(),
             fields.item_id => keys.item_id.clone(),
@@ -183,6 +201,7 @@ fn add_item_docs(
             fields.category => keys.category.clone(),
             fields.country => event.country.clone(),
             fields.date => event.date_key,
+            fields.hit => hit,
         );
         if let Some(lot) = &keys.lot {
             d.add_text(fields.lot_folded, &lot.folded);
@@ -273,7 +292,7 @@ impl SearchIndex {
                 .spawn(move || {
                     let mut watermark = start;
                     while !stop.load(Ordering::Relaxed) {
-                        match catch_up(&store, &shared, &mut writer, watermark, 20_000) {
+                        match catch_up(&store, &shared, &mut writer, watermark, 50_000) {
                             Ok((mark, more)) => {
                                 if mark != watermark {
                                     watermark = mark;
@@ -283,7 +302,13 @@ impl SearchIndex {
                                     continue;
                                 }
                             }
-                            Err(e) => tracing::error!(error = %e, "indexer failed; retrying"),
+                            Err(e) => {
+                            tracing::error!(error = %e, "indexer failed; retrying from the last commit");
+                            // Drop what this batch added, so the retry adds it once.
+                            if let Err(e) = writer.rollback() {
+                                tracing::error!(error = %e, "index rollback failed");
+                            }
+                        }
                         }
                         match wake_rx.recv_timeout(commit_interval) {
                             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
@@ -426,10 +451,12 @@ impl SearchIndex {
         }
         let query = BooleanQuery::new(clauses);
         let searcher = self.shared.reader.searcher();
+        let started = std::time::Instant::now();
         let top = searcher.search(
             &query,
             &TopDocs::with_limit(q.limit.max(1)).order_by_score(),
         )?;
+        let searched = started.elapsed();
         let mut out = Vec::with_capacity(top.len());
         for (score, address) in top {
             let d: TantivyDocument = searcher.doc(address)?;
@@ -459,9 +486,11 @@ impl SearchIndex {
                 date: d.get_first(f.date).and_then(|v| v.as_i64()).unwrap_or(0),
                 maker: text(f.maker),
                 year: d.get_first(f.year).and_then(|v| v.as_i64()).unwrap_or(0),
+                hit: d.get_first(f.hit).and_then(|v| v.as_bytes()).map(<[u8]>::to_vec).unwrap_or_default(),
                 retrieval_score: score,
             });
         }
+        tracing::debug!(candidates = out.len(), search_us = searched.as_micros() as u64, fetch_us = (started.elapsed() - searched).as_micros() as u64, "index candidates");
         Ok(out)
     }
 }

@@ -187,7 +187,7 @@ pub fn plan(
         date_from: from.and_then(|(_, k)| k),
         date_to: to.and_then(|(_, k)| k),
         // Enough candidates for the ranker to reorder; the index's order is only a first cut.
-        limit: (limit * 10).clamp(200, 2000),
+        limit: (limit * 3).clamp(30, 600),
         ..CandidateQuery::default()
     };
     if let Some(l) = &lot {

@@ -3,7 +3,7 @@
 //! This is the only module that imports sled. Trees and their keys:
 //! - `record_head`: `RecordId(16)` → `version u32 BE ‖ retracted u8`
 //! - `record_versions`: `RecordId(16) ‖ version u32 BE` → the record version, JSON
-//! - `changes`: `seq u64 BE` → `RecordId(16) ‖ version u32 BE ‖ retracted u8`
+//! - `changes`: `seq u64 BE` → `RecordId(16) ‖ version u32 BE ‖ retracted u8 ‖ created u8`
 //! - `meta`: `b"last_seq"` → `u64 BE`
 //!
 //! Every write is one sled transaction over the four trees: the version, the head and the
@@ -57,6 +57,8 @@ pub struct Change {
     pub id: RecordId,
     pub version: u32,
     pub retracted: bool,
+    /// The record's first version: nothing of it was indexed before.
+    pub created: bool,
 }
 
 /// The latest version of a record.
@@ -108,6 +110,7 @@ fn decode_change(seq: &[u8], value: &[u8]) -> Option<Change> {
         id,
         version,
         retracted: *value.get(20)? == 1,
+        created: value.get(21) == Some(&1),
     })
 }
 
@@ -125,6 +128,7 @@ fn append(
     version: u32,
     record: &[u8],
     retracted: bool,
+    created: bool,
 ) -> Tx<u64> {
     let last = match meta.get(LAST_SEQ)? {
         Some(b) => u64::from_be_bytes(b.as_ref().try_into().map_err(|_| {
@@ -136,9 +140,10 @@ fn append(
     meta.insert(LAST_SEQ, &seq.to_be_bytes())?;
     versions.insert(&version_key(id, version), record)?;
     head.insert(id.as_bytes(), &encode_head(Head { version, retracted }))?;
-    let mut change = [0u8; 21];
+    let mut change = [0u8; 22];
     change[..20].copy_from_slice(&version_key(id, version));
     change[20] = u8::from(retracted);
+    change[21] = u8::from(created);
     changes.insert(&seq.to_be_bytes(), &change)?;
     Ok(seq)
 }
@@ -207,7 +212,7 @@ impl Store {
                 if t.0.get(id.as_bytes())?.is_some() {
                     return abort(StoreError::Exists(*id));
                 }
-                let seq = append((&t.0, &t.1, &t.2, &t.3), id, *version, bytes, false)?;
+                let seq = append((&t.0, &t.1, &t.2, &t.3), id, *version, bytes, false, true)?;
                 written.push(Written {
                     id: *id,
                     version: *version,
@@ -291,7 +296,7 @@ impl Store {
                 }
                 None => return abort(StoreError::NotFound(id)),
             }
-            let seq = append((&t.0, &t.1, &t.2, &t.3), &id, version, &bytes, retracted)?;
+            let seq = append((&t.0, &t.1, &t.2, &t.3), &id, version, &bytes, retracted, false)?;
             Ok(Written { id, version, seq })
         }))
     }

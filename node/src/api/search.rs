@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::Reader;
 use super::error::ApiError;
-use crate::record::{RecordId, event_summary};
 use crate::search::{self, SearchParams};
 
 /// # `GET /api/v1/search`
@@ -46,33 +45,22 @@ pub async fn search(
     }
     let node = state.node.clone();
     let hits = tokio::task::spawn_blocking(move || {
+        let t0 = Instant::now();
         let candidates = node.index().candidates(&plan.candidates)?;
+        let t1 = Instant::now();
         let ranked = search::rank(&plan, candidates);
+        tracing::debug!(candidates_us = (t1 - t0).as_micros() as u64, rank_us = t1.elapsed().as_micros() as u64, "search");
         let mut hits = Vec::with_capacity(ranked.len());
         for r in ranked {
-            let Some(id) = RecordId::parse(&r.candidate.record_id) else {
-                continue;
-            };
-            let version = u32::try_from(r.candidate.version).ok();
-            let record = node.store().get(&id, version)?.unwrap_or(Value::Null);
-            let item = record
-                .get("items")
-                .and_then(Value::as_array)
-                .and_then(|items| {
-                    items.iter().find(|i| {
-                        i.get("item_id").and_then(Value::as_str) == Some(&r.candidate.item_id)
-                    })
-                })
-                .cloned()
-                .unwrap_or(Value::Null);
+            let shown: Value = serde_json::from_slice(&r.candidate.hit).unwrap_or(Value::Null);
             hits.push(json!({
                 "record_id": r.candidate.record_id,
                 "record_version": r.candidate.version,
                 "item_id": r.candidate.item_id,
                 "origin": r.candidate.origin,
                 "match": r.matched,
-                "item": item,
-                "event": event_summary(&record),
+                "item": shown.get("item"),
+                "event": shown.get("event"),
             }));
         }
         Ok::<_, ApiError>(hits)

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Benchmarks: writes docs/benchmarks.md with the machine, date, commands, the physical limits
+# measured in the same run (ed25519 sign/verify, sled insert, tantivy indexing) and, for each
+# size, import rate through the API (durable and indexed), search latency p50/p99 over HTTP
+# (exact, confusable, wildcard, fuzzy lot queries), peak RSS, bytes on disk, start-up time.
+#
+# usage: scripts/bench.sh              (100k and 1M items)
+#        SIZES="100000" scripts/bench.sh
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+sizes="${SIZES:-100000 1000000}"
+queries="${QUERIES:-500}"
+out="$here/docs/benchmarks.md"
+
+cargo build --release -q -p ammotrace --bin ammotrace --example bench --manifest-path "$here/Cargo.toml"
+bin="$here/target/release/ammotrace"
+bench="$here/target/release/examples/bench"
+work="$(mktemp -d "${TMPDIR:-/tmp}/ammotrace-bench.XXXXXX")"
+pid=""
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+now_ms() { date +%s%3N; }
+
+start_node() { # data_dir -> sets pid, url
+  RUST_LOG=ammotrace=warn "$bin" serve --data-dir "$1" --listen 127.0.0.1:0 >"$1.log" 2>&1 &
+  pid=$!
+  url=""
+  for _ in $(seq 1 3000); do
+    url="$(sed -n 's#^ *API: *\(http://[^/ ]*\)/api/v1.*#\1#p' "$1.log")"
+    [ -n "$url" ] && curl -sf "$url/healthz" >/dev/null && return 0
+    sleep 0.01
+  done
+  cat "$1.log" >&2; exit 1
+}
+
+wait_indexed() { # waits until the index has caught up with the store
+  while :; do
+    h="$(curl -sf "$url/healthz")"
+    last="$(echo "$h" | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_seq"])')"
+    idx="$(echo "$h" | python3 -c 'import json,sys; print(json.load(sys.stdin)["indexed_seq"])')"
+    [ "$last" = "$idx" ] && break
+    sleep 0.05
+  done
+}
+
+echo "measuring physical limits…" >&2
+limits="$("$bench" limits)"
+rows=""
+for n in $sizes; do
+  echo "== $n items" >&2
+  file="$work/records-$n.jsonl"
+  "$bench" gen "$n" "$file"
+  data="$work/node-$n"
+  "$bin" init --data-dir "$data" --node-id XAA >/dev/null
+  start_node "$data"
+  token="$(cat "$data/admin.token")"
+  t0=$(now_ms)
+  "$bin" import "$file" --url "$url" --token "$token" --batch 5000 --partial --jobs 2 >&2
+  t1=$(now_ms)
+  wait_indexed
+  t2=$(now_ms)
+  latency="$("$bench" latency "$url" "$token" "$queries" "$n")"
+  rss_kb="$(awk '/VmHWM/ {print $2}' /proc/$pid/status)"
+  kill -TERM "$pid"; wait "$pid" || true; pid=""
+  store_bytes="$(du -sb "$data/store" | cut -f1)"
+  index_bytes="$(du -sb "$data/index" | cut -f1)"
+  s0=$(now_ms); start_node "$data"; s1=$(now_ms)
+  kill -TERM "$pid"; wait "$pid" || true; pid=""
+  rows="$rows$(python3 - "$n" "$t0" "$t1" "$t2" "$rss_kb" "$store_bytes" "$index_bytes" "$s0" "$s1" "$latency" <<'PY'
+import json, sys
+n, t0, t1, t2, rss, store, index, s0, s1 = map(int, sys.argv[1:10])
+lat = json.loads(sys.argv[10])
+durable = n / ((t1 - t0) / 1000)
+indexed = n / ((t2 - t0) / 1000)
+cells = [f"{n:,}", f"{durable:,.0f}", f"{indexed:,.0f}"]
+for kind in ("exact", "confusable", "wildcard", "fuzzy"):
+    l = lat[kind]
+    cells.append(f"{l['p50_ms']:.2f} / {l['p99_ms']:.2f} ({l['found_share']:.0%})")
+cells += [f"{rss / 1024:,.0f} MiB", f"{store / 2**20:,.0f} MiB", f"{index / 2**20:,.0f} MiB", f"{(s1 - s0) / 1000:.2f} s"]
+print("| " + " | ".join(cells) + " |")
+PY
+)
+"
+  rm -rf "$data" "$file"
+done
+
+python3 - "$out" "$limits" "$rows" "$sizes" "$queries" <<'PY'
+import datetime, json, platform, subprocess, sys
+out, limits, rows, sizes, queries = sys.argv[1:6]
+lim = json.loads(limits)
+cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+mem = subprocess.run(["sh", "-c", "free -h | awk '/Mem/ {print $2}'"], capture_output=True, text=True).stdout.strip()
+nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+text = f"""# Benchmarks
+
+Written by `scripts/bench.sh` (sizes: {sizes}; {queries} queries per kind). The machine is shared
+and noisy: compare the product's figures with the physical limits measured in the same run.
+
+- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}
+- machine: {cpu}, {nproc} cores, {mem} memory, {platform.system()} {platform.release()}
+- toolchain: {rustc}, release profile
+- command: `SIZES="{sizes}" scripts/bench.sh`
+
+## Physical limits (same run, one core)
+
+| operation | rate |
+|---|---|
+| ed25519 sign, 1.5 KB | {lim['sign_per_s']:,.0f}/s |
+| ed25519 verify, 1.5 KB | {lim['verify_per_s']:,.0f}/s |
+| sled 0.34.7 insert, 1.5 KB values, flush every 1,000 | {lim['sled_insert_per_s']:,.0f}/s |
+| tantivy indexing, 3 fields, one commit | {lim['tantivy_docs_per_s']:,.0f} docs/s |
+
+## The node
+
+Synthetic one-item records (`bench gen`: MIL-STD-1168 lots, six makers, ~1 KB of JSON each),
+imported with `ammotrace import --batch 5000 --partial --jobs 2` through
+`POST /api/v1/import` (validated, normalised, stored in sled and flushed before each answer;
+two requests in flight; `--partial` sends each batch once — every row is valid, so nothing is
+skipped — where the default all-or-nothing mode first checks every batch with `dry_run`). "durable" counts until the last import answer; "indexed" until
+the index watermark reached the store's last change. Latency: `GET /api/v1/search?lot=…` over
+HTTP, sequential, one client on the same 2 cores, p50 / p99 in ms, with the share of queries
+whose true lot was among the hits. Queries: exact = the lot as stored; confusable = one digit
+read as a look-alike letter (0→O, 1→I, 5→S, 8→B, 2→Z); wildcard = one of the last four
+characters as `?`; fuzzy = one character dropped.
+
+| items | import, durable (records/s) | import, indexed (records/s) | exact p50 / p99 | confusable p50 / p99 | wildcard p50 / p99 | fuzzy p50 / p99 | peak RSS | store on disk | index on disk | start-up |
+|---|---|---|---|---|---|---|---|---|---|---|
+{rows.strip()}
+
+Targets (issue 2): import ≥ 10k records/s at 1M items; exact lot p99 ≤ 5 ms and fuzzy p99 ≤ 25 ms
+at 1M items; RSS ≤ 2.5 GB.
+"""
+open(out, "w").write(text)
+print(text)
+PY
