@@ -142,3 +142,25 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::OPENAPI_JSON;
+
+    /// Every route of the router is described in the OpenAPI document, and vice versa.
+    #[test]
+    fn openapi_lists_exactly_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        let mut documented: Vec<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+        documented.sort();
+        let source = include_str!("mod.rs");
+        let mut routed: Vec<String> = source
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(".route(\""))
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_owned)
+            .collect();
+        routed.sort();
+        assert_eq!(routed, documented);
+    }
+}

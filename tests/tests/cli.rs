@@ -1,0 +1,92 @@
+//! The command line against real node processes: plain `serve` on the embedded default,
+//! XLSX import, and `reindex`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use ammotrace_e2e::{TestNode, node_binary};
+use serde_json::Value;
+
+#[tokio::test]
+async fn plain_serve_initialises_the_embedded_default_on_localhost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(node_binary())
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("RUST_LOG", "ammotrace=warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    let mut api = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.trim().strip_prefix("API:") {
+            api = rest.split_whitespace().next().map(str::to_owned);
+        }
+        printed.push(line.clone());
+        if line.trim().starts_with("data:") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = printed.join("\n");
+    // Port 8600 may be taken on a shared machine; then serve fails, and says so.
+    let api = api.unwrap_or_else(|| panic!("no API line in: {text}"));
+    assert!(api.starts_with("http://127.0.0.1:"), "{api}");
+    assert!(text.contains("ammotrace-data/admin.token"), "{text}");
+    let data = dir.path().join("ammotrace-data");
+    let config = std::fs::read_to_string(data.join("config.toml")).unwrap();
+    assert!(config.contains("node_id = \"XAA\""));
+    assert!(config.lines().filter(|l| l.starts_with('#')).count() > 5, "config.toml is commented");
+    assert!(data.join("node.key").exists() && data.join("tls.crt").exists());
+}
+
+#[tokio::test]
+async fn xlsx_import_and_reindex() {
+    let node = TestNode::spawn("XAA").await.unwrap();
+    let mut book = rust_xlsxwriter::Workbook::new();
+    let sheet = book.add_worksheet();
+    let header = ["Record Ref", "date", "country", "event_type", "location_precision", "tlp", "item_category", "calibre", "headstamp", "lot", "quantity"];
+    for (c, h) in header.iter().enumerate() {
+        sheet.write_string(0, c as u16, *h).unwrap();
+    }
+    let rows = [
+        ["S1", "2024-02-03", "XAA", "seizure", "country", "GREEN", "small_arms_ammunition", "7,62х39", "539 85", "LOT 21-85", ""],
+        ["S1", "2024-02-03", "XAA", "seizure", "country", "GREEN", "small_arms_ammunition", "5.45x39", "270 98", "77-98", ""],
+        ["S2", "2024-02-04", "XAA", "seizure", "country", "AMBER", "small_arms_ammunition", "9mm Luger", "PPU 19", "UF7387/19", ""],
+    ];
+    for (r, row) in rows.iter().enumerate() {
+        for (c, cell) in row.iter().enumerate() {
+            if !cell.is_empty() {
+                sheet.write_string(r as u32 + 1, c as u16, *cell).unwrap();
+            }
+        }
+        // Quantities as spreadsheet numbers.
+        sheet.write_number(r as u32 + 1, 10, 1080.0).unwrap();
+    }
+    let bytes = book.save_to_buffer().unwrap();
+    let a = node
+        .import("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", bytes, "")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(a.body["accepted"], 2, "rows with one Record Ref form one record");
+    let hit = node.search(&[("lot", "21-85"), ("calibre", "7.62x39")]).await.unwrap();
+    let first = &hit.body["hits"][0];
+    assert_eq!(first["item"]["quantity"]["count"], 1080);
+    assert_eq!(first["item"]["calibre"]["derived"]["canonical_id"], "7.62x39");
+    let before: Vec<Value> = hit.body["hits"].as_array().unwrap().clone();
+
+    // reindex on the stopped node rebuilds the same answers.
+    let mut node = node;
+    node.stop().unwrap();
+    let out = Command::new(node_binary()).args(["reindex", "--data-dir"]).arg(&node.data_dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reindexed 3 items"), "{}", String::from_utf8_lossy(&out.stdout));
+    let node = node.restart().await.unwrap();
+    let again = node.search(&[("lot", "21-85"), ("calibre", "7.62x39")]).await.unwrap();
+    assert_eq!(again.body["hits"].as_array().unwrap(), &before);
+}
