@@ -199,7 +199,10 @@ fn prepare(n: u64) -> anyhow::Result<()> {
         for r in &records {
             f(r);
         }
-        println!("{name:>12}: {:>8.1} µs/record", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+        println!(
+            "{name:>12}: {:>8.1} µs/record",
+            t.elapsed().as_secs_f64() * 1e6 / n as f64
+        );
     };
     time("prepare", &mut |r| {
         let _ = validator.prepare(r.clone(), "2026-01-01T00:00:00Z");
@@ -220,10 +223,15 @@ fn prepare(n: u64) -> anyhow::Result<()> {
         let _ = lot::normalise(r["items"][0]["lot"]["raw"].as_str().unwrap_or_default());
     });
     time("headstamp", &mut |r| {
-        let _ = headstamp::normalise(r["items"][0]["headstamp"]["raw_transcription"].as_str().unwrap_or_default());
+        let _ = headstamp::normalise(
+            r["items"][0]["headstamp"]["raw_transcription"]
+                .as_str()
+                .unwrap_or_default(),
+        );
     });
     time("calibre", &mut |r| {
-        let _ = CalibreTable::embedded().resolve(r["items"][0]["calibre"]["raw"].as_str().unwrap_or_default());
+        let _ = CalibreTable::embedded()
+            .resolve(r["items"][0]["calibre"]["raw"].as_str().unwrap_or_default());
     });
     time("to_vec", &mut |r| {
         let _ = serde_json::to_vec(r);

@@ -569,7 +569,9 @@ async fn import(
     let mut pending = bodies.into_iter();
     loop {
         while in_flight.len() < jobs {
-            let Some((first_line, body)) = pending.next() else { break };
+            let Some((first_line, body)) = pending.next() else {
+                break;
+            };
             let request = client
                 .request(reqwest::Method::POST, "/api/v1/import")
                 .query(&[("mode", mode)])
@@ -580,12 +582,17 @@ async fn import(
                 Ok::<_, anyhow::Error>((status, offset_rows(body, first_line - 1)))
             });
         }
-        let Some(done) = in_flight.join_next().await else { break };
+        let Some(done) = in_flight.join_next().await else {
+            break;
+        };
         let (status, body) = done??;
         if !status.is_success() {
             bar.abandon();
             in_flight.shutdown().await;
-            bail!("{status} after {accepted} records stored: {}", problem_text(&body));
+            bail!(
+                "{status} after {accepted} records stored: {}",
+                problem_text(&body)
+            );
         }
         accepted += body["accepted"].as_u64().unwrap_or(0);
         rejected += body["rejected_rows"].as_u64().unwrap_or(0);

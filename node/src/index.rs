@@ -192,7 +192,8 @@ fn add_item_docs(
     let summary = event_summary(record);
     for item in items.iter().filter_map(|i| i.as_object()) {
         let keys = ItemKeys::from_item(item);
-        let hit = serde_json::to_vec(&serde_json::json!({ "item": item, "event": summary })).unwrap_or_default();
+        let hit = serde_json::to_vec(&serde_json::json!({ "item": item, "event": summary }))
+            .unwrap_or_default();
         let mut d = doc!(
             fields.record_id => id.to_string(),
             fields.item_id => keys.item_id.clone(),
@@ -486,11 +487,20 @@ impl SearchIndex {
                 date: d.get_first(f.date).and_then(|v| v.as_i64()).unwrap_or(0),
                 maker: text(f.maker),
                 year: d.get_first(f.year).and_then(|v| v.as_i64()).unwrap_or(0),
-                hit: d.get_first(f.hit).and_then(|v| v.as_bytes()).map(<[u8]>::to_vec).unwrap_or_default(),
+                hit: d
+                    .get_first(f.hit)
+                    .and_then(|v| v.as_bytes())
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default(),
                 retrieval_score: score,
             });
         }
-        tracing::debug!(candidates = out.len(), search_us = searched.as_micros() as u64, fetch_us = (started.elapsed() - searched).as_micros() as u64, "index candidates");
+        tracing::debug!(
+            candidates = out.len(),
+            search_us = searched.as_micros() as u64,
+            fetch_us = (started.elapsed() - searched).as_micros() as u64,
+            "index candidates"
+        );
         Ok(out)
     }
 }

@@ -296,7 +296,14 @@ impl Store {
                 }
                 None => return abort(StoreError::NotFound(id)),
             }
-            let seq = append((&t.0, &t.1, &t.2, &t.3), &id, version, &bytes, retracted, false)?;
+            let seq = append(
+                (&t.0, &t.1, &t.2, &t.3),
+                &id,
+                version,
+                &bytes,
+                retracted,
+                false,
+            )?;
             Ok(Written { id, version, seq })
         }))
     }

@@ -40,7 +40,10 @@ async fn plain_serve_initialises_the_embedded_default_on_localhost() {
     let data = dir.path().join("ammotrace-data");
     let config = std::fs::read_to_string(data.join("config.toml")).unwrap();
     assert!(config.contains("node_id = \"XAA\""));
-    assert!(config.lines().filter(|l| l.starts_with('#')).count() > 5, "config.toml is commented");
+    assert!(
+        config.lines().filter(|l| l.starts_with('#')).count() > 5,
+        "config.toml is commented"
+    );
     assert!(data.join("node.key").exists() && data.join("tls.crt").exists());
 }
 
@@ -49,14 +52,62 @@ async fn xlsx_import_and_reindex() {
     let node = TestNode::spawn("XAA").await.unwrap();
     let mut book = rust_xlsxwriter::Workbook::new();
     let sheet = book.add_worksheet();
-    let header = ["Record Ref", "date", "country", "event_type", "location_precision", "tlp", "item_category", "calibre", "headstamp", "lot", "quantity"];
+    let header = [
+        "Record Ref",
+        "date",
+        "country",
+        "event_type",
+        "location_precision",
+        "tlp",
+        "item_category",
+        "calibre",
+        "headstamp",
+        "lot",
+        "quantity",
+    ];
     for (c, h) in header.iter().enumerate() {
         sheet.write_string(0, c as u16, *h).unwrap();
     }
     let rows = [
-        ["S1", "2024-02-03", "XAA", "seizure", "country", "GREEN", "small_arms_ammunition", "7,62х39", "539 85", "LOT 21-85", ""],
-        ["S1", "2024-02-03", "XAA", "seizure", "country", "GREEN", "small_arms_ammunition", "5.45x39", "270 98", "77-98", ""],
-        ["S2", "2024-02-04", "XAA", "seizure", "country", "AMBER", "small_arms_ammunition", "9mm Luger", "PPU 19", "UF7387/19", ""],
+        [
+            "S1",
+            "2024-02-03",
+            "XAA",
+            "seizure",
+            "country",
+            "GREEN",
+            "small_arms_ammunition",
+            "7,62х39",
+            "539 85",
+            "LOT 21-85",
+            "",
+        ],
+        [
+            "S1",
+            "2024-02-03",
+            "XAA",
+            "seizure",
+            "country",
+            "GREEN",
+            "small_arms_ammunition",
+            "5.45x39",
+            "270 98",
+            "77-98",
+            "",
+        ],
+        [
+            "S2",
+            "2024-02-04",
+            "XAA",
+            "seizure",
+            "country",
+            "AMBER",
+            "small_arms_ammunition",
+            "9mm Luger",
+            "PPU 19",
+            "UF7387/19",
+            "",
+        ],
     ];
     for (r, row) in rows.iter().enumerate() {
         for (c, cell) in row.iter().enumerate() {
@@ -69,24 +120,52 @@ async fn xlsx_import_and_reindex() {
     }
     let bytes = book.save_to_buffer().unwrap();
     let a = node
-        .import("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", bytes, "")
+        .import(
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            bytes,
+            "",
+        )
         .await
         .unwrap();
     assert_eq!(a.status, 200, "{:?}", a.body);
-    assert_eq!(a.body["accepted"], 2, "rows with one Record Ref form one record");
-    let hit = node.search(&[("lot", "21-85"), ("calibre", "7.62x39")]).await.unwrap();
+    assert_eq!(
+        a.body["accepted"], 2,
+        "rows with one Record Ref form one record"
+    );
+    let hit = node
+        .search(&[("lot", "21-85"), ("calibre", "7.62x39")])
+        .await
+        .unwrap();
     let first = &hit.body["hits"][0];
     assert_eq!(first["item"]["quantity"]["count"], 1080);
-    assert_eq!(first["item"]["calibre"]["derived"]["canonical_id"], "7.62x39");
+    assert_eq!(
+        first["item"]["calibre"]["derived"]["canonical_id"],
+        "7.62x39"
+    );
     let before: Vec<Value> = hit.body["hits"].as_array().unwrap().clone();
 
     // reindex on the stopped node rebuilds the same answers.
     let mut node = node;
     node.stop().unwrap();
-    let out = Command::new(node_binary()).args(["reindex", "--data-dir"]).arg(&node.data_dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("reindexed 3 items"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(node_binary())
+        .args(["reindex", "--data-dir"])
+        .arg(&node.data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reindexed 3 items"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let node = node.restart().await.unwrap();
-    let again = node.search(&[("lot", "21-85"), ("calibre", "7.62x39")]).await.unwrap();
+    let again = node
+        .search(&[("lot", "21-85"), ("calibre", "7.62x39")])
+        .await
+        .unwrap();
     assert_eq!(again.body["hits"].as_array().unwrap(), &before);
 }

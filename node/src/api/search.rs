@@ -49,7 +49,11 @@ pub async fn search(
         let candidates = node.index().candidates(&plan.candidates)?;
         let t1 = Instant::now();
         let ranked = search::rank(&plan, candidates);
-        tracing::debug!(candidates_us = (t1 - t0).as_micros() as u64, rank_us = t1.elapsed().as_micros() as u64, "search");
+        tracing::debug!(
+            candidates_us = (t1 - t0).as_micros() as u64,
+            rank_us = t1.elapsed().as_micros() as u64,
+            "search"
+        );
         let mut hits = Vec::with_capacity(ranked.len());
         for r in ranked {
             let shown: Value = serde_json::from_slice(&r.candidate.hit).unwrap_or(Value::Null);
