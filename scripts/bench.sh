@@ -120,8 +120,10 @@ imported with `ammotrace import --batch 5000 --partial --jobs 2` through
 two requests in flight; `--partial` sends each batch once — every row is valid, so nothing is
 skipped — where the default all-or-nothing mode first checks every batch with `dry_run`). "durable" counts until the last import answer; "indexed" until
 the index watermark reached the store's last change. Latency: `GET /api/v1/search?lot=…` over
-HTTP, sequential, one client on the same 2 cores, p50 / p99 in ms, with the share of queries
-whose true lot was among the hits. Queries: exact = the lot as stored; confusable = one digit
+HTTP, sequential, one client on the same 2 cores, after 400 warm-up queries on other lots,
+p50 / p99 in ms, with the share of queries whose true lot was among the ten hits (the
+synthetic lots are dense: a `?` or a dropped character often matches ten other lots exactly as
+well, so a share below 100% there is the query's ambiguity, not a miss). Queries: exact = the lot as stored; confusable = one digit
 read as a look-alike letter (0→O, 1→I, 5→S, 8→B, 2→Z); wildcard = one of the last four
 characters as `?`; fuzzy = one character dropped.
 
