@@ -158,7 +158,11 @@ async fn latency(url: &str, token: &str, n: u64, total: u64) -> anyhow::Result<(
     // Warm the page cache and the connection first: the figures are for a node in service.
     for q in 0..n.min(400) {
         let l = lot((q * 104_729 + 7) % total);
-        let query = variant(["exact", "confusable", "wildcard", "fuzzy"][(q % 4) as usize], &l, q);
+        let query = variant(
+            ["exact", "confusable", "wildcard", "fuzzy"][(q % 4) as usize],
+            &l,
+            q,
+        );
         http.get(format!("{url}/api/v1/search"))
             .bearer_auth(token)
             .query(&[("lot", query.as_str()), ("limit", "10")])

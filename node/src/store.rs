@@ -24,9 +24,7 @@ pub enum StoreError {
     Exists(RecordId),
     #[error("record {0} not found")]
     NotFound(RecordId),
-    #[error(
-        "record {id} is at version {current}; the submitted version {submitted} is not the next one"
-    )]
+    #[error("record {id} is at version {current}; the edit is based on version {submitted}")]
     VersionConflict {
         id: RecordId,
         current: u32,
@@ -223,8 +221,9 @@ impl Store {
         }))
     }
 
-    /// Stores a new version of an existing record. `created_at` is kept from the previous
-    /// version; a declared `record_version` must be the next one.
+    /// Stores a new version of an existing record. A declared `record_version` is the version
+    /// the edit was based on (the one the editor read): it must still be the latest, or the
+    /// edit would silently undo someone else's. `created_at` is kept from the previous version.
     pub fn update(&self, mut prepared: Prepared) -> Result<Written, StoreError> {
         let id = prepared.id;
         let head = self.head(&id)?.ok_or(StoreError::NotFound(id))?;
@@ -232,7 +231,7 @@ impl Store {
             return Err(StoreError::Retracted(id));
         }
         let next = head.version + 1;
-        if let Some(submitted) = prepared.declared_version.filter(|v| *v != next) {
+        if let Some(submitted) = prepared.declared_version.filter(|v| *v != head.version) {
             return Err(StoreError::VersionConflict {
                 id,
                 current: head.version,
@@ -433,25 +432,33 @@ mod tests {
         update.id = written[0].id;
         let w = store.update(update.clone()).unwrap();
         assert_eq!((w.version, w.seq), (2, 3));
-        update.declared_version = Some(2);
+        update.declared_version = Some(1);
         assert!(matches!(
-            store.update(update),
+            store.update(update.clone()),
             Err(StoreError::VersionConflict { .. })
         ));
+        // Based on the latest version: accepted as the next one.
+        update.declared_version = Some(2);
+        assert_eq!(store.update(update).unwrap().version, 3);
 
         let r = store
             .retract(written[0].id, "entered twice", "2026-01-02T00:00:00Z")
             .unwrap();
-        assert_eq!(r.version, 3);
+        assert_eq!(r.version, 4);
         assert!(store.head(&written[0].id).unwrap().unwrap().retracted);
-        assert_eq!(store.versions(&written[0].id).unwrap().len(), 3);
+        assert_eq!(store.versions(&written[0].id).unwrap().len(), 4);
         let changes = store.changes_after(2, 10).unwrap();
-        assert_eq!(changes.len(), 2);
-        assert!(changes[1].retracted);
+        assert_eq!(changes.len(), 3);
+        assert!(
+            changes.iter().all(|c| !c.created),
+            "only first versions are `created`"
+        );
+        assert!(changes[2].retracted);
+        assert!(store.changes_after(0, 1).unwrap()[0].created);
         store.flush().unwrap();
         drop(store);
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.last_seq().unwrap(), 4);
+        assert_eq!(store.last_seq().unwrap(), 5);
         assert_eq!(
             store.get(&written[1].id, None).unwrap().unwrap()["items"][0]["lot"]["raw"],
             "2"

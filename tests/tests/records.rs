@@ -171,8 +171,8 @@ async fn update_makes_version_2_and_retraction_hides_the_record() {
         assert_eq!(hit["record_version"], 2, "old version still indexed: {hit}");
         assert_eq!(hit["match"]["kind"], "fuzzy");
     }
-    // A stale declared version is a conflict and changes nothing.
-    changed["record_version"] = json!(2);
+    // An edit based on a stale version is a conflict and changes nothing.
+    changed["record_version"] = json!(1);
     let a = node.put_record(&id, &changed).await.unwrap();
     assert_eq!(a.status, 409);
     assert!(a.is_problem());

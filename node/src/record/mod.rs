@@ -113,7 +113,7 @@ impl Validator {
         coerce_shorthand(object);
         strip_derived(object);
         let mut errors = Vec::new();
-        find_floats(&value, &mut String::new(), &mut errors);
+        find_floats(&value, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -180,7 +180,7 @@ impl Validator {
                 ),
             ));
         }
-        check_countries(value, &mut String::new(), errors);
+        check_countries(value, errors);
         if let Some(items) = value.get("items").and_then(Value::as_array) {
             let mut seen = std::collections::HashSet::new();
             for (i, item) in items.iter().enumerate() {
@@ -243,69 +243,73 @@ fn schema_errors(value: &Value, errors: &mut Vec<FieldError>) {
 /// Keys whose value is a country code, wherever they appear.
 const COUNTRY_KEYS: [&str; 4] = ["originating_state", "country", "state", "country_iso3"];
 
-fn check_countries(value: &Value, path: &mut String, errors: &mut Vec<FieldError>) {
+/// Depth-first walk: `visit(pointer, key, value)` for every value; returning `false` skips the
+/// value's children.
+fn walk(
+    value: &Value,
+    path: &mut String,
+    key: Option<&str>,
+    visit: &mut dyn FnMut(&str, Option<&str>, &Value) -> bool,
+) {
+    if !visit(path, key, value) {
+        return;
+    }
+    let mut descend = |segment: String, child: &Value, key: Option<&str>, path: &mut String| {
+        let len = path.len();
+        path.push('/');
+        path.push_str(&segment);
+        walk(child, path, key, visit);
+        path.truncate(len);
+    };
     match value {
         Value::Object(map) => {
-            for (key, child) in map {
-                let len = path.len();
-                path.push('/');
-                path.push_str(&pointer_segment(key));
-                if let (true, Some(code)) = (COUNTRY_KEYS.contains(&key.as_str()), child.as_str())
-                    && !country::is_valid(code)
-                {
-                    errors.push(FieldError::new(
-                        path.clone(),
-                        format!(
-                            "{code:?} is not an ISO 3166-1 alpha-3 or user-assigned country code"
-                        ),
-                    ));
-                }
-                // `derived` objects are the node's own; sharing.releasable_to may name groups.
-                if key != "derived" {
-                    check_countries(child, path, errors);
-                }
-                path.truncate(len);
+            for (k, child) in map {
+                descend(pointer_segment(k), child, Some(k), path);
             }
         }
         Value::Array(items) => {
             for (i, child) in items.iter().enumerate() {
-                let len = path.len();
-                path.push('/');
-                path.push_str(&i.to_string());
-                check_countries(child, path, errors);
-                path.truncate(len);
+                descend(i.to_string(), child, None, path);
             }
         }
         _ => {}
     }
 }
 
-fn find_floats(value: &Value, path: &mut String, errors: &mut Vec<FieldError>) {
-    match value {
-        Value::Number(n) if !n.is_i64() && !n.is_u64() => errors.push(FieldError::new(
-            path.clone(),
-            "numbers must be integers (no floats in stored records: write coordinates as decimal strings)",
-        )),
-        Value::Object(map) => {
-            for (key, child) in map {
-                let len = path.len();
-                path.push('/');
-                path.push_str(&pointer_segment(key));
-                find_floats(child, path, errors);
-                path.truncate(len);
+fn check_countries(value: &Value, errors: &mut Vec<FieldError>) {
+    walk(
+        value,
+        &mut String::new(),
+        None,
+        &mut |pointer, key, child| {
+            if let (Some(key), Some(code)) = (key, child.as_str())
+                && COUNTRY_KEYS.contains(&key)
+                && !country::is_valid(code)
+            {
+                errors.push(FieldError::new(
+                    pointer,
+                    format!("{code:?} is not an ISO 3166-1 alpha-3 or user-assigned country code"),
+                ));
             }
+            // `derived` objects are the node's own.
+            key != Some("derived")
+        },
+    );
+}
+
+fn find_floats(value: &Value, errors: &mut Vec<FieldError>) {
+    walk(value, &mut String::new(), None, &mut |pointer, _, child| {
+        if let Value::Number(n) = child
+            && !n.is_i64()
+            && !n.is_u64()
+        {
+            errors.push(FieldError::new(
+                pointer,
+                "numbers must be integers (no floats in stored records: write coordinates as decimal strings)",
+            ));
         }
-        Value::Array(items) => {
-            for (i, child) in items.iter().enumerate() {
-                let len = path.len();
-                path.push('/');
-                path.push_str(&i.to_string());
-                find_floats(child, path, errors);
-                path.truncate(len);
-            }
-        }
-        _ => {}
-    }
+        true
+    });
 }
 
 fn coerce_shorthand(record: &mut Map<String, Value>) {
