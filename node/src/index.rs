@@ -54,6 +54,9 @@ struct Fields {
     lot_folded: Field,
     lot_key: Field,
     lot_skel: Field,
+    /// Skeletons of lots with a worn (`?`) character only: a small dictionary that complete
+    /// queries scan with a pattern.
+    lot_worn: Field,
     hs: Field,
     hs_skel: Field,
     calibre: Field,
@@ -77,6 +80,7 @@ fn schema() -> (Schema, Fields) {
         lot_folded: b.add_text_field("lot_folded", STORED),
         lot_key: b.add_text_field("lot_key", STRING | STORED),
         lot_skel: b.add_text_field("lot_skel", STRING),
+        lot_worn: b.add_text_field("lot_worn", STRING),
         hs: b.add_text_field("hs", STRING | STORED),
         hs_skel: b.add_text_field("hs_skel", STRING),
         calibre: b.add_text_field("calibre", STRING | STORED),
@@ -122,6 +126,8 @@ pub struct CandidateQuery {
     pub lot_skeleton: Option<String>,
     /// A regular expression over skeletons (wildcards already translated).
     pub lot_regex: Option<String>,
+    /// A pattern for stored lots with worn characters (scanned only among those).
+    pub lot_worn_regex: Option<String>,
     pub lot_fuzzy: Option<(String, u8)>,
     /// Headstamp tokens (skeletons) and token regexes, any may match.
     pub headstamp_skeletons: Vec<String>,
@@ -208,6 +214,9 @@ fn add_item_docs(
             d.add_text(fields.lot_folded, &lot.folded);
             d.add_text(fields.lot_key, &lot.key);
             d.add_text(fields.lot_skel, &lot.skeleton);
+            if lot.skeleton.contains('?') {
+                d.add_text(fields.lot_worn, &lot.skeleton);
+            }
         }
         for token in &keys.headstamp_tokens {
             d.add_text(fields.hs, token);
@@ -365,8 +374,41 @@ impl SearchIndex {
         self.shared.reader.searcher().num_docs()
     }
 
+    /// True when some document has a term in `field`.
+    fn has_terms(&self, field: Field) -> bool {
+        self.shared
+            .reader
+            .searcher()
+            .segment_readers()
+            .iter()
+            .any(|segment| {
+                segment
+                    .inverted_index(field)
+                    .map(|i| i.terms().num_terms() > 0)
+                    .unwrap_or(true)
+            })
+    }
+
     /// Runs a candidate query (blocking: call from a blocking thread).
+    ///
+    /// A fuzzy distance of 2 (long lots) is tried only when distance 1 leaves fewer candidates
+    /// than a third of `q.limit` (the hits wanted): widening is for when nothing close exists,
+    /// and a distance-2 automaton over a dense dictionary is the costliest clause.
     pub fn candidates(&self, q: &CandidateQuery) -> Result<Vec<Candidate>, IndexError> {
+        if let Some((skeleton, 2)) = &q.lot_fuzzy {
+            let narrow = CandidateQuery {
+                lot_fuzzy: Some((skeleton.clone(), 1)),
+                ..q.clone()
+            };
+            let found = self.candidates_once(&narrow)?;
+            if found.len() >= (q.limit / 3).max(1) {
+                return Ok(found);
+            }
+        }
+        self.candidates_once(q)
+    }
+
+    fn candidates_once(&self, q: &CandidateQuery) -> Result<Vec<Candidate>, IndexError> {
         let f = &self.shared.fields;
         let term = |field: Field, text: &str| -> Box<dyn Query> {
             Box::new(TermQuery::new(
@@ -389,6 +431,13 @@ impl SearchIndex {
         }
         if let Some(skel) = &q.lot_skeleton {
             lot.push((Occur::Should, boost(term(f.lot_skel, skel), 6.0)));
+        }
+        if let Some(pattern) = q
+            .lot_worn_regex
+            .as_ref()
+            .filter(|_| self.has_terms(f.lot_worn))
+        {
+            lot.push((Occur::Should, boost(regex(pattern, f.lot_worn)?, 4.0)));
         }
         if let Some(pattern) = &q.lot_regex {
             lot.push((Occur::Should, boost(regex(pattern, f.lot_skel)?, 4.0)));

@@ -199,7 +199,7 @@ pub fn plan(
             cq.lot_key = Some(l.key.clone());
             cq.lot_skeleton = Some(l.skeleton.clone());
             // Stored lots with worn characters (`8-7?`) match a complete query.
-            cq.lot_regex = Some(regex_escape(&l.skeleton));
+            cq.lot_worn_regex = Some(regex_escape(&l.skeleton));
             let len = l.skeleton.chars().count();
             if len >= 4 {
                 cq.lot_fuzzy = Some((l.skeleton.clone(), if len >= 12 { 2 } else { 1 }));

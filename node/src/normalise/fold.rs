@@ -28,6 +28,9 @@ struct Confusions {
     sub_cost: HashMap<(char, char), f32>,
     /// Skeleton representative of each folded character that has one.
     skeleton: HashMap<char, char>,
+    /// The same two tables for ASCII, as arrays: ranking calls them for every character pair.
+    ascii_cost: Box<[[f32; 128]; 128]>,
+    ascii_skeleton: [char; 128],
 }
 
 static CONFUSIONS: LazyLock<Confusions> = LazyLock::new(load_confusions);
@@ -104,10 +107,22 @@ fn load_confusions() -> Confusions {
             }
         }
     }
+    let mut ascii_cost = Box::new([[1.0f32; 128]; 128]);
+    for (&(a, b), &cost) in &sub_cost {
+        if a.is_ascii() && b.is_ascii() {
+            ascii_cost[a as usize][b as usize] = cost;
+        }
+    }
+    let ascii_skeleton = std::array::from_fn(|i| {
+        let c = char::from(i as u8);
+        skeleton.get(&c).copied().unwrap_or(c)
+    });
     Confusions {
         char_fold,
         sub_cost,
         skeleton,
+        ascii_cost,
+        ascii_skeleton,
     }
 }
 
@@ -163,7 +178,11 @@ pub fn fold(raw: &str) -> String {
 
 /// Confusable class of a folded character: itself when it has none.
 pub fn skeleton_char(c: char) -> char {
-    CONFUSIONS.skeleton.get(&c).copied().unwrap_or(c)
+    let table = &*CONFUSIONS;
+    if c.is_ascii() {
+        return table.ascii_skeleton[c as usize];
+    }
+    table.skeleton.get(&c).copied().unwrap_or(c)
 }
 
 /// Maps every character of folded text to its confusable class.
@@ -177,7 +196,11 @@ pub fn substitution_cost(a: char, b: char) -> f32 {
     if a == b {
         return 0.0;
     }
-    CONFUSIONS.sub_cost.get(&(a, b)).copied().unwrap_or(1.0)
+    let table = &*CONFUSIONS;
+    if a.is_ascii() && b.is_ascii() {
+        return table.ascii_cost[a as usize][b as usize];
+    }
+    table.sub_cost.get(&(a, b)).copied().unwrap_or(1.0)
 }
 
 /// Damerau–Levenshtein (optimal string alignment) distance between two folded strings, with
