@@ -49,6 +49,9 @@ pub enum Command {
         /// Listen address of the local API (overrides config.toml).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Listen address of the federation API (overrides config.toml).
+        #[arg(long)]
+        federation_listen: Option<SocketAddr>,
     },
     /// Import a JSON Lines, CSV or XLSX file into a running node.
     Import {
@@ -243,7 +246,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Serve { data_dir, listen } => serve(data_dir, listen).await,
+        Command::Serve {
+            data_dir,
+            listen,
+            federation_listen,
+        } => serve(data_dir, listen, federation_listen).await,
         Command::Import {
             file,
             client,
@@ -401,7 +408,11 @@ fn print_hits(body: &Value) {
     }
 }
 
-async fn serve(data_dir: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+async fn serve(
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    federation_listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let explicit = data_dir.is_some();
     let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     if !data_dir.join("config.toml").exists() {
@@ -424,22 +435,39 @@ async fn serve(data_dir: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow:
     if let Some(listen) = listen {
         config.api.listen = listen;
     }
+    if let Some(listen) = federation_listen {
+        config.federation.listen = listen;
+    }
     let node = Node::open_with(&data_dir, config)?;
     let listener = tokio::net::TcpListener::bind(node.config().api.listen)
         .await
         .with_context(|| format!("cannot listen on {}", node.config().api.listen))?;
     let address = listener.local_addr()?;
+    let federation = if node.config().federation.enabled {
+        let listener = std::net::TcpListener::bind(node.config().federation.listen)
+            .with_context(|| format!("cannot listen on {}", node.config().federation.listen))?;
+        Some(listener)
+    } else {
+        None
+    };
     println!("ammotrace node {} serving", node.config().node_id);
     println!(
         "  API:          http://{address}/api/v1   (OpenAPI: http://{address}/api/openapi.json)"
     );
+    if let Some(f) = &federation {
+        println!(
+            "  federation:   https://{}/federation/v1   (partners only; {} configured)",
+            f.local_addr()?,
+            node.peers().iter().count()
+        );
+    }
     println!(
         "  admin token:  {}",
         data_dir.join(ADMIN_TOKEN_FILE).display()
     );
     println!("  data:         {}", data_dir.display());
     let _ = std::io::stdout().flush();
-    node.serve(listener, shutdown_signal()).await
+    node.serve(listener, federation, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {
@@ -644,7 +672,8 @@ mod tests {
             cli.command,
             Command::Serve {
                 data_dir: None,
-                listen: None
+                listen: None,
+                federation_listen: None
             }
         ));
         let cli = Cli::try_parse_from(["ammotrace", "import", "f.csv", "--partial"]).unwrap();

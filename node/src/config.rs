@@ -24,6 +24,9 @@ pub struct Config {
     pub index: IndexConfig,
     #[serde(default)]
     pub federation: FederationConfig,
+    /// Partners: see `docs/operations.md` and `docs/policies.md`.
+    #[serde(default)]
+    pub peers: Vec<crate::peer::PeerConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,14 +92,38 @@ impl Default for IndexConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct FederationConfig {
     pub listen: SocketAddr,
+    /// Whether to serve the federation API at all.
+    pub enabled: bool,
+    /// How often each partner's feed is pulled when no notify arrives, in milliseconds.
+    pub pull_interval_ms: u64,
+    /// Feed page size: changes per page served and asked for.
+    pub page_size: usize,
+    /// Largest accepted difference between a request's time and this node's clock, seconds.
+    pub max_clock_skew_secs: i64,
+    /// Timeout of one request to a partner, milliseconds.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for FederationConfig {
     fn default() -> Self {
         FederationConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8601)),
+            enabled: true,
+            pull_interval_ms: 5000,
+            page_size: 500,
+            max_clock_skew_secs: 300,
+            request_timeout_ms: 10_000,
         }
     }
+}
+
+/// A regional body's node id (its members' records arrive through the federation).
+fn is_body_id(id: &str) -> bool {
+    (3..=16).contains(&id.len())
+        && id.starts_with(|c: char| c.is_ascii_uppercase())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
 }
 
 impl Config {
@@ -122,9 +149,20 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            country::is_valid(&self.node_id),
-            "node_id {:?} is not an ISO 3166-1 alpha-3 or user-assigned code",
+            country::is_valid(&self.node_id) || is_body_id(&self.node_id),
+            "node_id {:?} is not an ISO 3166-1 alpha-3 or user-assigned code, nor a regional \
+             body's id (3-16 capital letters or digits, starting with a letter)",
             self.node_id
+        );
+        let mut ids = std::collections::HashSet::new();
+        for peer in &self.peers {
+            anyhow::ensure!(ids.insert(&peer.id), "peer {} is configured twice", peer.id);
+            anyhow::ensure!(peer.id != self.node_id, "peer {} is this node", peer.id);
+            peer.validate().map_err(|e| anyhow::anyhow!(e))?;
+        }
+        anyhow::ensure!(
+            (1..=5000).contains(&self.federation.page_size),
+            "federation.page_size must be 1..=5000"
         );
         anyhow::ensure!(
             self.search.default_limit >= 1,

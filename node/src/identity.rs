@@ -11,7 +11,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// File names inside the data directory.
@@ -20,6 +21,9 @@ pub const PUBLIC_KEY_FILE: &str = "node.pub";
 pub const TLS_CERT_FILE: &str = "tls.crt";
 pub const TLS_KEY_FILE: &str = "tls.key";
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The node's key history (public): every key with its validity, and the signed rotation and
+/// revocation statements that link them.
+pub const KEYS_FILE: &str = "keys.json";
 
 /// The node's signing key and its public identity.
 pub struct Identity {
@@ -51,6 +55,364 @@ impl Identity {
             signing_key,
         })
     }
+}
+
+/// One key in a node's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRecord {
+    pub key_id: String,
+    /// base64url of the 32-byte ed25519 public key.
+    pub public_key: String,
+    pub valid_from: String,
+    /// When the next key replaced it; signatures dated later are not accepted.
+    pub rotated_at: Option<String>,
+    /// When it was revoked; signatures dated at or after this are not accepted.
+    pub revoked_at: Option<String>,
+}
+
+/// A rotation or revocation statement and its signature (base64url ed25519 over the JCS of
+/// `statement`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedStatement {
+    pub statement: Statement,
+    pub sig: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Statement {
+    /// Signed by the key `from`: `to` (with `public_key`) replaces it at `at`.
+    Rotation {
+        node: String,
+        from: String,
+        to: String,
+        public_key: String,
+        at: String,
+    },
+    /// Signed by the key `signer` (any key of the node valid then): `key_id` is revoked from
+    /// `at`.
+    Revocation {
+        node: String,
+        key_id: String,
+        signer: String,
+        at: String,
+    },
+}
+
+/// A node's key history, as served at `GET /federation/v1/identity`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyHistory {
+    pub node_id: String,
+    pub keys: Vec<KeyRecord>,
+    pub statements: Vec<SignedStatement>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("unknown key {0}")]
+    Unknown(String),
+    #[error("key {key} is not valid at {at}: {why}")]
+    NotValid {
+        key: String,
+        at: String,
+        why: &'static str,
+    },
+    #[error("a statement in the key history does not verify: {0}")]
+    BadStatement(String),
+}
+
+fn decode_key(public_key: &str) -> Option<VerifyingKey> {
+    let bytes = URL_SAFE_NO_PAD.decode(public_key).ok()?;
+    VerifyingKey::from_bytes(&bytes.try_into().ok()?).ok()
+}
+
+fn parse_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+fn sign_statement(statement: Statement, key: &SigningKey) -> anyhow::Result<SignedStatement> {
+    let bytes = crate::envelope::canonical(&statement)?;
+    Ok(SignedStatement {
+        statement,
+        sig: URL_SAFE_NO_PAD.encode(key.sign(&bytes).to_bytes()),
+    })
+}
+
+fn verify_statement(signed: &SignedStatement, key: &VerifyingKey) -> bool {
+    let Ok(bytes) = crate::envelope::canonical(&signed.statement) else {
+        return false;
+    };
+    URL_SAFE_NO_PAD
+        .decode(&signed.sig)
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
+        .is_some_and(|b| {
+            key.verify_strict(&bytes, &ed25519_dalek::Signature::from_bytes(&b))
+                .is_ok()
+        })
+}
+
+impl KeyHistory {
+    /// The history of a node that has one key.
+    pub fn new(node_id: &str, key: &VerifyingKey, valid_from: &str) -> KeyHistory {
+        KeyHistory {
+            node_id: node_id.to_owned(),
+            keys: vec![KeyRecord {
+                key_id: key_id(key),
+                public_key: URL_SAFE_NO_PAD.encode(key.as_bytes()),
+                valid_from: valid_from.to_owned(),
+                rotated_at: None,
+                revoked_at: None,
+            }],
+            statements: Vec::new(),
+        }
+    }
+
+    /// Rebuilds a partner's history from what it served, trusting only what chains, through
+    /// signed statements, to the key pinned in our configuration. Keys or validity the
+    /// statements do not support are dropped.
+    pub fn verified_from(
+        served: &KeyHistory,
+        pinned: &VerifyingKey,
+    ) -> Result<KeyHistory, KeyError> {
+        let mut trusted = KeyHistory::new(&served.node_id, pinned, "1970-01-01T00:00:00Z");
+        if let Some(pinned_served) = served.keys.iter().find(|k| k.key_id == key_id(pinned)) {
+            trusted.keys[0].valid_from = pinned_served.valid_from.clone();
+        }
+        for signed in &served.statements {
+            match &signed.statement {
+                Statement::Rotation {
+                    node,
+                    from,
+                    to,
+                    public_key,
+                    at,
+                } => {
+                    let signer = trusted
+                        .key(from)
+                        .ok_or_else(|| KeyError::Unknown(from.clone()))?;
+                    let new_key = decode_key(public_key)
+                        .filter(|k| &key_id(k) == to)
+                        .ok_or_else(|| KeyError::BadStatement(format!("rotation to {to}")))?;
+                    if node != &served.node_id || !verify_statement(signed, &signer) {
+                        return Err(KeyError::BadStatement(format!("rotation from {from}")));
+                    }
+                    if let Some(k) = trusted.keys.iter_mut().find(|k| &k.key_id == from) {
+                        k.rotated_at = Some(at.clone());
+                    }
+                    trusted.keys.push(KeyRecord {
+                        key_id: to.clone(),
+                        public_key: URL_SAFE_NO_PAD.encode(new_key.as_bytes()),
+                        valid_from: at.clone(),
+                        rotated_at: None,
+                        revoked_at: None,
+                    });
+                }
+                Statement::Revocation {
+                    node,
+                    key_id: revoked,
+                    signer,
+                    at,
+                } => {
+                    let signer_key = trusted
+                        .key(signer)
+                        .ok_or_else(|| KeyError::Unknown(signer.clone()))?;
+                    if node != &served.node_id || !verify_statement(signed, &signer_key) {
+                        return Err(KeyError::BadStatement(format!("revocation of {revoked}")));
+                    }
+                    if let Some(k) = trusted.keys.iter_mut().find(|k| &k.key_id == revoked) {
+                        k.revoked_at = Some(at.clone());
+                    }
+                }
+            }
+        }
+        trusted.statements = served.statements.clone();
+        Ok(trusted)
+    }
+
+    /// The public key named `key_id`, whatever its validity.
+    pub fn key(&self, key_id: &str) -> Option<VerifyingKey> {
+        self.keys
+            .iter()
+            .find(|k| k.key_id == key_id)
+            .and_then(|k| decode_key(&k.public_key))
+    }
+
+    /// The key named `key_id` if it was valid at `at` (RFC 3339): not yet replaced, not
+    /// revoked.
+    pub fn key_valid_at(&self, key_id: &str, at: &str) -> Result<VerifyingKey, KeyError> {
+        let record = self
+            .keys
+            .iter()
+            .find(|k| k.key_id == key_id)
+            .ok_or_else(|| KeyError::Unknown(key_id.to_owned()))?;
+        let not_valid = |why| KeyError::NotValid {
+            key: key_id.to_owned(),
+            at: at.to_owned(),
+            why,
+        };
+        let t = parse_time(at).ok_or_else(|| not_valid("the time is not RFC 3339"))?;
+        if parse_time(&record.valid_from).is_some_and(|from| t < from) {
+            return Err(not_valid("before the key was made"));
+        }
+        if record
+            .rotated_at
+            .as_deref()
+            .and_then(parse_time)
+            .is_some_and(|r| t >= r)
+        {
+            return Err(not_valid("the key had been replaced"));
+        }
+        if record
+            .revoked_at
+            .as_deref()
+            .and_then(parse_time)
+            .is_some_and(|r| t >= r)
+        {
+            return Err(not_valid("the key had been revoked"));
+        }
+        decode_key(&record.public_key).ok_or_else(|| KeyError::Unknown(key_id.to_owned()))
+    }
+
+    /// Reads `keys.json`, or makes the one-key history of a data directory that predates it.
+    pub fn load(
+        data_dir: &Path,
+        node_id: &str,
+        current: &VerifyingKey,
+    ) -> anyhow::Result<KeyHistory> {
+        let path = data_dir.join(KEYS_FILE);
+        if path.exists() {
+            let history: KeyHistory = serde_json::from_slice(&fs::read(&path)?)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            return Ok(history);
+        }
+        Ok(KeyHistory::new(node_id, current, &now()))
+    }
+
+    fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
+        let tmp = data_dir.join(format!("{KEYS_FILE}.tmp"));
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        fs::File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, data_dir.join(KEYS_FILE))?;
+        Ok(())
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Replaces the node key with a new one, with a rotation statement signed by the old key.
+/// The old private key is destroyed; its public key stays in the history, so what it signed
+/// stays verifiable. Returns the new key id. The node must be restarted to use it.
+pub fn rotate(data_dir: &Path, node_id: &str) -> anyhow::Result<String> {
+    let old = Identity::load(data_dir, node_id)?;
+    let mut history = KeyHistory::load(data_dir, node_id, &old.verifying_key())?;
+    let new = SigningKey::from_bytes(&random_bytes::<32>()?);
+    let at = now();
+    let new_id = key_id(&new.verifying_key());
+    let statement = sign_statement(
+        Statement::Rotation {
+            node: node_id.to_owned(),
+            from: old.key_id(),
+            to: new_id.clone(),
+            public_key: URL_SAFE_NO_PAD.encode(new.verifying_key().as_bytes()),
+            at: at.clone(),
+        },
+        old.signing_key(),
+    )?;
+    if let Some(k) = history.keys.iter_mut().find(|k| k.key_id == old.key_id()) {
+        k.rotated_at = Some(at.clone());
+    }
+    history.keys.push(KeyRecord {
+        key_id: new_id.clone(),
+        public_key: URL_SAFE_NO_PAD.encode(new.verifying_key().as_bytes()),
+        valid_from: at,
+        rotated_at: None,
+        revoked_at: None,
+    });
+    history.statements.push(statement);
+    let pem = new
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("cannot encode the signing key: {e}"))?;
+    let tmp = data_dir.join(format!("{SIGNING_KEY_FILE}.new"));
+    let _ = fs::remove_file(&tmp);
+    write_secret(&tmp, pem.as_bytes())?;
+    history.save(data_dir)?;
+    fs::rename(&tmp, data_dir.join(SIGNING_KEY_FILE))?;
+    write_public(data_dir, &new.verifying_key())?;
+    Ok(new_id)
+}
+
+/// Revokes `key` (default: the current key) from `at`, with a statement signed by the current
+/// key. Revoking the current key first rotates to a new one. Returns the revoked key id.
+pub fn revoke(
+    data_dir: &Path,
+    node_id: &str,
+    key: Option<&str>,
+    at: &str,
+) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        parse_time(at).is_some(),
+        "--at {at:?} is not an RFC 3339 time"
+    );
+    let current = Identity::load(data_dir, node_id)?;
+    let revoked = key.map_or_else(|| current.key_id(), str::to_owned);
+    if revoked == current.key_id() {
+        rotate(data_dir, node_id)?;
+    }
+    let signer = Identity::load(data_dir, node_id)?;
+    let mut history = KeyHistory::load(data_dir, node_id, &signer.verifying_key())?;
+    let record = history
+        .keys
+        .iter_mut()
+        .find(|k| k.key_id == revoked)
+        .ok_or_else(|| anyhow::anyhow!("no key {revoked} in {KEYS_FILE}"))?;
+    record.revoked_at = Some(at.to_owned());
+    history.statements.push(sign_statement(
+        Statement::Revocation {
+            node: node_id.to_owned(),
+            key_id: revoked.clone(),
+            signer: signer.key_id(),
+            at: at.to_owned(),
+        },
+        signer.signing_key(),
+    )?);
+    history.save(data_dir)?;
+    Ok(revoked)
+}
+
+fn write_public(data_dir: &Path, key: &VerifyingKey) -> anyhow::Result<()> {
+    fs::write(
+        data_dir.join(PUBLIC_KEY_FILE),
+        format!(
+            "{} {}\n",
+            key_id(key),
+            URL_SAFE_NO_PAD.encode(key.as_bytes())
+        ),
+    )?;
+    Ok(())
+}
+
+/// Parses a public key written as in `node.pub`: `KEY_ID BASE64URL` (or just the base64url).
+pub fn parse_public_key(text: &str) -> anyhow::Result<VerifyingKey> {
+    let mut parts = text.split_whitespace();
+    let (id, b64) = match (parts.next(), parts.next()) {
+        (Some(id), Some(b64)) => (Some(id), b64),
+        (Some(b64), None) => (None, b64),
+        _ => anyhow::bail!("empty public key"),
+    };
+    let key =
+        decode_key(b64).ok_or_else(|| anyhow::anyhow!("not a base64url ed25519 public key"))?;
+    if let Some(id) = id {
+        anyhow::ensure!(id == key_id(&key), "key id {id} does not match the key");
+    }
+    Ok(key)
 }
 
 /// Key id of a public key.
@@ -99,13 +461,8 @@ pub fn init(data_dir: &Path, node_id: &str) -> anyhow::Result<Created> {
     write_secret(&data_dir.join(SIGNING_KEY_FILE), pem.as_bytes())?;
     let verifying = signing_key.verifying_key();
     let key_id = key_id(&verifying);
-    fs::write(
-        data_dir.join(PUBLIC_KEY_FILE),
-        format!(
-            "{key_id} {}\n",
-            URL_SAFE_NO_PAD.encode(verifying.as_bytes())
-        ),
-    )?;
+    write_public(data_dir, &verifying)?;
+    KeyHistory::new(node_id, &verifying, &now()).save(data_dir)?;
 
     let names = vec![
         "localhost".to_owned(),
@@ -159,6 +516,54 @@ mod tests {
         assert!(
             init(dir.path(), "XAA").is_err(),
             "init must not overwrite secrets"
+        );
+    }
+
+    #[test]
+    fn rotation_and_revocation_chain_from_the_pinned_key() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), "XAA").unwrap();
+        let first = Identity::load(dir.path(), "XAA").unwrap();
+        let pinned = first.verifying_key();
+        let second_id = rotate(dir.path(), "XAA").unwrap();
+        let second = Identity::load(dir.path(), "XAA").unwrap();
+        assert_eq!(second.key_id(), second_id);
+        assert_eq!(
+            fs::metadata(dir.path().join(SIGNING_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        let served = KeyHistory::load(dir.path(), "XAA", &second.verifying_key()).unwrap();
+        let trusted = KeyHistory::verified_from(&served, &pinned).unwrap();
+        let rotated_at = trusted.keys[0].rotated_at.clone().unwrap();
+        let made_at = trusted.keys[0].valid_from.clone();
+        assert!(made_at < rotated_at);
+        // The old key is valid before the rotation, not after; the new key after.
+        assert!(trusted.key_valid_at(&first.key_id(), &made_at).is_ok());
+        assert!(trusted.key_valid_at(&first.key_id(), &rotated_at).is_err());
+        assert!(trusted.key_valid_at(&second_id, &rotated_at).is_ok());
+
+        // A history whose rotation is signed by a stranger is refused.
+        let mut forged = served.clone();
+        forged.statements[0].sig = forged.statements[0].sig.replace('A', "B");
+        if forged != served {
+            assert!(KeyHistory::verified_from(&forged, &pinned).is_err());
+        }
+
+        // Revoking an old key from a past time invalidates what it signed from then on.
+        revoke(dir.path(), "XAA", Some(&first.key_id()), &made_at).unwrap();
+        let served = KeyHistory::load(dir.path(), "XAA", &second.verifying_key()).unwrap();
+        let trusted = KeyHistory::verified_from(&served, &pinned).unwrap();
+        assert!(trusted.key_valid_at(&first.key_id(), &made_at).is_err());
+        // Revoking the current key rotates to a fresh one first.
+        let revoked = revoke(dir.path(), "XAA", None, "2030-01-01T00:00:00Z").unwrap();
+        assert_eq!(revoked, second_id);
+        assert_ne!(
+            Identity::load(dir.path(), "XAA").unwrap().key_id(),
+            second_id
         );
     }
 }

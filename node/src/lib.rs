@@ -9,20 +9,32 @@
 //!   using tantivy.
 //! - [`search`]: matching and ranking (match kinds, scores, sibling lots).
 //! - [`import`]: JSON Lines, CSV and XLSX bodies to submitted records.
-//! - [`identity`]: the node's ed25519 key, TLS certificate and admin token.
+//! - [`identity`]: the node's ed25519 key and its history (rotation, revocation), TLS
+//!   certificate and admin token.
+//! - [`envelope`]: selective-disclosure envelopes: a record version signed once, shown in part.
+//! - [`policy`]: per-partner sharing policies and the per-field decision of what leaves.
+//! - [`peer`]: partners: pinned keys and certificates, their clients, signed requests.
+//! - [`sync`]: the exact pull feed (served and pulled), notify, receipts.
+//! - [`audit`]: the append-only, hash-chained audit log.
 //! - [`config`]: the typed configuration and the embedded default.
-//! - [`api`]: the local HTTP API (axum), problem+json errors, tokens and roles.
+//! - [`api`]: the local HTTP API (axum), problem+json errors, tokens and roles; and the
+//!   federation API (`api::federation`, TLS, signed requests).
 //! - [`node`]: wiring and the `serve` entry point.
 //! - [`cli`]: the `ammotrace` command line, a client of the above.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod envelope;
 pub mod identity;
 pub mod import;
 pub mod index;
 pub mod node;
 pub mod normalise;
+pub mod peer;
+pub mod policy;
 pub mod record;
 pub mod search;
 pub mod store;
+pub mod sync;

@@ -11,9 +11,12 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::api::auth::{ApiToken, Role};
+use crate::audit::AuditLog;
 use crate::config::Config;
-use crate::identity::{self, ADMIN_TOKEN_FILE};
+use crate::envelope::NodeSealer;
+use crate::identity::{self, ADMIN_TOKEN_FILE, Identity, KeyHistory};
 use crate::index::SearchIndex;
+use crate::peer::Peers;
 use crate::record::Validator;
 use crate::store::Store;
 
@@ -28,6 +31,14 @@ pub struct Node {
     index: SearchIndex,
     validator: Validator,
     tokens: Vec<ApiToken>,
+    identity: Identity,
+    keys: KeyHistory,
+    sealer: NodeSealer,
+    peers: Peers,
+    audit: AuditLog,
+    /// Woken after every acknowledged write: the notifier tells replicating partners.
+    written: tokio::sync::Notify,
+    wakes: crate::sync::Wakes,
 }
 
 /// What `init` reports.
@@ -83,6 +94,24 @@ impl Node {
             role: t.role,
             sha256: t.sha256.clone(),
         }));
+        let identity =
+            Identity::load(data_dir, &config.node_id).context("cannot load the node key")?;
+        let keys = KeyHistory::load(data_dir, &config.node_id, &identity.verifying_key())?;
+        anyhow::ensure!(
+            keys.key(&identity.key_id()).is_some(),
+            "{} does not list the current key {}",
+            identity::KEYS_FILE,
+            identity.key_id()
+        );
+        let sealer = NodeSealer {
+            origin: config.node_id.clone(),
+            key: identity.signing_key().clone(),
+        };
+        let peers = Peers::new(
+            &config.peers,
+            Duration::from_millis(config.federation.request_timeout_ms),
+        )?;
+        let audit = AuditLog::open(data_dir)?;
         let store = Store::open(&data_dir.join(STORE_DIR)).context("cannot open the store")?;
         let index = SearchIndex::open(
             &data_dir.join(INDEX_DIR),
@@ -98,7 +127,45 @@ impl Node {
             store,
             index,
             tokens,
+            identity,
+            keys,
+            sealer,
+            peers,
+            audit,
+            written: tokio::sync::Notify::new(),
+            wakes: Default::default(),
         }))
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+    pub fn keys(&self) -> &KeyHistory {
+        &self.keys
+    }
+    pub fn sealer(&self) -> &NodeSealer {
+        &self.sealer
+    }
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Called after an acknowledged write: the indexer and the partners' notifier wake up.
+    pub fn written(&self) {
+        self.index.notify();
+        self.written.notify_one();
+    }
+
+    /// Wakes the puller of `peer` (its notify call arrived).
+    pub fn pull_wake(&self, peer: &str) -> Arc<tokio::sync::Notify> {
+        self.wakes.get(peer)
+    }
+
+    pub(crate) async fn wait_written(&self) {
+        self.written.notified().await
     }
 
     pub fn config(&self) -> &Config {
@@ -120,17 +187,35 @@ impl Node {
         &self.tokens
     }
 
-    /// Serves the local API on `listener` until `shutdown` completes, then stops the indexer
-    /// and flushes the store.
+    /// Serves the local API on `listener` (and, when given, the federation API over TLS on
+    /// `federation`, with the partners' pullers and notifier) until `shutdown` completes, then
+    /// stops the indexer and flushes the store.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        federation: Option<std::net::TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut federation_task = None;
+        if let Some(federation) = federation {
+            federation_task = Some(
+                crate::api::federation::serve(self.clone(), federation, stop_rx.clone()).await?,
+            );
+            crate::sync::start(self.clone(), stop_rx.clone());
+        }
         let router = crate::api::router(self.clone());
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let mut api_stop = stop_rx.clone();
+        let api = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = api_stop.wait_for(|stop| *stop).await;
+        });
+        let api = tokio::spawn(async move { api.await });
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        api.await??;
+        if let Some(task) = federation_task {
+            task.await??;
+        }
         let node = self.clone();
         tokio::task::spawn_blocking(move || {
             node.index.shutdown();

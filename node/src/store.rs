@@ -4,7 +4,15 @@
 //! - `record_head`: `RecordId(16)` → `version u32 BE ‖ retracted u8`
 //! - `record_versions`: `RecordId(16) ‖ version u32 BE` → the record version, JSON
 //! - `changes`: `seq u64 BE` → `RecordId(16) ‖ version u32 BE ‖ retracted u8 ‖ created u8`
-//! - `meta`: `b"last_seq"` → `u64 BE`
+//! - `meta`: `b"last_seq"` → `u64 BE`; `b"own_seq"` → `u64 BE`; `b"own_head"` → digest
+//! - `envelopes`: `RecordId(16) ‖ version u32 BE` → the signed envelope, JSON (for own
+//!   records the full envelope; for partners' records the view received)
+//! - `own_log`: `own_seq u64 BE` → `RecordId(16) ‖ version u32 BE ‖ claims digest`: this
+//!   node's own changes, the sequence its partners pull (hash-chained through the claims)
+//! - `cursors`: origin → JSON [`Cursor`]: how far this node has pulled each partner's feed
+//! - `receipts`: `RecordId(16) ‖ partner` → JSON receipt entry
+//! - `nonces`: `sender ‖ 0 ‖ nonce` → `unix seconds i64 BE`: request nonces already seen
+//! - `replicas`: `RecordId(16)` → origin: records that arrived from a partner's feed
 //!
 //! Every write is one sled transaction over the four trees: the version, the head and the
 //! change-log entry appear together or not at all. A write is acknowledged only after
@@ -38,6 +46,60 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("cannot sign: {0}")]
+    Seal(String),
+    #[error("record {0} belongs to another State: it changes only through its origin's feed")]
+    Foreign(RecordId),
+}
+
+/// What sealing gives back for one record version: the signed envelope (JSON) and the digest
+/// of its claims (the link of the own-change hash chain).
+pub struct Sealed {
+    pub envelope: Vec<u8>,
+    pub digest: String,
+}
+
+/// One own record version to seal.
+pub struct ToSeal<'a> {
+    pub record: &'a Value,
+    pub retracted: bool,
+}
+
+/// Signs own record versions as they are written (implemented with the node key, see
+/// [`crate::envelope`]). `first_seq` is the own sequence number of the first, `prev` the
+/// digest of the change before it; the n-th result must chain to the (n-1)-th.
+pub trait Sealer: Send + Sync {
+    fn seal(&self, batch: &[ToSeal<'_>], first_seq: u64, prev: &str)
+    -> Result<Vec<Sealed>, String>;
+}
+
+/// How far this node has pulled one partner's feed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Cursor {
+    /// The origin's last change sequence number applied here.
+    pub after: u64,
+    /// Its claims digest: the next change's `prev` must equal it.
+    pub prev: String,
+    /// Digest of the policy the feed was served under; a change replays the feed.
+    pub policy: String,
+}
+
+/// One partner's record version to store, already verified.
+pub struct Replica {
+    pub id: RecordId,
+    pub version: u32,
+    pub record: Value,
+    pub envelope: Vec<u8>,
+    pub retracted: bool,
+}
+
+/// One own change as the feed serves it.
+#[derive(Debug, Clone)]
+pub struct OwnChange {
+    pub seq: u64,
+    pub id: RecordId,
+    pub version: u32,
+    pub digest: String,
 }
 
 /// Where a write landed.
@@ -73,9 +135,31 @@ pub struct Store {
     versions: sled::Tree,
     changes: sled::Tree,
     meta: sled::Tree,
+    envelopes: sled::Tree,
+    own_log: sled::Tree,
+    cursors: sled::Tree,
+    receipts: sled::Tree,
+    nonces: sled::Tree,
+    replicas: sled::Tree,
+    /// Serialises writes of own records: the own sequence and its hash chain are assigned
+    /// and signed outside the transaction, so no two writers may interleave.
+    write_lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 const LAST_SEQ: &[u8] = b"last_seq";
+const OWN_SEQ: &[u8] = b"own_seq";
+const OWN_HEAD: &[u8] = b"own_head";
+
+fn read_u64(bytes: Option<sled::IVec>, what: &str) -> Result<u64, StoreError> {
+    match bytes {
+        Some(b) => Ok(u64::from_be_bytes(
+            b.as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt(what.into()))?,
+        )),
+        None => Ok(0),
+    }
+}
 
 fn version_key(id: &RecordId, version: u32) -> [u8; 20] {
     let mut key = [0u8; 20];
@@ -114,14 +198,35 @@ fn decode_change(seq: &[u8], value: &[u8]) -> Option<Change> {
 
 type Tx<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
+type Trees<'a> = (
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+);
+
+/// Records an own version's envelope and own-log entry inside a transaction.
+fn append_own(
+    envelopes: &TransactionalTree,
+    own_log: &TransactionalTree,
+    meta: &TransactionalTree,
+    id: &RecordId,
+    version: u32,
+    own_seq: u64,
+    sealed: &Sealed,
+) -> Tx<()> {
+    envelopes.insert(&version_key(id, version), sealed.envelope.as_slice())?;
+    let mut entry = version_key(id, version).to_vec();
+    entry.extend_from_slice(sealed.digest.as_bytes());
+    own_log.insert(&own_seq.to_be_bytes(), entry)?;
+    meta.insert(OWN_SEQ, &own_seq.to_be_bytes())?;
+    meta.insert(OWN_HEAD, sealed.digest.as_bytes())?;
+    Ok(())
+}
+
 /// Appends one version inside a transaction; returns its sequence number.
 fn append(
-    (head, versions, changes, meta): (
-        &TransactionalTree,
-        &TransactionalTree,
-        &TransactionalTree,
-        &TransactionalTree,
-    ),
+    (head, versions, changes, meta): Trees<'_>,
     id: &RecordId,
     version: u32,
     record: &[u8],
@@ -174,8 +279,44 @@ impl Store {
             versions: db.open_tree("record_versions")?,
             changes: db.open_tree("changes")?,
             meta: db.open_tree("meta")?,
+            envelopes: db.open_tree("envelopes")?,
+            own_log: db.open_tree("own_log")?,
+            cursors: db.open_tree("cursors")?,
+            receipts: db.open_tree("receipts")?,
+            nonces: db.open_tree("nonces")?,
+            replicas: db.open_tree("replicas")?,
+            write_lock: Default::default(),
             db,
         })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The last own sequence number and its claims digest.
+    pub fn own_tail(&self) -> Result<(u64, String), StoreError> {
+        let seq = read_u64(self.meta.get(OWN_SEQ)?, "own_seq")?;
+        let head = self
+            .meta
+            .get(OWN_HEAD)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        Ok((seq, head))
+    }
+
+    fn seal(
+        &self,
+        sealer: &dyn Sealer,
+        batch: &[ToSeal<'_>],
+    ) -> Result<(u64, Vec<Sealed>), StoreError> {
+        let (seq, prev) = self.own_tail()?;
+        let sealed = sealer
+            .seal(batch, seq + 1, &prev)
+            .map_err(StoreError::Seal)?;
+        Ok((seq + 1, sealed))
     }
 
     /// Makes every write so far durable (fsync of sled's log). Call before acknowledging.
@@ -186,7 +327,11 @@ impl Store {
 
     /// Stores new records (version 1, or the version they declare) in one transaction: all of
     /// them or none.
-    pub fn create_batch(&self, batch: &mut [Prepared]) -> Result<Vec<Written>, StoreError> {
+    pub fn create_batch(
+        &self,
+        batch: &mut [Prepared],
+        sealer: &dyn Sealer,
+    ) -> Result<Vec<Written>, StoreError> {
         let mut ids = std::collections::HashSet::new();
         for p in batch.iter() {
             if !ids.insert(p.id) {
@@ -203,14 +348,44 @@ impl Store {
             .iter()
             .map(|p| (p.id, p.declared_version.unwrap_or(1), to_bytes(&p.record)))
             .collect();
-        let trees = (&self.head, &self.versions, &self.changes, &self.meta);
+        let _guard = self.lock();
+        for (id, _, _) in &encoded {
+            if self.head.contains_key(id.as_bytes())? {
+                return Err(StoreError::Exists(*id));
+            }
+        }
+        let to_seal: Vec<ToSeal<'_>> = batch
+            .iter()
+            .map(|p| ToSeal {
+                record: &p.record,
+                retracted: false,
+            })
+            .collect();
+        let (first_own, sealed) = self.seal(sealer, &to_seal)?;
+        let trees = (
+            &self.head,
+            &self.versions,
+            &self.changes,
+            &self.meta,
+            &self.envelopes,
+            &self.own_log,
+        );
         flatten(trees.transaction(|t| {
             let mut written = Vec::with_capacity(encoded.len());
-            for (id, version, bytes) in &encoded {
+            for (n, (id, version, bytes)) in encoded.iter().enumerate() {
                 if t.0.get(id.as_bytes())?.is_some() {
                     return abort(StoreError::Exists(*id));
                 }
                 let seq = append((&t.0, &t.1, &t.2, &t.3), id, *version, bytes, false, true)?;
+                append_own(
+                    &t.4,
+                    &t.5,
+                    &t.3,
+                    id,
+                    *version,
+                    first_own + n as u64,
+                    &sealed[n],
+                )?;
                 written.push(Written {
                     id: *id,
                     version: *version,
@@ -224,8 +399,13 @@ impl Store {
     /// Stores a new version of an existing record. A declared `record_version` is the version
     /// the edit was based on (the one the editor read): it must still be the latest, or the
     /// edit would silently undo someone else's. `created_at` is kept from the previous version.
-    pub fn update(&self, mut prepared: Prepared) -> Result<Written, StoreError> {
+    pub fn update(
+        &self,
+        mut prepared: Prepared,
+        sealer: &dyn Sealer,
+    ) -> Result<Written, StoreError> {
         let id = prepared.id;
+        let _guard = self.lock();
         let head = self.head(&id)?.ok_or(StoreError::NotFound(id))?;
         if head.retracted {
             return Err(StoreError::Retracted(id));
@@ -241,20 +421,33 @@ impl Store {
         let previous = self
             .get(&id, Some(head.version))?
             .ok_or(StoreError::NotFound(id))?;
+        if !self.is_own(&id)? {
+            return Err(StoreError::Foreign(id));
+        }
         if let Some(o) = prepared.record.as_object_mut() {
             o.insert("record_version".into(), Value::from(next));
             if let Some(created) = previous.get("created_at") {
                 o.insert("created_at".into(), created.clone());
             }
         }
-        self.append_version(id, head.version, next, &prepared.record, false)
+        self.append_version(id, head.version, next, &prepared.record, false, sealer)
     }
 
     /// Appends a retraction: a copy of the latest version marked `retracted`, with the reason.
-    pub fn retract(&self, id: RecordId, reason: &str, now: &str) -> Result<Written, StoreError> {
+    pub fn retract(
+        &self,
+        id: RecordId,
+        reason: &str,
+        now: &str,
+        sealer: &dyn Sealer,
+    ) -> Result<Written, StoreError> {
+        let _guard = self.lock();
         let head = self.head(&id)?.ok_or(StoreError::NotFound(id))?;
         if head.retracted {
             return Err(StoreError::Retracted(id));
+        }
+        if !self.is_own(&id)? {
+            return Err(StoreError::Foreign(id));
         }
         let mut record = self
             .get(&id, Some(head.version))?
@@ -269,9 +462,15 @@ impl Store {
             );
             o.insert("updated_at".into(), Value::String(now.into()));
         }
-        self.append_version(id, head.version, next, &record, true)
+        self.append_version(id, head.version, next, &record, true, sealer)
     }
 
+    /// Whether a record is this node's own (partners' records are listed in `replicas`).
+    pub fn is_own(&self, id: &RecordId) -> Result<bool, StoreError> {
+        Ok(!self.replicas.contains_key(id.as_bytes())?)
+    }
+
+    /// Called with the write lock held.
     fn append_version(
         &self,
         id: RecordId,
@@ -279,9 +478,21 @@ impl Store {
         version: u32,
         record: &Value,
         retracted: bool,
+        sealer: &dyn Sealer,
     ) -> Result<Written, StoreError> {
         let bytes = to_bytes(record);
-        let trees = (&self.head, &self.versions, &self.changes, &self.meta);
+        let (own_seq, sealed) = self.seal(sealer, &[ToSeal { record, retracted }])?;
+        let sealed = sealed
+            .first()
+            .ok_or_else(|| StoreError::Seal("the sealer returned nothing".into()))?;
+        let trees = (
+            &self.head,
+            &self.versions,
+            &self.changes,
+            &self.meta,
+            &self.envelopes,
+            &self.own_log,
+        );
         flatten(trees.transaction(|t| {
             let current = t.0.get(id.as_bytes())?.as_deref().and_then(decode_head);
             match current {
@@ -303,6 +514,7 @@ impl Store {
                 retracted,
                 false,
             )?;
+            append_own(&t.4, &t.5, &t.3, &id, version, own_seq, sealed)?;
             Ok(Written { id, version, seq })
         }))
     }
@@ -388,6 +600,176 @@ impl Store {
         })
     }
 
+    /// The envelope of a record version (own: full; a partner's: the view received).
+    pub fn envelope(&self, id: &RecordId, version: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .envelopes
+            .get(version_key(id, version))?
+            .map(|b| b.to_vec()))
+    }
+
+    /// Up to `limit` own changes after own sequence number `after`, in order.
+    pub fn own_changes_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<OwnChange>, StoreError> {
+        let start = after.saturating_add(1).to_be_bytes();
+        self.own_log
+            .range(start..)
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let bad = || StoreError::Corrupt("own log entry".into());
+                let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| bad())?);
+                let id = RecordId(uuid::Uuid::from_bytes(
+                    v.get(..16)
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(bad)?,
+                ));
+                let version = u32::from_be_bytes(
+                    v.get(16..20)
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(bad)?,
+                );
+                let digest = String::from_utf8_lossy(v.get(20..).ok_or_else(bad)?).into_owned();
+                Ok(OwnChange {
+                    seq,
+                    id,
+                    version,
+                    digest,
+                })
+            })
+            .collect()
+    }
+
+    /// The cursor of a partner's feed.
+    pub fn cursor(&self, origin: &str) -> Result<Cursor, StoreError> {
+        match self.cursors.get(origin.as_bytes())? {
+            Some(b) => serde_json::from_slice(&b)
+                .map_err(|e| StoreError::Corrupt(format!("cursor {origin}: {e}"))),
+            None => Ok(Cursor::default()),
+        }
+    }
+
+    /// Sets a partner's cursor without storing anything (a replay from the start).
+    pub fn set_cursor(&self, origin: &str, cursor: &Cursor) -> Result<(), StoreError> {
+        self.cursors.insert(
+            origin.as_bytes(),
+            serde_json::to_vec(cursor).unwrap_or_default(),
+        )?;
+        Ok(())
+    }
+
+    /// Stores one verified page of a partner's feed and its new cursor in one transaction:
+    /// after a crash either the whole page and cursor are there or neither is. A version older
+    /// than the one held is skipped; the same version replaces the held one (the caller has
+    /// merged their disclosures).
+    pub fn apply_replicas(
+        &self,
+        origin: &str,
+        page: &[Replica],
+        cursor: &Cursor,
+    ) -> Result<Vec<Written>, StoreError> {
+        let encoded: Vec<(&Replica, Vec<u8>)> =
+            page.iter().map(|r| (r, to_bytes(&r.record))).collect();
+        let cursor_bytes = serde_json::to_vec(cursor).unwrap_or_default();
+        let trees = (
+            &self.head,
+            &self.versions,
+            &self.changes,
+            &self.meta,
+            &self.envelopes,
+            &self.replicas,
+            &self.cursors,
+        );
+        flatten(trees.transaction(|t| {
+            let mut written = Vec::new();
+            for (r, bytes) in &encoded {
+                let current = t.0.get(r.id.as_bytes())?.as_deref().and_then(decode_head);
+                if current.is_some_and(|h| h.version > r.version) {
+                    continue;
+                }
+                if current.is_some() && t.5.get(r.id.as_bytes())?.is_none() {
+                    // An own record with the same id: never overwritten by a partner.
+                    return abort(StoreError::Exists(r.id));
+                }
+                let seq = append(
+                    (&t.0, &t.1, &t.2, &t.3),
+                    &r.id,
+                    r.version,
+                    bytes,
+                    r.retracted,
+                    current.is_none(),
+                )?;
+                t.4.insert(&version_key(&r.id, r.version), r.envelope.as_slice())?;
+                t.5.insert(r.id.as_bytes(), origin.as_bytes())?;
+                written.push(Written {
+                    id: r.id,
+                    version: r.version,
+                    seq,
+                });
+            }
+            t.6.insert(origin.as_bytes(), cursor_bytes.as_slice())?;
+            Ok(written)
+        }))
+    }
+
+    /// Records that `partner` has applied `version` of a record (from its signed receipt).
+    pub fn put_receipt(
+        &self,
+        id: &RecordId,
+        partner: &str,
+        entry: &Value,
+    ) -> Result<(), StoreError> {
+        let mut key = id.as_bytes().to_vec();
+        key.extend_from_slice(partner.as_bytes());
+        self.receipts.insert(key, to_bytes(entry))?;
+        Ok(())
+    }
+
+    /// Every partner's receipt for a record.
+    pub fn receipts(&self, id: &RecordId) -> Result<Vec<(String, Value)>, StoreError> {
+        self.receipts
+            .scan_prefix(id.as_bytes())
+            .map(|kv| {
+                let (k, v) = kv?;
+                let partner = String::from_utf8_lossy(&k[16..]).into_owned();
+                let entry = serde_json::from_slice(&v)
+                    .map_err(|e| StoreError::Corrupt(format!("receipt: {e}")))?;
+                Ok((partner, entry))
+            })
+            .collect()
+    }
+
+    /// Remembers a request nonce; false when `sender` used it before. Entries older than
+    /// `forget_before` (unix seconds) are pruned now and then.
+    pub fn remember_nonce(
+        &self,
+        sender: &str,
+        nonce: &str,
+        at: i64,
+        forget_before: i64,
+    ) -> Result<bool, StoreError> {
+        let mut key = sender.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(nonce.as_bytes());
+        let fresh = self
+            .nonces
+            .compare_and_swap(key, None as Option<&[u8]>, Some(&at.to_be_bytes()[..]))?
+            .is_ok();
+        if fresh && at % 64 == 0 {
+            for kv in self.nonces.iter() {
+                let (k, v) = kv?;
+                let t = v.as_ref().try_into().map(i64::from_be_bytes).unwrap_or(0);
+                if t < forget_before {
+                    self.nonces.remove(k)?;
+                }
+            }
+        }
+        Ok(fresh)
+    }
+
     /// Bytes the store occupies on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
@@ -399,6 +781,13 @@ mod tests {
     use super::*;
     use crate::record::Validator;
     use serde_json::json;
+
+    fn sealer() -> crate::envelope::NodeSealer {
+        crate::envelope::NodeSealer {
+            origin: "XAA".into(),
+            key: ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]),
+        }
+    }
 
     fn prepared(lot: &str) -> Prepared {
         let record = json!({
@@ -418,31 +807,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut batch = vec![prepared("1"), prepared("2")];
-        let written = store.create_batch(&mut batch).unwrap();
+        let written = store.create_batch(&mut batch, &sealer()).unwrap();
         assert_eq!(
             written.iter().map(|w| w.seq).collect::<Vec<_>>(),
             vec![1, 2]
         );
         assert!(matches!(
-            store.create_batch(&mut batch[..1]),
+            store.create_batch(&mut batch[..1], &sealer()),
             Err(StoreError::Exists(_))
         ));
 
         let mut update = prepared("1b");
         update.id = written[0].id;
-        let w = store.update(update.clone()).unwrap();
+        let w = store.update(update.clone(), &sealer()).unwrap();
         assert_eq!((w.version, w.seq), (2, 3));
         update.declared_version = Some(1);
         assert!(matches!(
-            store.update(update.clone()),
+            store.update(update.clone(), &sealer()),
             Err(StoreError::VersionConflict { .. })
         ));
         // Based on the latest version: accepted as the next one.
         update.declared_version = Some(2);
-        assert_eq!(store.update(update).unwrap().version, 3);
+        assert_eq!(store.update(update, &sealer()).unwrap().version, 3);
 
         let r = store
-            .retract(written[0].id, "entered twice", "2026-01-02T00:00:00Z")
+            .retract(
+                written[0].id,
+                "entered twice",
+                "2026-01-02T00:00:00Z",
+                &sealer(),
+            )
             .unwrap();
         assert_eq!(r.version, 4);
         assert!(store.head(&written[0].id).unwrap().unwrap().retracted);
@@ -459,6 +853,23 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.last_seq().unwrap(), 5);
+        // Every own version is signed and chained in the own log.
+        let own = store.own_changes_after(0, 10).unwrap();
+        assert_eq!(
+            own.iter().map(|c| c.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
+        let mut prev = String::new();
+        for c in &own {
+            let env: crate::envelope::Envelope =
+                serde_json::from_slice(&store.envelope(&c.id, c.version).unwrap().unwrap())
+                    .unwrap();
+            env.verify(&sealer().key.verifying_key()).unwrap();
+            assert_eq!(env.claims.prev, prev);
+            assert_eq!(env.claims.digest().unwrap(), c.digest);
+            prev = c.digest.clone();
+        }
+        assert_eq!(store.own_tail().unwrap(), (5, prev));
         assert_eq!(
             store.get(&written[1].id, None).unwrap().unwrap()["items"][0]["lot"]["raw"],
             "2"

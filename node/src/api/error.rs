@@ -150,6 +150,14 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             StoreError::NotFound(id) => ApiError::not_found(format!("no record {id}")),
+            StoreError::Foreign(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            StoreError::Seal(detail) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "record cannot be signed",
+                detail,
+            ),
             StoreError::Sled(_) | StoreError::Corrupt(_) => ApiError::internal(e),
         }
     }

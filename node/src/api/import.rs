@@ -126,13 +126,13 @@ pub async fn import(
         if !params.dry_run {
             // One transaction: every accepted record is stored, or none is.
             let (rows, mut batch): (Vec<usize>, Vec<Prepared>) = accepted.into_iter().unzip();
-            let written = node.store().create_batch(&mut batch)?;
+            let written = node.store().create_batch(&mut batch, node.sealer())?;
             for (row, w) in rows.into_iter().zip(written) {
                 last_seq = w.seq;
                 records.push(json!({ "row": row, "record_id": w.id.to_string(), "record_version": w.version }));
             }
             node.store().flush()?;
-            node.index().notify();
+            node.written();
         } else {
             records = accepted.iter().map(|(row, p)| json!({ "row": row, "record_id": p.id.to_string() })).collect();
         }

@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod federation;
 mod import;
 mod records;
 mod search;

@@ -49,9 +49,9 @@ pub async fn create(
             .map_err(ApiError::invalid)?;
         let written = node
             .store()
-            .create_batch(std::slice::from_mut(&mut prepared))?;
+            .create_batch(std::slice::from_mut(&mut prepared), node.sealer())?;
         node.store().flush()?;
-        node.index().notify();
+        node.written();
         let written = written
             .into_iter()
             .next()
@@ -124,9 +124,9 @@ pub async fn update(
             .validator()
             .prepare(body, &now_rfc3339())
             .map_err(ApiError::invalid)?;
-        let written = node.store().update(prepared)?;
+        let written = node.store().update(prepared, node.sealer())?;
         node.store().flush()?;
-        node.index().notify();
+        node.written();
         let record = node
             .store()
             .get(&id, Some(written.version))?
@@ -157,9 +157,11 @@ pub async fn retract(
     let reason = params.reason.unwrap_or_else(|| "retracted".into());
     let node = state.node.clone();
     let (written, record) = tokio::task::spawn_blocking(move || {
-        let written = node.store().retract(id, &reason, &now_rfc3339())?;
+        let written = node
+            .store()
+            .retract(id, &reason, &now_rfc3339(), node.sealer())?;
         node.store().flush()?;
-        node.index().notify();
+        node.written();
         let record = node
             .store()
             .get(&id, Some(written.version))?

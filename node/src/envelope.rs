@@ -1,0 +1,575 @@
+//! Selective-disclosure envelopes: a record version signed once by its origin, from which any
+//! subset of leaf values can be shown to a partner without breaking the signature
+//! (design §6; the format is specified in `docs/protocol.md` and `schemas/envelope.schema.json`).
+//!
+//! Every leaf of the record becomes a disclosure `[salt, path, value]`; the signed `claims` hold
+//! the sorted digests of all disclosures. A view keeps the claims and signature and drops
+//! disclosures; a receiver checks the signature and that every disclosure it got is listed.
+
+use std::collections::{BTreeMap, HashSet};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// The envelope format version, `claims.v`.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// `claims.prev` of an origin's first change.
+pub const GENESIS: &str = "";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    #[error("unsupported envelope version {0}")]
+    Version(u32),
+    #[error("the value at {0} is a number with a fraction: signed data carries integers only")]
+    Float(String),
+    #[error(
+        "the object key at {0} is an array index: object keys made only of digits cannot be disclosed"
+    )]
+    NumericKey(String),
+    #[error("the disclosure for {0} is not listed in the signed claims")]
+    Unlisted(String),
+    #[error("two disclosures share the path {0}")]
+    DuplicatePath(String),
+    #[error("the disclosure path {0:?} is not a JSON pointer")]
+    BadPath(String),
+    #[error("the claims name key {0}, not the key used to verify")]
+    WrongKey(String),
+    #[error("the signature is not valid")]
+    BadSignature,
+    #[error("the signature is not base64url of 64 bytes")]
+    MalformedSignature,
+    #[error("the claims' digests are not sorted and unique")]
+    UnsortedDigests,
+    #[error("cannot make canonical JSON: {0}")]
+    Canonical(String),
+}
+
+/// `[salt, path, value]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Disclosure(pub String, pub String, pub Value);
+
+impl Disclosure {
+    pub fn path(&self) -> &str {
+        &self.1
+    }
+    pub fn value(&self) -> &Value {
+        &self.2
+    }
+    /// `base64url(SHA-256(JCS([salt, path, value])))`.
+    pub fn digest(&self) -> Result<String, EnvelopeError> {
+        Ok(b64_sha256(&canonical(self)?))
+    }
+}
+
+/// The signed part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claims {
+    pub v: u32,
+    pub origin: String,
+    pub record_id: String,
+    pub version: u32,
+    /// The origin's change sequence number.
+    pub seq: u64,
+    /// Digest of the claims of the origin's change `seq - 1` (empty for the first): the
+    /// hash chain that lets a receiver prove it has every change.
+    pub prev: String,
+    pub issued_at: String,
+    pub retracted: bool,
+    pub normaliser: String,
+    pub key_id: String,
+    pub digests: Vec<String>,
+}
+
+impl Claims {
+    /// `base64url(SHA-256(JCS(claims)))`: what the next change's `prev` names.
+    pub fn digest(&self) -> Result<String, EnvelopeError> {
+        Ok(b64_sha256(&canonical(self)?))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub claims: Claims,
+    pub sig: String,
+    pub disclosures: Vec<Disclosure>,
+}
+
+/// What the origin states about a record version besides its content.
+#[derive(Debug, Clone)]
+pub struct Seal<'a> {
+    pub origin: &'a str,
+    pub seq: u64,
+    pub prev: &'a str,
+    pub issued_at: &'a str,
+    pub retracted: bool,
+    pub normaliser: &'a str,
+}
+
+/// RFC 8785 canonical JSON.
+pub fn canonical<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EnvelopeError> {
+    serde_jcs::to_vec(value).map_err(|e| EnvelopeError::Canonical(e.to_string()))
+}
+
+fn b64_sha256(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(bytes))
+}
+
+/// A fresh random salt: 16 bytes, base64url.
+pub fn random_salt() -> String {
+    let mut bytes = [0u8; 16];
+    // Without OS randomness nothing can be signed safely; getrandom fails only on broken
+    // platforms, where a zero salt still keeps digests correct (though guessable).
+    let _ = getrandom::fill(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn escape_segment(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn unescape_segment(segment: &str) -> String {
+    segment.replace("~1", "/").replace("~0", "~")
+}
+
+fn is_index(segment: &str) -> bool {
+    !segment.is_empty()
+        && segment.bytes().all(|b| b.is_ascii_digit())
+        && (segment == "0" || !segment.starts_with('0'))
+}
+
+/// Every leaf of `record` with its JSON pointer, in document order. Empty objects and arrays
+/// are leaves, so a record survives the round trip exactly.
+pub fn leaves(record: &Value) -> Result<Vec<(String, Value)>, EnvelopeError> {
+    fn walk(
+        value: &Value,
+        path: &mut String,
+        out: &mut Vec<(String, Value)>,
+    ) -> Result<(), EnvelopeError> {
+        match value {
+            Value::Object(map) if !map.is_empty() => {
+                for (key, child) in map {
+                    if is_index(key) {
+                        return Err(EnvelopeError::NumericKey(format!("{path}/{key}")));
+                    }
+                    let len = path.len();
+                    path.push('/');
+                    path.push_str(&escape_segment(key));
+                    walk(child, path, out)?;
+                    path.truncate(len);
+                }
+            }
+            Value::Array(items) if !items.is_empty() => {
+                for (i, child) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push('/');
+                    path.push_str(&i.to_string());
+                    walk(child, path, out)?;
+                    path.truncate(len);
+                }
+            }
+            Value::Number(n) if !(n.is_i64() || n.is_u64()) => {
+                return Err(EnvelopeError::Float(path.clone()));
+            }
+            leaf => out.push((path.clone(), leaf.clone())),
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(record, &mut String::new(), &mut out)?;
+    Ok(out)
+}
+
+/// Signs a record version: one disclosure per leaf, with a salt from `salt_for(path)`.
+pub fn seal_with(
+    record: &Value,
+    seal: &Seal<'_>,
+    key: &SigningKey,
+    salt_for: impl FnMut(&str) -> String,
+) -> Result<Envelope, EnvelopeError> {
+    let (claims, disclosures) = unsigned(
+        record,
+        seal,
+        &crate::identity::key_id(&key.verifying_key()),
+        salt_for,
+    )?;
+    sign(claims, disclosures, key)
+}
+
+fn sign(
+    claims: Claims,
+    disclosures: Vec<Disclosure>,
+    key: &SigningKey,
+) -> Result<Envelope, EnvelopeError> {
+    let signature = key.sign(&canonical(&claims)?);
+    Ok(Envelope {
+        claims,
+        sig: URL_SAFE_NO_PAD.encode(signature.to_bytes()),
+        disclosures,
+    })
+}
+
+/// The claims and disclosures of a record version, before signing.
+fn unsigned(
+    record: &Value,
+    seal: &Seal<'_>,
+    key_id: &str,
+    mut salt_for: impl FnMut(&str) -> String,
+) -> Result<(Claims, Vec<Disclosure>), EnvelopeError> {
+    let record_id = record
+        .get("record_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let version = record
+        .get("record_version")
+        .and_then(Value::as_u64)
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(0);
+    let disclosures: Vec<Disclosure> = leaves(record)?
+        .into_iter()
+        .map(|(path, value)| Disclosure(salt_for(&path), path, value))
+        .collect();
+    let mut digests = disclosures
+        .iter()
+        .map(Disclosure::digest)
+        .collect::<Result<Vec<_>, _>>()?;
+    digests.sort();
+    let claims = Claims {
+        v: FORMAT_VERSION,
+        origin: seal.origin.to_owned(),
+        record_id,
+        version,
+        seq: seal.seq,
+        prev: seal.prev.to_owned(),
+        issued_at: seal.issued_at.to_owned(),
+        retracted: seal.retracted,
+        normaliser: seal.normaliser.to_owned(),
+        key_id: key_id.to_owned(),
+        digests,
+    };
+    Ok((claims, disclosures))
+}
+
+/// Signs a record version with random salts.
+pub fn seal(record: &Value, seal: &Seal<'_>, key: &SigningKey) -> Result<Envelope, EnvelopeError> {
+    seal_with(record, seal, key, |_| random_salt())
+}
+
+/// Seals own record versions as the store writes them, with the node's current key.
+pub struct NodeSealer {
+    pub origin: String,
+    pub key: SigningKey,
+}
+
+impl crate::store::Sealer for NodeSealer {
+    fn seal(
+        &self,
+        batch: &[crate::store::ToSeal<'_>],
+        first_seq: u64,
+        prev: &str,
+    ) -> Result<Vec<crate::store::Sealed>, String> {
+        let issued_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let key_id = crate::identity::key_id(&self.key.verifying_key());
+        let mut prev = prev.to_owned();
+        let mut parts = Vec::with_capacity(batch.len());
+        for (n, item) in batch.iter().enumerate() {
+            let record = crate::record::without_node_fields(item.record);
+            let seal = Seal {
+                origin: &self.origin,
+                seq: first_seq + n as u64,
+                prev: &prev,
+                issued_at: &issued_at,
+                retracted: item.retracted,
+                normaliser: crate::normalise::NORMALISER_VERSION,
+            };
+            let (claims, disclosures) =
+                unsigned(&record, &seal, &key_id, |_| random_salt()).map_err(|e| e.to_string())?;
+            prev = claims.digest().map_err(|e| e.to_string())?;
+            parts.push((claims, disclosures, prev.clone()));
+        }
+        let sign_all = |parts: Vec<(Claims, Vec<Disclosure>, String)>| {
+            parts
+                .into_iter()
+                .map(|(claims, disclosures, digest)| {
+                    let envelope =
+                        sign(claims, disclosures, &self.key).map_err(|e| e.to_string())?;
+                    Ok(crate::store::Sealed {
+                        envelope: serde_json::to_vec(&envelope).map_err(|e| e.to_string())?,
+                        digest,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()
+        };
+        // Signing is the costly part: split large batches over two threads.
+        if parts.len() < 64 {
+            return sign_all(parts);
+        }
+        let second = parts.split_off(parts.len() / 2);
+        std::thread::scope(|scope| {
+            let handle = scope.spawn(|| sign_all(second));
+            let mut first = sign_all(parts)?;
+            let second = handle
+                .join()
+                .map_err(|_| "a signing thread panicked".to_owned())??;
+            first.extend(second);
+            Ok(first)
+        })
+    }
+}
+
+impl Envelope {
+    /// The view that keeps only the disclosures whose path `keep` accepts.
+    pub fn view(&self, mut keep: impl FnMut(&str) -> bool) -> Envelope {
+        Envelope {
+            claims: self.claims.clone(),
+            sig: self.sig.clone(),
+            disclosures: self
+                .disclosures
+                .iter()
+                .filter(|d| keep(d.path()))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Checks the signature with `key` (which must be the key `claims.key_id` names, as it was
+    /// valid at `claims.issued_at`: the caller resolves that) and that every disclosure is
+    /// listed, carries no float, and has a path of its own.
+    pub fn verify(&self, key: &VerifyingKey) -> Result<(), EnvelopeError> {
+        if self.claims.v != FORMAT_VERSION {
+            return Err(EnvelopeError::Version(self.claims.v));
+        }
+        if crate::identity::key_id(key) != self.claims.key_id {
+            return Err(EnvelopeError::WrongKey(self.claims.key_id.clone()));
+        }
+        if self.claims.digests.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(EnvelopeError::UnsortedDigests);
+        }
+        let sig = URL_SAFE_NO_PAD
+            .decode(&self.sig)
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
+            .map(|b| Signature::from_bytes(&b))
+            .ok_or(EnvelopeError::MalformedSignature)?;
+        key.verify_strict(&canonical(&self.claims)?, &sig)
+            .map_err(|_| EnvelopeError::BadSignature)?;
+        let mut paths = HashSet::new();
+        for d in &self.disclosures {
+            if !d.path().is_empty() && !d.path().starts_with('/') {
+                return Err(EnvelopeError::BadPath(d.path().to_owned()));
+            }
+            if !paths.insert(d.path()) {
+                return Err(EnvelopeError::DuplicatePath(d.path().to_owned()));
+            }
+            if leaves(d.value())?.iter().any(|(_, v)| v.is_f64()) {
+                return Err(EnvelopeError::Float(d.path().to_owned()));
+            }
+            let digest = d.digest()?;
+            if self.claims.digests.binary_search(&digest).is_err() {
+                return Err(EnvelopeError::Unlisted(d.path().to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The record as far as the disclosures show it. Arrays keep their elements' order; an
+    /// array whose first elements were withheld is compacted.
+    pub fn record(&self) -> Value {
+        rebuild(self.disclosures.iter().map(|d| (d.path(), d.value())))
+    }
+
+    /// The union of two views of the same signed claims (used when a widened policy shows
+    /// more of a version already received).
+    pub fn merge(&self, other: &Envelope) -> Option<Envelope> {
+        if self.claims != other.claims || self.sig != other.sig {
+            return None;
+        }
+        let mut merged = self.clone();
+        let paths: HashSet<String> = self.disclosures.iter().map(|d| d.1.clone()).collect();
+        merged.disclosures.extend(
+            other
+                .disclosures
+                .iter()
+                .filter(|d| !paths.contains(d.path()))
+                .cloned(),
+        );
+        Some(merged)
+    }
+
+    /// The disclosed paths, sorted.
+    pub fn paths(&self) -> Vec<String> {
+        let mut paths: Vec<String> = self.disclosures.iter().map(|d| d.1.clone()).collect();
+        paths.sort();
+        paths
+    }
+}
+
+/// Rebuilds a JSON document from `(pointer, leaf)` pairs. A segment that is a canonical array
+/// index under a container made for it is an array position; positions are compacted.
+pub fn rebuild<'a>(pairs: impl Iterator<Item = (&'a str, &'a Value)>) -> Value {
+    // An intermediate tree that remembers array positions, so gaps compact in order.
+    enum Node {
+        Leaf(Value),
+        Object(Vec<(String, Node)>),
+        Array(BTreeMap<u64, Node>),
+    }
+    fn insert(node: &mut Node, segments: &[String], value: &Value) {
+        let Some((first, rest)) = segments.split_first() else {
+            *node = Node::Leaf(value.clone());
+            return;
+        };
+        if let Node::Leaf(_) = node {
+            *node = if is_index(first) {
+                Node::Array(BTreeMap::new())
+            } else {
+                Node::Object(Vec::new())
+            };
+        }
+        match node {
+            Node::Array(map) => {
+                let index = first.parse::<u64>().unwrap_or(u64::MAX);
+                let child = map.entry(index).or_insert_with(|| Node::Leaf(Value::Null));
+                insert(child, rest, value);
+            }
+            Node::Object(entries) => {
+                let position = match entries.iter().position(|(k, _)| k == first) {
+                    Some(p) => p,
+                    None => {
+                        entries.push((first.clone(), Node::Leaf(Value::Null)));
+                        entries.len() - 1
+                    }
+                };
+                insert(&mut entries[position].1, rest, value);
+            }
+            Node::Leaf(_) => {}
+        }
+    }
+    fn finish(node: Node) -> Value {
+        match node {
+            Node::Leaf(v) => v,
+            Node::Object(entries) => Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, n)| (k, finish(n)))
+                    .collect::<Map<_, _>>(),
+            ),
+            Node::Array(map) => Value::Array(map.into_values().map(finish).collect()),
+        }
+    }
+    let mut root = Node::Object(Vec::new());
+    for (path, value) in pairs {
+        let segments: Vec<String> = path.split('/').skip(1).map(unescape_segment).collect();
+        insert(&mut root, &segments, value);
+    }
+    finish(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[7u8; 32])
+    }
+
+    fn sample() -> Value {
+        json!({
+            "record_id": "01900000-0000-7000-8000-000000000001",
+            "record_version": 2,
+            "originating_state": "XAA",
+            "event": {"location": {"country": "XAA", "admin1": "XAA-01", "point": {"lat_e6": 1, "lon_e6": -2}}},
+            "items": [
+                {"item_id": "i1", "lot": {"raw": "LOT 12/3"}},
+                {"item_id": "i2", "quantity": {"rounds": 40}, "tags": []}
+            ],
+            "we~ird/key": {},
+            "casualties": null,
+            "flag": true
+        })
+    }
+
+    fn seal_sample() -> Envelope {
+        let s = Seal {
+            origin: "XAA",
+            seq: 5,
+            prev: "abc",
+            issued_at: "2026-01-01T00:00:00Z",
+            retracted: false,
+            normaliser: "1",
+        };
+        seal(&sample(), &s, &key()).unwrap()
+    }
+
+    #[test]
+    fn full_envelope_round_trips_and_verifies() {
+        let env = seal_sample();
+        env.verify(&key().verifying_key()).unwrap();
+        assert_eq!(env.record(), sample());
+        assert_eq!(env.claims.version, 2);
+        assert_eq!(env.claims.digests.len(), env.disclosures.len());
+    }
+
+    #[test]
+    fn views_verify_and_compact_arrays() {
+        let env = seal_sample();
+        let view = env.view(|p| !p.starts_with("/items/0") && !p.starts_with("/event"));
+        view.verify(&key().verifying_key()).unwrap();
+        let record = view.record();
+        assert_eq!(record["items"][0]["item_id"], "i2");
+        assert!(record.get("event").is_none());
+        let merged = view.merge(&env.view(|p| p.starts_with("/event"))).unwrap();
+        merged.verify(&key().verifying_key()).unwrap();
+        assert_eq!(merged.record()["event"], sample()["event"]);
+    }
+
+    #[test]
+    fn tampering_is_detected() {
+        let env = seal_sample();
+        let vk = key().verifying_key();
+        let mut t = env.clone();
+        t.disclosures[2].2 = json!("YYY");
+        assert!(matches!(t.verify(&vk), Err(EnvelopeError::Unlisted(_))));
+        let mut t = env.clone();
+        t.claims.retracted = true;
+        assert_eq!(t.verify(&vk), Err(EnvelopeError::BadSignature));
+        let mut t = env.clone();
+        t.disclosures.push(t.disclosures[0].clone());
+        assert!(matches!(
+            t.verify(&vk),
+            Err(EnvelopeError::DuplicatePath(_))
+        ));
+        let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
+        assert!(matches!(
+            env.verify(&other),
+            Err(EnvelopeError::WrongKey(_))
+        ));
+    }
+
+    #[test]
+    fn floats_and_numeric_keys_are_refused() {
+        let s = Seal {
+            origin: "XAA",
+            seq: 1,
+            prev: GENESIS,
+            issued_at: "2026-01-01T00:00:00Z",
+            retracted: false,
+            normaliser: "1",
+        };
+        assert_eq!(
+            seal(&json!({"a": {"b": 1.5}}), &s, &key()).unwrap_err(),
+            EnvelopeError::Float("/a/b".into())
+        );
+        assert_eq!(
+            seal(&json!({"a": {"12": 1}}), &s, &key()).unwrap_err(),
+            EnvelopeError::NumericKey("/a/12".into())
+        );
+    }
+}

@@ -1,0 +1,397 @@
+//! Partners: their configuration (`[[peers]]` in `config.toml`), the key history we trust for
+//! each (from the pinned key through signed rotation statements), one HTTPS client per partner
+//! that trusts only that partner's pinned certificate, and signed requests between nodes.
+//!
+//! A request is signed by the sender's node key over
+//! `ammotrace-request-v1\nMETHOD\nPATH?QUERY\nDESTINATION\nSENDER\nTIME\nNONCE\nBODY_DIGEST`
+//! (see `docs/protocol.md`); the receiver refuses unknown senders and keys, bad signatures, a
+//! destination other than itself, times outside the allowed skew, and nonces seen before.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::identity::{self, KeyHistory};
+use crate::policy::Policy;
+
+pub const H_SENDER: &str = "ammotrace-sender";
+pub const H_DESTINATION: &str = "ammotrace-destination";
+pub const H_KEY_ID: &str = "ammotrace-key-id";
+pub const H_TIME: &str = "ammotrace-time";
+pub const H_NONCE: &str = "ammotrace-nonce";
+pub const H_SIGNATURE: &str = "ammotrace-signature";
+
+/// A partner as configured in `config.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The partner's node id.
+    pub id: String,
+    /// Base URL of its federation API, `https://host:port`.
+    pub url: String,
+    /// Its public key as in its `node.pub`: `KEY_ID BASE64URL`.
+    pub public_key: String,
+    /// Its TLS certificate (PEM), pinned: the only certificate its client trusts.
+    pub certificate: String,
+    /// Whether this node pulls the partner's feed.
+    #[serde(default = "yes")]
+    pub pull: bool,
+    /// What this node shares with the partner. Absent: nothing (default deny).
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl PeerConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        identity::parse_public_key(&self.public_key)
+            .map_err(|e| format!("peer {}: public_key: {e}", self.id))?;
+        reqwest::Certificate::from_pem(self.certificate.as_bytes())
+            .map_err(|e| format!("peer {}: certificate: {e}", self.id))?;
+        if !self.url.starts_with("https://") {
+            return Err(format!("peer {}: url must start with https://", self.id));
+        }
+        self.policy
+            .validate()
+            .map_err(|e| format!("peer {}: policy: {e}", self.id))
+    }
+}
+
+/// A partner at run time.
+pub struct Peer {
+    pub id: String,
+    pub url: String,
+    pub pull: bool,
+    pub policy: Policy,
+    pinned: VerifyingKey,
+    keys: RwLock<KeyHistory>,
+    pub client: reqwest::Client,
+}
+
+impl Peer {
+    pub fn new(config: &PeerConfig, timeout: Duration) -> anyhow::Result<Peer> {
+        let pinned = identity::parse_public_key(&config.public_key)?;
+        let certificate = reqwest::Certificate::from_pem(config.certificate.as_bytes())?;
+        let client = reqwest::Client::builder()
+            .tls_certs_only([certificate])
+            .https_only(true)
+            .no_proxy()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()?;
+        Ok(Peer {
+            id: config.id.clone(),
+            url: config.url.trim_end_matches('/').to_owned(),
+            pull: config.pull,
+            policy: config.policy.clone(),
+            keys: RwLock::new(KeyHistory::new(&config.id, &pinned, "1970-01-01T00:00:00Z")),
+            pinned,
+            client,
+        })
+    }
+
+    /// The key history we trust for this partner.
+    pub fn keys(&self) -> KeyHistory {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Adopts the history the partner served, as far as it chains to the pinned key.
+    pub fn learn_keys(&self, served: &KeyHistory) -> Result<(), identity::KeyError> {
+        if served.node_id != self.id {
+            return Err(identity::KeyError::BadStatement(format!(
+                "history of {} served by {}",
+                served.node_id, self.id
+            )));
+        }
+        let trusted = KeyHistory::verified_from(served, &self.pinned)?;
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = trusted;
+        Ok(())
+    }
+}
+
+/// All partners, by id.
+#[derive(Default)]
+pub struct Peers {
+    by_id: BTreeMap<String, Arc<Peer>>,
+}
+
+impl Peers {
+    pub fn new(configs: &[PeerConfig], timeout: Duration) -> anyhow::Result<Peers> {
+        let mut by_id = BTreeMap::new();
+        for c in configs {
+            by_id.insert(c.id.clone(), Arc::new(Peer::new(c, timeout)?));
+        }
+        Ok(Peers { by_id })
+    }
+    pub fn get(&self, id: &str) -> Option<&Arc<Peer>> {
+        self.by_id.get(id)
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Peer>> {
+        self.by_id.values()
+    }
+}
+
+fn body_digest(body: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(body))
+}
+
+fn signing_input(
+    method: &str,
+    path_and_query: &str,
+    destination: &str,
+    sender: &str,
+    time: &str,
+    nonce: &str,
+    body: &[u8],
+) -> String {
+    format!(
+        "ammotrace-request-v1\n{method}\n{path_and_query}\n{destination}\n{sender}\n{time}\n{nonce}\n{}",
+        body_digest(body)
+    )
+}
+
+/// The headers that sign a request from `sender` to `destination`.
+pub fn sign_request(
+    key: &SigningKey,
+    sender: &str,
+    destination: &str,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) -> Vec<(&'static str, String)> {
+    let time = chrono::Utc::now().timestamp().to_string();
+    let nonce = crate::envelope::random_salt();
+    let input = signing_input(
+        method,
+        path_and_query,
+        destination,
+        sender,
+        &time,
+        &nonce,
+        body,
+    );
+    let sig = URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes()).to_bytes());
+    vec![
+        (H_SENDER, sender.to_owned()),
+        (H_DESTINATION, destination.to_owned()),
+        (H_KEY_ID, identity::key_id(&key.verifying_key())),
+        (H_TIME, time),
+        (H_NONCE, nonce),
+        (H_SIGNATURE, sig),
+    ]
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("missing header {0}")]
+    MissingHeader(&'static str),
+    #[error("unknown sender {0}")]
+    UnknownSender(String),
+    #[error("unknown or invalid key {0}")]
+    UnknownKey(String),
+    #[error("the signature does not verify")]
+    BadSignature,
+    #[error("the request is addressed to {0}, not to this node")]
+    WrongDestination(String),
+    #[error("the request time is {0} s away from this node's clock")]
+    Stale(i64),
+    #[error("the nonce was used before")]
+    Replayed,
+}
+
+impl Refusal {
+    /// 403 for a well-signed request to the wrong node; 401 for the rest.
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::WrongDestination(_) => 403,
+            _ => 401,
+        }
+    }
+}
+
+/// The signed headers of an incoming request.
+pub struct SignedHeaders<'a> {
+    pub sender: &'a str,
+    pub destination: &'a str,
+    pub key_id: &'a str,
+    pub time: &'a str,
+    pub nonce: &'a str,
+    pub signature: &'a str,
+}
+
+impl<'a> SignedHeaders<'a> {
+    pub fn from(get: impl Fn(&'static str) -> Option<&'a str>) -> Result<Self, Refusal> {
+        let h = |name| get(name).ok_or(Refusal::MissingHeader(name));
+        Ok(SignedHeaders {
+            sender: h(H_SENDER)?,
+            destination: h(H_DESTINATION)?,
+            key_id: h(H_KEY_ID)?,
+            time: h(H_TIME)?,
+            nonce: h(H_NONCE)?,
+            signature: h(H_SIGNATURE)?,
+        })
+    }
+}
+
+/// Verifies a request's signature, destination and time (the caller checks the nonce after,
+/// so a forged request cannot burn a genuine nonce). Returns the sender.
+pub fn verify_request(
+    peers: &Peers,
+    me: &str,
+    max_skew_secs: i64,
+    headers: &SignedHeaders<'_>,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) -> Result<Arc<Peer>, Refusal> {
+    let peer = peers
+        .get(headers.sender)
+        .ok_or_else(|| Refusal::UnknownSender(headers.sender.to_owned()))?;
+    let now = chrono::Utc::now();
+    let time: i64 = headers.time.parse().map_err(|_| Refusal::Stale(i64::MAX))?;
+    let key = peer
+        .keys()
+        .key_valid_at(
+            headers.key_id,
+            &now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        )
+        .map_err(|_| Refusal::UnknownKey(headers.key_id.to_owned()))?;
+    let input = signing_input(
+        method,
+        path_and_query,
+        headers.destination,
+        headers.sender,
+        headers.time,
+        headers.nonce,
+        body,
+    );
+    let sig = URL_SAFE_NO_PAD
+        .decode(headers.signature)
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
+        .map(|b| Signature::from_bytes(&b))
+        .ok_or(Refusal::BadSignature)?;
+    key.verify_strict(input.as_bytes(), &sig)
+        .map_err(|_| Refusal::BadSignature)?;
+    if headers.destination != me {
+        return Err(Refusal::WrongDestination(headers.destination.to_owned()));
+    }
+    let skew = now.timestamp() - time;
+    if skew.abs() > max_skew_secs {
+        return Err(Refusal::Stale(skew));
+    }
+    Ok(peer.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_requests_verify_and_refusals_are_precise() {
+        let key = SigningKey::from_bytes(&[3u8; 32]);
+        let vk = key.verifying_key();
+        let dir = tempfile::tempdir().unwrap();
+        identity::init(dir.path(), "XAA").unwrap();
+        let config = PeerConfig {
+            id: "XAA".into(),
+            url: "https://127.0.0.1:1".into(),
+            public_key: format!(
+                "{} {}",
+                identity::key_id(&vk),
+                URL_SAFE_NO_PAD.encode(vk.as_bytes())
+            ),
+            certificate: std::fs::read_to_string(dir.path().join(identity::TLS_CERT_FILE)).unwrap(),
+            pull: true,
+            policy: Policy::default(),
+        };
+        config.validate().unwrap();
+        let peers = Peers::new(&[config], Duration::from_secs(1)).unwrap();
+        let signed = sign_request(
+            &key,
+            "XAA",
+            "XBB",
+            "GET",
+            "/federation/v1/feed?after=0",
+            b"",
+        );
+        let get = |name: &str| {
+            signed
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let headers = SignedHeaders::from(get).unwrap();
+        let ok = verify_request(
+            &peers,
+            "XBB",
+            300,
+            &headers,
+            "GET",
+            "/federation/v1/feed?after=0",
+            b"",
+        );
+        assert_eq!(ok.unwrap().id, "XAA");
+        assert_eq!(
+            verify_request(
+                &peers,
+                "XBB",
+                300,
+                &headers,
+                "GET",
+                "/federation/v1/feed?after=1",
+                b""
+            )
+            .err(),
+            Some(Refusal::BadSignature)
+        );
+        assert_eq!(
+            verify_request(
+                &peers,
+                "XCC",
+                300,
+                &headers,
+                "GET",
+                "/federation/v1/feed?after=0",
+                b""
+            )
+            .err(),
+            Some(Refusal::WrongDestination("XBB".into()))
+        );
+        let other = sign_request(
+            &SigningKey::from_bytes(&[4u8; 32]),
+            "XAA",
+            "XBB",
+            "GET",
+            "/",
+            b"",
+        );
+        let get = |name: &str| {
+            other
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let headers = SignedHeaders::from(get).unwrap();
+        assert!(matches!(
+            verify_request(&peers, "XBB", 300, &headers, "GET", "/", b""),
+            Err(Refusal::UnknownKey(_))
+        ));
+    }
+}

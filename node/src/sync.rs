@@ -1,0 +1,628 @@
+//! Exact pull sync (design §6): the feed this node serves of its own changes, and the puller
+//! that applies partners' feeds.
+//!
+//! The feed lists every own change after a cursor, in order: the partner's view of the version
+//! (its envelope with the disclosures the policy allows) or, when the policy withholds it, only
+//! its sequence number and claims digest. Each envelope's claims name the digest of the
+//! previous change's claims, so the puller can prove it has every change (a refused page when
+//! the chain shows a gap) without seeing withheld ones. A page and the new cursor are stored
+//! in one transaction; the puller resumes after any outage without loss or duplicates.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::envelope::Envelope;
+use crate::identity::KeyHistory;
+use crate::node::Node;
+use crate::peer::{self, Peer};
+use crate::policy::{self, Mode};
+use crate::record::RecordId;
+use crate::store::{Cursor, Replica};
+
+/// One change in a feed page.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedEntry {
+    pub seq: u64,
+    /// Digest of the change's claims.
+    pub digest: String,
+    /// The partner's view, or null when its policy withholds this change.
+    pub envelope: Option<Envelope>,
+}
+
+/// `GET /federation/v1/feed` answers with this.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedPage {
+    pub origin: String,
+    /// Digest of the policy the page was made under.
+    pub policy: String,
+    /// Whether the partner may relay what it receives.
+    pub relay: bool,
+    pub after: u64,
+    pub entries: Vec<FeedEntry>,
+    /// The origin's latest change sequence number.
+    pub last_seq: u64,
+}
+
+/// A signed acknowledgement that a partner applied record versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    pub v: u32,
+    pub from: String,
+    pub to: String,
+    pub at: String,
+    pub key_id: String,
+    pub applied: Vec<Applied>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Applied {
+    pub record_id: String,
+    pub version: u32,
+    pub retracted: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedReceipt {
+    pub receipt: Receipt,
+    pub sig: String,
+}
+
+fn hours_since(issued_at: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(issued_at)
+        .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_hours())
+        .unwrap_or(0)
+}
+
+/// Normalises a path for the audit log: array positions become `*`.
+fn path_pattern(path: &str) -> String {
+    path.split('/')
+        .map(|s| {
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                "*"
+            } else {
+                s
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The view `peer` gets of one stored own version, or None when the policy withholds it.
+/// `Err(())` when the version is still under the peer's embargo.
+pub fn view_for(
+    node: &Node,
+    peer: &Peer,
+    envelope: &Envelope,
+    record: &Value,
+) -> Result<Option<Envelope>, ()> {
+    let age = hours_since(&envelope.claims.issued_at);
+    if age < i64::from(peer.policy.embargo_hours) {
+        return Err(());
+    }
+    let _ = node;
+    let decision = policy::decide(&peer.id, &peer.policy, record, &envelope.paths(), age);
+    if !decision.shared {
+        return Ok(None);
+    }
+    let allowed: HashSet<&str> = decision.disclosed().collect();
+    Ok(Some(envelope.view(|p| allowed.contains(p))))
+}
+
+/// Builds `peer`'s feed page after `after` (blocking: reads the store).
+pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::Result<FeedPage> {
+    let store = node.store();
+    let changes = store.own_changes_after(after, limit)?;
+    let mut entries = Vec::with_capacity(changes.len());
+    let mut disclosed_versions = Vec::new();
+    let mut disclosed_paths = std::collections::BTreeSet::new();
+    for change in changes {
+        let bytes = store
+            .envelope(&change.id, change.version)?
+            .ok_or_else(|| anyhow::anyhow!("no envelope for {}@{}", change.id, change.version))?;
+        let envelope: Envelope = serde_json::from_slice(&bytes)?;
+        let record = store
+            .get(&change.id, Some(change.version))?
+            .ok_or_else(|| anyhow::anyhow!("no record {}@{}", change.id, change.version))?;
+        let view = match view_for(node, peer, &envelope, &record) {
+            Ok(view) => view,
+            // Embargoed: the page stops here, the partner asks again later.
+            Err(()) => break,
+        };
+        if let Some(view) = &view {
+            disclosed_versions.push(format!("{}@{}", change.id, change.version));
+            for d in &view.disclosures {
+                disclosed_paths.insert(path_pattern(d.path()));
+            }
+        }
+        entries.push(FeedEntry {
+            seq: change.seq,
+            digest: change.digest,
+            envelope: view,
+        });
+    }
+    if !disclosed_versions.is_empty() {
+        node.audit().record(
+            "disclosure",
+            json!({
+                "partner": peer.id,
+                "channel": "feed",
+                "versions": disclosed_versions,
+                "paths": disclosed_paths,
+            }),
+            true,
+        );
+    }
+    Ok(FeedPage {
+        origin: node.config().node_id.clone(),
+        policy: peer.policy.digest(),
+        relay: peer.policy.relay,
+        after,
+        entries,
+        last_seq: store.own_tail()?.0,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{0} is unreachable: {1}")]
+    Unreachable(String, String),
+    #[error("{peer} answered {status}: {detail}")]
+    Refused {
+        peer: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("refused a page from {peer}: {reason}")]
+    BadPage { peer: String, reason: String },
+    #[error(transparent)]
+    Local(#[from] anyhow::Error),
+}
+
+/// Sends a signed request to `peer`; the answer body as JSON.
+pub async fn request(
+    node: &Node,
+    peer: &Peer,
+    method: reqwest::Method,
+    path_and_query: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Value, SyncError> {
+    let body = body.unwrap_or_default();
+    let headers = peer::sign_request(
+        node.identity().signing_key(),
+        &node.config().node_id,
+        &peer.id,
+        method.as_str(),
+        path_and_query,
+        &body,
+    );
+    let mut req = peer
+        .client
+        .request(method, format!("{}{path_and_query}", peer.url));
+    for (name, value) in headers {
+        req = req.header(name, value);
+    }
+    if !body.is_empty() {
+        req = req.header("content-type", "application/json").body(body);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| SyncError::Unreachable(peer.id.clone(), error_chain(&e)))?;
+    let status = resp.status();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| SyncError::Unreachable(peer.id.clone(), error_chain(&e)))?;
+    if !status.is_success() {
+        let detail = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        return Err(SyncError::Refused {
+            peer: peer.id.clone(),
+            status: status.as_u16(),
+            detail,
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| SyncError::BadPage {
+        peer: peer.id.clone(),
+        reason: format!("not JSON: {e}"),
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Fetches `peer`'s key history and adopts what chains to its pinned key.
+pub async fn refresh_keys(node: &Node, peer: &Peer) -> Result<(), SyncError> {
+    let served = request(
+        node,
+        peer,
+        reqwest::Method::GET,
+        "/federation/v1/identity",
+        None,
+    )
+    .await?;
+    let served: KeyHistory = serde_json::from_value(served).map_err(|e| SyncError::BadPage {
+        peer: peer.id.clone(),
+        reason: format!("identity: {e}"),
+    })?;
+    peer.learn_keys(&served).map_err(|e| SyncError::BadPage {
+        peer: peer.id.clone(),
+        reason: format!("identity: {e}"),
+    })
+}
+
+/// Checks a page against the cursor: contiguous sequence numbers from `cursor.after + 1`,
+/// every claims `prev` naming the previous digest, every envelope from `peer`, signed by a key
+/// valid when it was issued, and every disclosure listed. Returns the new cursor.
+pub fn verify_page(peer: &Peer, cursor: &Cursor, page: &FeedPage) -> Result<Cursor, String> {
+    if page.origin != peer.id {
+        return Err(format!("the page names origin {}", page.origin));
+    }
+    if page.after != cursor.after {
+        return Err(format!(
+            "asked after {}, got a page after {}",
+            cursor.after, page.after
+        ));
+    }
+    let keys = peer.keys();
+    let mut expected = cursor.after + 1;
+    let mut prev = cursor.prev.clone();
+    for entry in &page.entries {
+        if entry.seq != expected {
+            return Err(format!(
+                "gap: expected change {expected}, got {}",
+                entry.seq
+            ));
+        }
+        if let Some(env) = &entry.envelope {
+            let c = &env.claims;
+            if c.seq != entry.seq || c.origin != peer.id {
+                return Err(format!(
+                    "change {}: claims name {}#{}",
+                    entry.seq, c.origin, c.seq
+                ));
+            }
+            if c.prev != prev {
+                return Err(format!("change {}: the hash chain is broken", entry.seq));
+            }
+            let digest = c.digest().map_err(|e| e.to_string())?;
+            if digest != entry.digest {
+                return Err(format!(
+                    "change {}: digest does not match the claims",
+                    entry.seq
+                ));
+            }
+            let key = keys
+                .key_valid_at(&c.key_id, &c.issued_at)
+                .map_err(|e| format!("change {}: {e}", entry.seq))?;
+            env.verify(&key)
+                .map_err(|e| format!("change {}: {e}", entry.seq))?;
+            if RecordId::parse(&c.record_id).is_none() {
+                return Err(format!("change {}: bad record id", entry.seq));
+            }
+        }
+        prev = entry.digest.clone();
+        expected += 1;
+    }
+    Ok(Cursor {
+        after: expected - 1,
+        prev,
+        policy: page.policy.clone(),
+    })
+}
+
+/// The outcome of one pull.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Pulled {
+    pub pages: usize,
+    pub applied: usize,
+}
+
+/// Pulls `peer`'s feed until caught up.
+pub async fn pull(node: &Arc<Node>, peer: &Arc<Peer>) -> Result<Pulled, SyncError> {
+    refresh_keys(node, peer).await?;
+    let mut pulled = Pulled::default();
+    let limit = node.config().federation.page_size;
+    loop {
+        let n = node.clone();
+        let id = peer.id.clone();
+        let mut cursor = tokio::task::spawn_blocking(move || n.store().cursor(&id))
+            .await
+            .map_err(anyhow::Error::from)?
+            .map_err(anyhow::Error::from)?;
+        let value = request(
+            node,
+            peer,
+            reqwest::Method::GET,
+            &format!("/federation/v1/feed?after={}&limit={limit}", cursor.after),
+            None,
+        )
+        .await?;
+        let page: FeedPage = serde_json::from_value(value).map_err(|e| SyncError::BadPage {
+            peer: peer.id.clone(),
+            reason: format!("not a feed page: {e}"),
+        })?;
+        if page.policy != cursor.policy && cursor.after > 0 {
+            // The partner changed what it shares with us: replay its feed from the start, so
+            // a widened policy reaches back (held versions are merged, never lost).
+            tracing::info!(peer = %peer.id, "partner's policy changed: replaying its feed");
+            cursor = Cursor {
+                after: 0,
+                prev: String::new(),
+                policy: page.policy.clone(),
+            };
+            let n = node.clone();
+            let id = peer.id.clone();
+            let c = cursor.clone();
+            tokio::task::spawn_blocking(move || n.store().set_cursor(&id, &c))
+                .await
+                .map_err(anyhow::Error::from)?
+                .map_err(anyhow::Error::from)?;
+            continue;
+        }
+        let count = page.entries.len();
+        let n = node.clone();
+        let p = peer.clone();
+        let applied = tokio::task::spawn_blocking(move || apply_page(&n, &p, &cursor, page))
+            .await
+            .map_err(anyhow::Error::from)??;
+        pulled.pages += 1;
+        pulled.applied += applied.len();
+        if !applied.is_empty() {
+            node.index().notify();
+            send_receipt(node, peer, applied).await;
+        }
+        if count < limit {
+            return Ok(pulled);
+        }
+    }
+}
+
+/// Verifies and stores one page (blocking). Returns what was applied, for the receipt.
+fn apply_page(
+    node: &Node,
+    peer: &Peer,
+    cursor: &Cursor,
+    page: FeedPage,
+) -> Result<Vec<Applied>, SyncError> {
+    let next = verify_page(peer, cursor, &page).map_err(|reason| {
+        node.audit().record(
+            "feed_page_refused",
+            json!({ "partner": peer.id, "after": cursor.after, "reason": reason }),
+            true,
+        );
+        tracing::warn!(peer = %peer.id, %reason, "refused a feed page");
+        SyncError::BadPage {
+            peer: peer.id.clone(),
+            reason,
+        }
+    })?;
+    let mut replicas = Vec::new();
+    let mut applied = Vec::new();
+    for entry in page.entries {
+        let Some(mut envelope) = entry.envelope else {
+            continue;
+        };
+        let c = envelope.claims.clone();
+        let Some(id) = RecordId::parse(&c.record_id) else {
+            continue;
+        };
+        // Only the origin changes its records: an own record never takes a partner's version.
+        let store = node.store();
+        if store.head(&id).map_err(anyhow::Error::from)?.is_some()
+            && store.is_own(&id).map_err(anyhow::Error::from)?
+        {
+            return Err(SyncError::BadPage {
+                peer: peer.id.clone(),
+                reason: format!("change {} names this node's own record {id}", entry.seq),
+            });
+        }
+        // A version already held (a replay after a policy change): keep the union of views.
+        if let Some(held) = store
+            .envelope(&id, c.version)
+            .map_err(anyhow::Error::from)?
+            .and_then(|b| serde_json::from_slice::<Envelope>(&b).ok())
+            && let Some(merged) = held.merge(&envelope)
+        {
+            envelope = merged;
+        }
+        let mut record = envelope.record();
+        if let Some(o) = record.as_object_mut() {
+            o.insert("record_id".into(), json!(c.record_id));
+            o.insert("record_version".into(), json!(c.version));
+            o.insert("originating_state".into(), json!(c.origin));
+            if c.retracted {
+                o.insert("retracted".into(), json!(true));
+            }
+        }
+        crate::record::derive(&mut record);
+        applied.push(Applied {
+            record_id: c.record_id.clone(),
+            version: c.version,
+            retracted: c.retracted,
+        });
+        replicas.push(Replica {
+            id,
+            version: c.version,
+            record,
+            envelope: serde_json::to_vec(&envelope).map_err(anyhow::Error::from)?,
+            retracted: c.retracted,
+        });
+    }
+    node.store()
+        .apply_replicas(&peer.id, &replicas, &next)
+        .map_err(anyhow::Error::from)?;
+    node.store().flush().map_err(anyhow::Error::from)?;
+    if !applied.is_empty() {
+        node.audit().record(
+            "received",
+            json!({ "partner": peer.id, "after": cursor.after, "to": next.after, "versions": applied.len() }),
+            false,
+        );
+    }
+    Ok(applied)
+}
+
+/// Signs a receipt for applied versions and sends it to their origin (best effort: a lost
+/// receipt is sent again by no one, but the origin sees the version missing in its receipts).
+async fn send_receipt(node: &Node, peer: &Peer, applied: Vec<Applied>) {
+    let receipt = Receipt {
+        v: 1,
+        from: node.config().node_id.clone(),
+        to: peer.id.clone(),
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        key_id: node.identity().key_id(),
+        applied,
+    };
+    let signed = match sign_receipt(node, receipt) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot sign a receipt");
+            return;
+        }
+    };
+    let body = serde_json::to_vec(&signed).unwrap_or_default();
+    if let Err(e) = request(
+        node,
+        peer,
+        reqwest::Method::POST,
+        "/federation/v1/receipts",
+        Some(body),
+    )
+    .await
+    {
+        tracing::warn!(peer = %peer.id, error = %e, "receipt not delivered");
+    }
+}
+
+fn sign_receipt(node: &Node, receipt: Receipt) -> anyhow::Result<SignedReceipt> {
+    use base64::Engine;
+    use ed25519_dalek::Signer;
+    let bytes = crate::envelope::canonical(&receipt)?;
+    let sig = node.identity().signing_key().sign(&bytes);
+    Ok(SignedReceipt {
+        receipt,
+        sig: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig.to_bytes()),
+    })
+}
+
+/// Checks a receipt's signature with the sender's key valid at its time.
+pub fn verify_receipt(peer: &Peer, signed: &SignedReceipt) -> Result<(), String> {
+    use base64::Engine;
+    let key = peer
+        .keys()
+        .key_valid_at(&signed.receipt.key_id, &signed.receipt.at)
+        .map_err(|e| e.to_string())?;
+    let bytes = crate::envelope::canonical(&signed.receipt).map_err(|e| e.to_string())?;
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&signed.sig)
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
+        .map(|b| ed25519_dalek::Signature::from_bytes(&b))
+        .ok_or("malformed signature")?;
+    key.verify_strict(&bytes, &sig)
+        .map_err(|_| "the receipt's signature does not verify".to_owned())
+}
+
+/// Starts the background work of federation: one puller per partner we pull from (woken by
+/// its notify calls and by a timer), and the notifier that tells replicating partners about
+/// new writes.
+pub fn start(node: Arc<Node>, stop: tokio::sync::watch::Receiver<bool>) {
+    let interval = Duration::from_millis(node.config().federation.pull_interval_ms);
+    for peer in node.peers().iter().filter(|p| p.pull).cloned() {
+        let node = node.clone();
+        let mut stop = stop.clone();
+        let wake = node.pull_wake(&peer.id);
+        tokio::spawn(async move {
+            loop {
+                match pull(&node, &peer).await {
+                    Ok(p) if p.applied > 0 => {
+                        tracing::info!(peer = %peer.id, applied = p.applied, "pulled")
+                    }
+                    Ok(_) => {}
+                    // A partner that shares nothing with us by feed answers 403: not an error.
+                    Err(SyncError::Refused { status: 403, .. }) => {}
+                    Err(e) => tracing::warn!(peer = %peer.id, error = %e, "pull failed"),
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        });
+    }
+    let replicating: Vec<Arc<Peer>> = node
+        .peers()
+        .iter()
+        .filter(|p| p.policy.mode == Mode::Replicate)
+        .cloned()
+        .collect();
+    if replicating.is_empty() {
+        return;
+    }
+    let mut stop = stop;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = node.wait_written() => {}
+            }
+            // Gather a burst of writes into one notify.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let body = serde_json::to_vec(&json!({
+                "last_seq": node.store().own_tail().map(|t| t.0).unwrap_or(0)
+            }))
+            .unwrap_or_default();
+            let mut calls = tokio::task::JoinSet::new();
+            for peer in &replicating {
+                let (body, node, peer) = (body.clone(), node.clone(), peer.clone());
+                calls.spawn(async move {
+                    let path = "/federation/v1/notify";
+                    if let Err(e) =
+                        request(&node, &peer, reqwest::Method::POST, path, Some(body)).await
+                    {
+                        tracing::debug!(peer = %peer.id, error = %e, "notify not delivered");
+                    }
+                });
+            }
+            calls.join_all().await;
+        }
+    });
+}
+
+/// Per-partner wake-ups for the pullers, set by the notify endpoint.
+#[derive(Default)]
+pub struct Wakes {
+    map: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+}
+
+impl Wakes {
+    pub fn get(&self, peer: &str) -> Arc<tokio::sync::Notify> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(peer.to_owned())
+            .or_default()
+            .clone()
+    }
+}
