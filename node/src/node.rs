@@ -72,6 +72,59 @@ pub fn init(data_dir: &Path, node_id: &str) -> anyhow::Result<Initialised> {
     })
 }
 
+/// Writes to the audit log every policy and key change since the node last started (they are
+/// made in `config.toml` and by `ammotrace keys` while the node is stopped).
+fn audit_changes(
+    store: &Store,
+    audit: &AuditLog,
+    config: &Config,
+    identity: &Identity,
+) -> anyhow::Result<()> {
+    let key_id = identity.key_id();
+    if store.note("key_id")?.as_deref() != Some(key_id.as_str()) {
+        audit.append(
+            "key_in_use",
+            serde_json::json!({ "key_id": key_id, "previous": store.note("key_id")? }),
+            true,
+        )?;
+        store.set_note("key_id", &key_id)?;
+    }
+    let mut known: Vec<String> = store
+        .note("peers")?
+        .map(|s| {
+            s.split(',')
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    for peer in &config.peers {
+        let digest = peer.policy.digest();
+        let name = format!("policy:{}", peer.id);
+        if store.note(&name)?.as_deref() != Some(digest.as_str()) {
+            audit.append(
+                "policy_changed",
+                serde_json::json!({ "partner": peer.id, "policy": peer.policy, "digest": digest, "public_key": peer.public_key }),
+                true,
+            )?;
+            store.set_note(&name, &digest)?;
+        }
+    }
+    known.retain(|id| !config.peers.iter().any(|p| &p.id == id));
+    for removed in known {
+        audit.append(
+            "peer_removed",
+            serde_json::json!({ "partner": removed }),
+            true,
+        )?;
+        store.set_note(&format!("policy:{removed}"), "")?;
+    }
+    let ids: Vec<&str> = config.peers.iter().map(|p| p.id.as_str()).collect();
+    store.set_note("peers", &ids.join(","))?;
+    store.flush()?;
+    Ok(())
+}
+
 impl Node {
     /// Opens the node in `data_dir` (initialised by [`init`]) with its `config.toml`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Arc<Node>> {
@@ -120,6 +173,7 @@ impl Node {
             Duration::from_millis(config.index.commit_interval_ms),
         )
         .context("cannot open the index")?;
+        audit_changes(&store, &audit, &config, &identity)?;
         Ok(Arc::new(Node {
             validator: Validator::new(&config.node_id),
             config,

@@ -770,6 +770,19 @@ impl Store {
         Ok(fresh)
     }
 
+    /// A small named value kept with the store (e.g. the policy digest last seen per partner).
+    pub fn note(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .meta
+            .get(format!("note:{name}"))?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    pub fn set_note(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.meta.insert(format!("note:{name}"), value.as_bytes())?;
+        Ok(())
+    }
+
     /// Bytes the store occupies on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)

@@ -553,15 +553,30 @@ pub fn start(node: Arc<Node>, stop: tokio::sync::watch::Receiver<bool>) {
         let mut stop = stop.clone();
         let wake = node.pull_wake(&peer.id);
         tokio::spawn(async move {
+            // The last failure, so a partner that stays down is logged once, not every round.
+            let mut failing: Option<String> = None;
             loop {
                 match pull(&node, &peer).await {
-                    Ok(p) if p.applied > 0 => {
-                        tracing::info!(peer = %peer.id, applied = p.applied, "pulled")
+                    Ok(p) => {
+                        if failing.take().is_some() {
+                            tracing::info!(peer = %peer.id, "partner reachable again");
+                        }
+                        if p.applied > 0 {
+                            tracing::info!(peer = %peer.id, applied = p.applied, "pulled");
+                        }
                     }
-                    Ok(_) => {}
                     // A partner that shares nothing with us by feed answers 403: not an error.
                     Err(SyncError::Refused { status: 403, .. }) => {}
-                    Err(e) => tracing::warn!(peer = %peer.id, error = %e, "pull failed"),
+                    Err(e) => {
+                        let kind = match &e {
+                            SyncError::Unreachable(..) => "unreachable".to_owned(),
+                            other => other.to_string(),
+                        };
+                        if failing.as_deref() != Some(kind.as_str()) {
+                            tracing::warn!(peer = %peer.id, error = %e, "pull failed");
+                            failing = Some(kind);
+                        }
+                    }
                 }
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => return,

@@ -34,6 +34,8 @@ pub fn shared_data() -> PathBuf {
 pub struct TestNode {
     pub node_id: String,
     pub url: String,
+    /// Port of the federation API (HTTPS), kept across restarts.
+    pub federation_port: u16,
     pub token: String,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -90,43 +92,65 @@ impl TestNode {
         anyhow::ensure!(status.success(), "init failed");
         let config = data_dir.join("config.toml");
         std::fs::write(&config, edit(std::fs::read_to_string(&config)?))?;
-        let mut node = TestNode::start(&data_dir, node_id).await?;
+        let mut node = TestNode::start(&data_dir, node_id, 0).await?;
         node._tmp = Some(tmp);
         Ok(node)
     }
 
-    /// Starts a node process on an initialised data directory.
-    pub async fn start(data_dir: &Path, node_id: &str) -> anyhow::Result<TestNode> {
+    /// Starts a node process on an initialised data directory, its federation API on
+    /// `federation_port` (0: any free port).
+    pub async fn start(
+        data_dir: &Path,
+        node_id: &str,
+        federation_port: u16,
+    ) -> anyhow::Result<TestNode> {
         let mut child = Command::new(node_binary())
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "ammotrace=warn")
+            .arg("--federation-listen")
+            .arg(format!("127.0.0.1:{federation_port}"))
+            .env(
+                "RUST_LOG",
+                std::env::var("AMMOTRACE_TEST_LOG").unwrap_or_else(|_| "ammotrace=warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
         let stdout = child.stdout.take().context("no stdout")?;
-        let url = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Some(line) = lines.next() {
-                let line = line?;
-                if let Some(rest) = line.trim().strip_prefix("API:") {
-                    let url = rest.split_whitespace().next().unwrap_or_default();
-                    let base = url.trim_end_matches("/api/v1").to_owned();
-                    // Keep draining stdout so the child never blocks on a full pipe.
-                    std::thread::spawn(move || for _ in lines.by_ref() {});
-                    return Ok(base);
+        let (url, federation_port) =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<(String, u16)> {
+                let mut lines = BufReader::new(stdout).lines();
+                let mut base = None;
+                while let Some(line) = lines.next() {
+                    let line = line?;
+                    if let Some(rest) = line.trim().strip_prefix("API:") {
+                        let url = rest.split_whitespace().next().unwrap_or_default();
+                        base = Some(url.trim_end_matches("/api/v1").to_owned());
+                    }
+                    if let Some(rest) = line.trim().strip_prefix("federation:") {
+                        let url = rest.split_whitespace().next().unwrap_or_default();
+                        let port = url
+                            .trim_start_matches("https://")
+                            .split(['/', ':'])
+                            .nth(1)
+                            .and_then(|p| p.parse().ok())
+                            .unwrap_or(0);
+                        // Keep draining stdout so the child never blocks on a full pipe.
+                        std::thread::spawn(move || for _ in lines.by_ref() {});
+                        return Ok((base.unwrap_or_default(), port));
+                    }
                 }
-            }
-            bail!("the node exited before printing its address")
-        })
-        .await??;
+                bail!("the node exited before printing its address")
+            })
+            .await??;
         let token = std::fs::read_to_string(data_dir.join("admin.token"))?
             .trim()
             .to_owned();
         Ok(TestNode {
             node_id: node_id.to_owned(),
             url,
+            federation_port,
             token,
             data_dir: data_dir.to_owned(),
             _tmp: None,
@@ -161,9 +185,54 @@ impl TestNode {
     pub async fn restart(mut self) -> anyhow::Result<TestNode> {
         self.stop()?;
         let tmp = self._tmp.take();
-        let mut node = TestNode::start(&self.data_dir, &self.node_id).await?;
+        let mut node = TestNode::start(&self.data_dir, &self.node_id, self.federation_port).await?;
         node._tmp = tmp;
         Ok(node)
+    }
+
+    /// Starts a stopped node again (same data directory and federation port).
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "the node is running");
+        let mut fresh =
+            TestNode::start(&self.data_dir, &self.node_id, self.federation_port).await?;
+        self.url = std::mem::take(&mut fresh.url);
+        self.child = fresh.child.take();
+        Ok(())
+    }
+
+    /// Runs an `ammotrace` command (e.g. `keys rotate`) against this node's data directory.
+    pub fn command(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let output = Command::new(node_binary())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .output()?;
+        Ok(output)
+    }
+
+    /// Waits (up to `timeout`) until `GET /api/v1/records/{id}` shows version `version`.
+    pub async fn wait_for_version(
+        &self,
+        id: &str,
+        version: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let answer = self.get_record(id).await?;
+            if answer.status == 200 && answer.body["record_version"].as_u64() >= Some(version) {
+                return Ok(answer.body);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "{}: record {id} v{version} did not arrive within {timeout:?} (last: {} {})",
+                    self.node_id,
+                    answer.status,
+                    answer.body
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn answer(response: reqwest::Response) -> anyhow::Result<Answer> {
@@ -285,3 +354,5 @@ impl Drop for TestNode {
         let _ = self.kill9();
     }
 }
+
+pub mod federation;

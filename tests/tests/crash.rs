@@ -74,7 +74,7 @@ async fn kill_9_during_bulk_import_loses_no_acknowledged_record() {
 
     // `crashed` keeps the temporary data directory alive.
     let crashed = node;
-    let node = TestNode::start(&crashed.data_dir, "XAA").await.unwrap();
+    let node = TestNode::start(&crashed.data_dir, "XAA", 0).await.unwrap();
     let exported: std::collections::HashSet<String> = node
         .export_lines()
         .await

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod error;
 pub mod federation;
 mod import;
+mod peers;
 mod records;
 mod search;
 
@@ -54,6 +55,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/search", get(search::search))
         .route("/api/v1/import", axum::routing::post(import::import))
         .route("/api/v1/export", get(records::export))
+        .route("/api/v1/records/{id}/receipts", get(peers::receipts))
+        .route("/api/v1/peers", get(peers::list))
+        .route(
+            "/api/v1/peers/{id}/preview/{record_id}",
+            get(peers::preview),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

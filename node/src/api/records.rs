@@ -14,7 +14,7 @@ use super::{AppState, JsonBody, now_rfc3339};
 use crate::record::{RecordId, is_retracted};
 use crate::store::Written;
 
-fn parse_id(text: &str) -> Result<RecordId, ApiError> {
+pub(crate) fn parse_id(text: &str) -> Result<RecordId, ApiError> {
     RecordId::parse(text).ok_or_else(|| {
         ApiError::bad_request(
             "/record_id",

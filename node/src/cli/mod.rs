@@ -17,6 +17,8 @@ use crate::identity::ADMIN_TOKEN_FILE;
 use crate::import::Format;
 use crate::node::{self, INDEX_DIR, Node, STORE_DIR};
 
+mod federation;
+
 /// Default data directory of a plain `ammotrace serve`.
 pub const DEFAULT_DATA_DIR: &str = "ammotrace-data";
 
@@ -115,6 +117,18 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
+    /// The node's signing keys: show, rotate, revoke.
+    #[command(subcommand)]
+    Keys(federation::KeysCommand),
+    /// Partners: this node's card, add, list.
+    #[command(subcommand)]
+    Peers(federation::PeersCommand),
+    /// Sharing policies: what a partner receives, and why.
+    #[command(subcommand)]
+    Policy(federation::PolicyCommand),
+    /// The audit log: verify its hash chain.
+    #[command(subcommand)]
+    Audit(federation::AuditCommand),
 }
 
 /// How a client command reaches a node.
@@ -169,13 +183,15 @@ impl Client {
     }
 }
 
-async fn answer(response: reqwest::Response) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+pub(crate) async fn answer(
+    response: reqwest::Response,
+) -> anyhow::Result<(reqwest::StatusCode, Value)> {
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     Ok((status, body))
 }
 
-fn problem_text(body: &Value) -> String {
+pub(crate) fn problem_text(body: &Value) -> String {
     let mut text = body
         .get("detail")
         .and_then(Value::as_str)
@@ -232,6 +248,10 @@ pub fn main() -> ExitCode {
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Keys(c) => federation::keys(c),
+        Command::Peers(c) => federation::peers(c),
+        Command::Policy(c) => federation::policy(c).await,
+        Command::Audit(c) => federation::audit(c),
         Command::Init { data_dir, node_id } => {
             let created = node::init(&data_dir, &node_id)?;
             println!("initialised {} for {node_id}", data_dir.display());

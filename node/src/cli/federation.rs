@@ -1,0 +1,357 @@
+//! Federation commands: `keys`, `peers`, `policy`, `audit`. `keys` and `peers add` change the
+//! data directory and take effect when the node (re)starts, which records the change in the
+//! audit log.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use super::{Client, ClientArgs, DEFAULT_DATA_DIR, answer, problem_text};
+use crate::config::Config;
+use crate::identity::{self, KeyHistory};
+use crate::peer::PeerConfig;
+use crate::policy::Policy;
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Show the key history (what partners fetch from /federation/v1/identity).
+    Show {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+    /// Replace the node key; the rotation statement is signed by the old key. Restart the
+    /// node to use the new key.
+    Rotate {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+    /// Revoke a key (default: the current one, which is first replaced) from TIME (RFC 3339):
+    /// signatures dated from then on are refused by partners.
+    Revoke {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        at: String,
+        /// Key id to revoke.
+        #[arg(long)]
+        key: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeersCommand {
+    /// Print this node's card: what a partner needs to add it (id, url, key, certificate).
+    Card {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The URL partners reach this node's federation API at (https://host:port).
+        #[arg(long)]
+        url: String,
+    },
+    /// Add a partner to config.toml (from its card, or from flags), with a policy (default:
+    /// share nothing). Restart the node to apply.
+    Add {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The partner's card (JSON from `ammotrace peers card`).
+        #[arg(long)]
+        card: Option<PathBuf>,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        url: Option<String>,
+        /// The partner's public key as in its node.pub (`KEY_ID BASE64URL`).
+        #[arg(long)]
+        public_key: Option<String>,
+        /// The partner's TLS certificate (PEM file), pinned.
+        #[arg(long)]
+        certificate_file: Option<PathBuf>,
+        /// What this node shares with the partner: a policy document (JSON, see
+        /// schemas/policy.schema.json).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Do not pull the partner's feed.
+        #[arg(long)]
+        no_pull: bool,
+    },
+    /// List configured partners.
+    List {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Show a partner's policy, rule by rule; with --record, ask the running node exactly
+    /// which fields of that record the partner would receive and why.
+    Show {
+        peer: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        record: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the audit log's hash chain; report the first broken entry.
+    Verify {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+}
+
+fn node_id(data_dir: &Path) -> anyhow::Result<String> {
+    Ok(Config::load(data_dir)?.node_id)
+}
+
+pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Show { data_dir } => {
+            let id = node_id(&data_dir)?;
+            let current = identity::Identity::load(&data_dir, &id)?;
+            let history = KeyHistory::load(&data_dir, &id, &current.verifying_key())?;
+            println!("{}", serde_json::to_string_pretty(&history)?);
+        }
+        KeysCommand::Rotate { data_dir } => {
+            let id = node_id(&data_dir)?;
+            let new = identity::rotate(&data_dir, &id)?;
+            println!("rotated: the node key is now {new}; restart the node to use it");
+        }
+        KeysCommand::Revoke { data_dir, at, key } => {
+            let id = node_id(&data_dir)?;
+            let revoked = identity::revoke(&data_dir, &id, key.as_deref(), &at)?;
+            let current = identity::Identity::load(&data_dir, &id)?;
+            println!(
+                "revoked {revoked} from {at}; the node key is {}; restart the node",
+                current.key_id()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn peers(command: PeersCommand) -> anyhow::Result<()> {
+    match command {
+        PeersCommand::Card { data_dir, url } => {
+            let config = Config::load(&data_dir)?;
+            let card = json!({
+                "id": config.node_id,
+                "url": url,
+                "public_key": std::fs::read_to_string(data_dir.join(identity::PUBLIC_KEY_FILE))?.trim(),
+                "certificate": std::fs::read_to_string(data_dir.join(identity::TLS_CERT_FILE))?,
+            });
+            println!("{}", serde_json::to_string_pretty(&card)?);
+        }
+        PeersCommand::Add {
+            data_dir,
+            card,
+            id,
+            url,
+            public_key,
+            certificate_file,
+            policy,
+            no_pull,
+        } => {
+            let card: Value = match &card {
+                Some(path) => serde_json::from_slice(
+                    &std::fs::read(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                )
+                .with_context(|| format!("{} is not a card", path.display()))?,
+                None => json!({}),
+            };
+            let field = |flag: Option<String>, name: &str| -> anyhow::Result<String> {
+                flag.or_else(|| card.get(name).and_then(Value::as_str).map(str::to_owned))
+                    .with_context(|| format!("give --{} or a --card", name.replace('_', "-")))
+            };
+            let certificate = match certificate_file {
+                Some(path) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                None => field(None, "certificate")?,
+            };
+            let policy: Policy = match policy {
+                Some(path) => serde_json::from_slice(
+                    &std::fs::read(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                )
+                .with_context(|| format!("{} is not a valid policy", path.display()))?,
+                None => Policy::default(),
+            };
+            let peer = PeerConfig {
+                id: field(id, "id")?,
+                url: field(url, "url")?,
+                public_key: field(public_key, "public_key")?,
+                certificate,
+                pull: !no_pull,
+                policy,
+            };
+            add_peer(&data_dir, &peer)?;
+            println!(
+                "added partner {} (mode {:?}); restart the node to apply",
+                peer.id, peer.policy.mode
+            );
+        }
+        PeersCommand::List { data_dir } => {
+            let config = Config::load(&data_dir)?;
+            for p in &config.peers {
+                println!(
+                    "{}\t{}\tmode={:?}\tpull={}",
+                    p.id, p.url, p.policy.mode, p.pull
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Appends a `[[peers]]` table to `config.toml`, after checking the result parses.
+pub fn add_peer(data_dir: &Path, peer: &PeerConfig) -> anyhow::Result<()> {
+    #[derive(serde::Serialize)]
+    struct Wrapper<'a> {
+        peers: [&'a PeerConfig; 1],
+    }
+    let path = data_dir.join("config.toml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let table = toml::to_string(&Wrapper { peers: [peer] })?;
+    let new_text = format!(
+        "{}\n# Added by `ammotrace peers add` on {}.\n{table}",
+        text.trim_end(),
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    Config::parse(&new_text).with_context(|| format!("partner {} not added", peer.id))?;
+    let tmp = data_dir.join("config.toml.tmp");
+    std::fs::write(&tmp, new_text)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+fn explain(policy: &Policy) -> Vec<String> {
+    let mut lines = vec![format!("mode: {:?}", policy.mode)];
+    if policy.mode == crate::policy::Mode::None {
+        lines.push("nothing leaves for this partner (default deny)".into());
+        return lines;
+    }
+    lines.push(format!(
+        "item categories: {}",
+        if policy.categories.is_empty() {
+            "none (so no record is shared)".into()
+        } else {
+            policy.categories.join(", ")
+        }
+    ));
+    lines.push(format!(
+        "field paths: {}",
+        if policy.fields.is_empty() {
+            "identity fields only".into()
+        } else {
+            policy.fields.join(", ")
+        }
+    ));
+    lines.push(format!(
+        "location precision: {:?}",
+        policy.location_precision
+    ));
+    lines.push(format!("embargo: {} h", policy.embargo_hours));
+    lines.push(format!(
+        "case references: {}",
+        if policy.case_references {
+            "shared"
+        } else {
+            "withheld"
+        }
+    ));
+    lines.push(format!(
+        "casualty counts: {}",
+        if policy.casualties {
+            "shared"
+        } else {
+            "withheld"
+        }
+    ));
+    lines.push(format!("may relay: {}", policy.relay));
+    lines.push(format!(
+        "most sensitive TLP shared: {}",
+        serde_json::to_value(policy.max_tlp.unwrap_or(crate::policy::Tlp::Green))
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    ));
+    lines.push(
+        "never: records marked do-not-share, TLP RED, or not releasable to this partner".into(),
+    );
+    lines
+}
+
+pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
+    let PolicyCommand::Show {
+        peer,
+        client,
+        record,
+    } = command;
+    match record {
+        None => {
+            let config = Config::load(&client.data_dir)?;
+            let p = config
+                .peers
+                .iter()
+                .find(|p| p.id == peer)
+                .with_context(|| format!("no partner {peer} in config.toml"))?;
+            println!("policy for {peer} (digest {})", p.policy.digest());
+            for line in explain(&p.policy) {
+                println!("  {line}");
+            }
+        }
+        Some(record) => {
+            let client = Client::new(&client)?;
+            let (status, body) = answer(
+                client
+                    .request(
+                        reqwest::Method::GET,
+                        &format!("/api/v1/peers/{peer}/preview/{record}"),
+                    )
+                    .send()
+                    .await?,
+            )
+            .await?;
+            anyhow::ensure!(status.is_success(), "{}", problem_text(&body));
+            println!(
+                "{peer} {} record {} v{}: {}",
+                if body["shared"] == true {
+                    "would receive"
+                } else {
+                    "would not receive"
+                },
+                body["record_id"].as_str().unwrap_or_default(),
+                body["version"],
+                body["reason"].as_str().unwrap_or_default()
+            );
+            for f in body["fields"].as_array().into_iter().flatten() {
+                println!(
+                    "  {} {:<50} {}",
+                    if f["disclosed"] == true { "+" } else { "-" },
+                    f["path"].as_str().unwrap_or_default(),
+                    f["reason"].as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    let AuditCommand::Verify { data_dir } = command;
+    let path = data_dir.join(crate::audit::AUDIT_FILE);
+    match crate::audit::verify(&path) {
+        Ok((entries, head)) => {
+            println!("audit log intact: {entries} entries, head {head}");
+            Ok(())
+        }
+        Err(broken) => anyhow::bail!("audit log broken: {broken}"),
+    }
+}

@@ -1,0 +1,162 @@
+//! [`TestFederation`]: N real nodes on 127.0.0.1, each with its federation API over TLS on a
+//! free port, wired to each other with `ammotrace peers card` / `peers add` (pinned keys and
+//! certificates) and the policies a test asks for (every other pair: mode none).
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use crate::{TestNode, node_binary};
+
+pub struct TestFederation {
+    pub nodes: BTreeMap<String, TestNode>,
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn run(args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new(node_binary())
+        .args(args)
+        .stderr(Stdio::piped())
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "ammotrace {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// A policy document with the test's usual defaults (everything, every category).
+pub fn policy(mode: &str, overrides: Value) -> Value {
+    let mut p = json!({
+        "mode": mode,
+        "categories": ["*"],
+        "fields": ["*"],
+        "location_precision": "exact",
+    });
+    if let (Some(p), Some(o)) = (p.as_object_mut(), overrides.as_object()) {
+        for (k, v) in o {
+            p.insert(k.clone(), v.clone());
+        }
+    }
+    p
+}
+
+impl TestFederation {
+    /// Starts nodes `ids`; `policies` lists `(from, to, policy)`: what `from` shares with `to`.
+    pub async fn start(ids: &[&str], policies: &[(&str, &str, Value)]) -> anyhow::Result<Self> {
+        let mut prepared = Vec::new();
+        for id in ids {
+            let tmp = tempfile::tempdir()?;
+            let data_dir = tmp.path().join("data");
+            let dir = data_dir.to_string_lossy().into_owned();
+            run(&["init", "--data-dir", &dir, "--node-id", id])?;
+            let port = free_port()?;
+            let card = run(&[
+                "peers",
+                "card",
+                "--data-dir",
+                &dir,
+                "--url",
+                &format!("https://127.0.0.1:{port}"),
+            ])?;
+            let card_path = tmp.path().join("card.json");
+            std::fs::write(&card_path, card)?;
+            prepared.push((id.to_string(), tmp, data_dir, port, card_path));
+        }
+        for (id, tmp, data_dir, _, _) in &prepared {
+            for (other, _, _, _, card) in &prepared {
+                if other == id {
+                    continue;
+                }
+                let doc = policies
+                    .iter()
+                    .find(|(from, to, _)| from == id && to == other)
+                    .map(|(_, _, p)| p.clone())
+                    .unwrap_or_else(|| json!({ "mode": "none" }));
+                let policy_path = tmp.path().join(format!("policy-{other}.json"));
+                std::fs::write(&policy_path, serde_json::to_vec(&doc)?)?;
+                run(&[
+                    "peers",
+                    "add",
+                    "--data-dir",
+                    &data_dir.to_string_lossy(),
+                    "--card",
+                    &card.to_string_lossy(),
+                    "--policy",
+                    &policy_path.to_string_lossy(),
+                ])?;
+            }
+            let config = data_dir.join("config.toml");
+            let text = std::fs::read_to_string(&config)?
+                .replace("pull_interval_ms = 5000", "pull_interval_ms = 500");
+            std::fs::write(&config, text)?;
+        }
+        let mut nodes = BTreeMap::new();
+        for (id, tmp, data_dir, port, _) in prepared {
+            let mut node = TestNode::start(&data_dir, &id, port)
+                .await
+                .with_context(|| format!("starting {id}"))?;
+            node._tmp = Some(tmp);
+            nodes.insert(id, node);
+        }
+        Ok(TestFederation { nodes })
+    }
+
+    pub fn node(&self, id: &str) -> &TestNode {
+        &self.nodes[id]
+    }
+
+    pub fn node_mut(&mut self, id: &str) -> &mut TestNode {
+        self.nodes.get_mut(id).expect("no such node")
+    }
+
+    /// Replaces `from`'s policy for `to` in its config.toml (restart `from` to apply).
+    pub fn set_policy(&self, from: &str, to: &str, policy: &Value) -> anyhow::Result<()> {
+        let node = self.node(from);
+        let path = node.data_dir.join("config.toml");
+        let mut config: toml::Table = toml::from_str(&std::fs::read_to_string(&path)?)?;
+        let peers = config
+            .get_mut("peers")
+            .and_then(|p| p.as_array_mut())
+            .context("no peers")?;
+        let peer = peers
+            .iter_mut()
+            .find(|p| p.get("id").and_then(|i| i.as_str()) == Some(to))
+            .context("no such peer")?;
+        let policy: toml::Value = toml::Value::try_from(policy)?;
+        peer.as_table_mut()
+            .context("peer is not a table")?
+            .insert("policy".into(), policy);
+        std::fs::write(&path, toml::to_string(&config)?)?;
+        Ok(())
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,417 @@
+//! Federation between real nodes over TLS on 127.0.0.1: views per partner policy, do-not-share,
+//! retractions and receipts, replicated records in search, catch-up after an outage, key
+//! rotation, policy widening, and the audit log.
+
+use std::time::Duration;
+
+use ammotrace_e2e::TestNode;
+use ammotrace_e2e::federation::{TestFederation, eventually, policy};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn record(lot: &str, sharing: Value) -> Value {
+    json!({
+        "originating_state": "XAA",
+        "event": {
+            "event_type": "seizure",
+            "context": ["trafficking_interdiction"],
+            "date": {"start": "2024-03-11", "precision": "day"},
+            "location": {
+                "country": "XAA", "admin1": "XAA-NO", "admin2": "Harbour district",
+                "place_name": "Port A", "point": {"lat_e6": 12345678, "lon_e6": -2345678},
+                "precision": "exact_point"
+            }
+        },
+        "items": [
+            {
+                "item_id": "i1",
+                "item_category": "small_arms_ammunition",
+                "calibre": "7.62x39",
+                "headstamp": "539 85",
+                "lot": lot,
+                "quantity": {"count": 1080, "unit": "rounds"}
+            },
+            {
+                "item_id": "i2",
+                "item_category": "light_weapons_ammunition",
+                "calibre": "40mm",
+                "lot": "GR-1-77",
+                "quantity": {"count": 4, "unit": "rounds"}
+            }
+        ],
+        "case_refs": [{"system": "national_police", "ref": "CASE-2024-0042"}],
+        "casualties": {"relevant": true, "counts": [{"outcome": "injured", "sex": "male", "age_group": "30-44", "count": 1}]},
+        "sharing": sharing
+    })
+}
+
+async fn create(node: &TestNode, r: &Value) -> String {
+    let a = node.post_record(r).await.unwrap();
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    a.body["record_id"].as_str().unwrap().to_owned()
+}
+
+fn three_nodes() -> Vec<(&'static str, &'static str, Value)> {
+    vec![
+        (
+            "XAA",
+            "XBB",
+            policy(
+                "replicate",
+                json!({"location_precision": "admin1", "case_references": false}),
+            ),
+        ),
+        (
+            "XAA",
+            "REG",
+            policy(
+                "replicate",
+                json!({"location_precision": "country", "categories": ["small_arms_ammunition"]}),
+            ),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn each_partner_gets_exactly_its_view_and_retractions_come_back_with_receipts() {
+    let fed = TestFederation::start(&["XAA", "XBB", "REG"], &three_nodes())
+        .await
+        .unwrap();
+    let xaa = fed.node("XAA");
+    let (xbb, reg) = (fed.node("XBB"), fed.node("REG"));
+
+    // Written first, so by the time the shared record arrives these have been processed.
+    let secret = create(
+        xaa,
+        &record("21-85 539", json!({"tlp": "GREEN", "do_not_share": true})),
+    )
+    .await;
+    let red = create(xaa, &record("21-85 539", json!({"tlp": "RED"}))).await;
+    let shared = create(xaa, &record("21-85 539", json!({"tlp": "GREEN"}))).await;
+
+    let at_xbb = xbb.wait_for_version(&shared, 1, WAIT).await.unwrap();
+    let at_reg = reg.wait_for_version(&shared, 1, WAIT).await.unwrap();
+
+    // XBB: replicate, no case references, location at admin1, both items.
+    assert_eq!(at_xbb["originating_state"], "XAA");
+    assert!(at_xbb.get("case_refs").is_none(), "{at_xbb}");
+    let loc = &at_xbb["event"]["location"];
+    assert_eq!(loc["admin1"], "XAA-NO");
+    for hidden in ["admin2", "place_name", "point"] {
+        assert!(
+            loc.get(hidden).is_none(),
+            "XBB must not get {hidden}: {loc}"
+        );
+    }
+    assert_eq!(at_xbb["items"].as_array().unwrap().len(), 2);
+    assert!(at_xbb.get("casualties").is_none());
+    assert_eq!(at_xbb["items"][0]["lot"]["raw"], "21-85 539");
+
+    // REG: country precision, only small-arms ammunition.
+    let loc = &at_reg["event"]["location"];
+    assert_eq!(loc["country"], "XAA");
+    assert!(loc.get("admin1").is_none(), "{loc}");
+    let items = at_reg["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["item_category"], "small_arms_ammunition");
+
+    // Do-not-share and TLP RED never left.
+    for node in [xbb, reg] {
+        assert_eq!(node.get_record(&secret).await.unwrap().status, 404);
+        assert_eq!(node.get_record(&red).await.unwrap().status, 404);
+    }
+
+    // The replicated record is searchable at XBB and names its origin.
+    let hits = xbb.search(&[("lot", "21-85-539")]).await.unwrap();
+    let hit = hits.body["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["record_id"] == shared.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("replicated record not found: {}", hits.body));
+    assert_eq!(hit["origin"], "XAA");
+    assert!(
+        !hit.to_string().contains("Port A"),
+        "a hit shows an undisclosed field: {hit}"
+    );
+
+    // Only the origin changes a record.
+    let refused = xbb.put_record(&shared, &at_xbb).await.unwrap();
+    assert!(matches!(refused.status, 409 | 422), "{:?}", refused.body);
+    let refused = xbb.delete_record(&shared).await.unwrap();
+    assert_eq!(refused.status, 409, "{:?}", refused.body);
+
+    // The preview says what XBB receives and why.
+    let preview = xaa
+        .send(xaa.request(
+            reqwest::Method::GET,
+            &format!("/api/v1/peers/XBB/preview/{shared}"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(preview.status, 200, "{:?}", preview.body);
+    let field = |path: &str| {
+        preview.body["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == path)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(field("/event/location/place_name")["disclosed"], false);
+    assert_eq!(field("/case_refs/0/ref")["disclosed"], false);
+    assert!(
+        field("/case_refs/0/ref")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("case references")
+    );
+    assert_eq!(field("/items/0/lot/raw")["disclosed"], true);
+    let preview_secret = xaa
+        .send(xaa.request(
+            reqwest::Method::GET,
+            &format!("/api/v1/peers/XBB/preview/{secret}"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(preview_secret.body["shared"], false);
+    assert!(
+        preview_secret.body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("do-not-share")
+    );
+
+    // A correction then a retraction reach both partners; both send receipts.
+    let mut corrected = record("21-85 539", json!({"tlp": "GREEN"}));
+    corrected["record_version"] = json!(1);
+    corrected["items"][0]["quantity"]["count"] = json!(1000);
+    let put = xaa.put_record(&shared, &corrected).await.unwrap();
+    assert_eq!(put.status, 200, "{:?}", put.body);
+    assert_eq!(
+        xbb.wait_for_version(&shared, 2, WAIT).await.unwrap()["items"][0]["quantity"]["count"],
+        1000
+    );
+    assert_eq!(xaa.delete_record(&shared).await.unwrap().status, 200);
+    for node in [xbb, reg] {
+        let v3 = node.wait_for_version(&shared, 3, WAIT).await.unwrap();
+        assert_eq!(v3["retracted"], true);
+    }
+    assert!(
+        !xbb.search_ids(&[("lot", "21-85-539")])
+            .await
+            .unwrap()
+            .contains(&shared),
+        "a retracted record is still found at XBB"
+    );
+    let receipts = eventually(WAIT, "receipts for v3 from XBB and REG", || async {
+        let a = xaa
+            .send(xaa.request(
+                reqwest::Method::GET,
+                &format!("/api/v1/records/{shared}/receipts"),
+            ))
+            .await?;
+        let list = a.body["receipts"].as_array().cloned().unwrap_or_default();
+        let done = ["XBB", "REG"].iter().all(|p| {
+            list.iter()
+                .any(|r| r["partner"] == *p && r["version"] == 3 && r["current"] == true)
+        });
+        Ok(done.then_some(list))
+    })
+    .await
+    .unwrap();
+    assert_eq!(receipts.len(), 2);
+    assert!(receipts.iter().all(|r| r["retracted"] == true));
+
+    // Nothing of the secret record was ever disclosed, per XAA's own audit log.
+    let log = std::fs::read_to_string(xaa.data_dir.join("audit.log")).unwrap();
+    assert!(log.contains("\"event\":\"disclosure\""));
+    assert!(!log.contains(&format!("{secret}@")));
+    assert!(log.contains("\"event\":\"policy_changed\""));
+
+    // The audit chain verifies, and an edited entry is found.
+    let ok = xaa.command(&["audit", "verify"]).unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+#[tokio::test]
+async fn audit_verify_fails_on_an_edited_entry() {
+    let fed = TestFederation::start(
+        &["XAA", "XBB"],
+        &[("XAA", "XBB", policy("replicate", json!({})))],
+    )
+    .await
+    .unwrap();
+    let id = create(fed.node("XAA"), &record("LOT-1", json!({"tlp": "GREEN"}))).await;
+    fed.node("XBB")
+        .wait_for_version(&id, 1, WAIT)
+        .await
+        .unwrap();
+    let xaa = fed.node("XAA");
+    let path = xaa.data_dir.join("audit.log");
+    let ok = xaa.command(&["audit", "verify"]).unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.contains("\"event\":\"disclosure\""))
+        .expect("a disclosure entry");
+    std::fs::write(
+        &path,
+        text.replacen("\"partner\":\"XBB\"", "\"partner\":\"XZZ\"", 1),
+    )
+    .unwrap();
+    let broken = xaa.command(&["audit", "verify"]).unwrap();
+    assert!(!broken.status.success());
+    let message = String::from_utf8_lossy(&broken.stderr);
+    assert!(
+        message.contains(&format!("line {}", line + 1)) || message.contains("line"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_partner_catches_up_exactly() {
+    let mut fed = TestFederation::start(
+        &["XAA", "XBB"],
+        &[("XAA", "XBB", policy("replicate", json!({})))],
+    )
+    .await
+    .unwrap();
+    let first = create(fed.node("XAA"), &record("CATCH-0", json!({"tlp": "GREEN"}))).await;
+    fed.node("XBB")
+        .wait_for_version(&first, 1, WAIT)
+        .await
+        .unwrap();
+    fed.node_mut("XBB").stop().unwrap();
+
+    // 5,000 records while XBB is down, in five imports.
+    let xaa = fed.node("XAA");
+    for batch in 0..5 {
+        let mut body = Vec::new();
+        for n in 0..1000 {
+            let r = record(&format!("CATCH-{batch}-{n}"), json!({"tlp": "GREEN"}));
+            body.extend(serde_json::to_vec(&r).unwrap());
+            body.push(b'\n');
+        }
+        let a = xaa.import("application/x-ndjson", body, "").await.unwrap();
+        assert_eq!(a.status, 200, "{:?}", a.body);
+    }
+
+    fed.node_mut("XBB").start_again().await.unwrap();
+    let xbb = fed.node("XBB");
+    let lines = eventually(
+        Duration::from_secs(180),
+        "XBB to hold 5,001 records",
+        || async {
+            let lines = xbb.export_lines().await?;
+            Ok((lines.len() >= 5001).then_some(lines))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(lines.len(), 5001, "no duplicates, no loss");
+    let mut ids: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["record_id"].as_str())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 5001);
+    assert!(lines.iter().all(|l| l["originating_state"] == "XAA"));
+    let peers = xbb
+        .send(xbb.request(reqwest::Method::GET, "/api/v1/peers"))
+        .await
+        .unwrap();
+    let xaa_entry = peers.body["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "XAA")
+        .cloned()
+        .unwrap();
+    assert_eq!(xaa_entry["pulled_after"], 5001);
+    // Everything found by search too.
+    assert_eq!(
+        xbb.search_ids(&[("lot", "CATCH-4-999")])
+            .await
+            .unwrap()
+            .first()
+            .map(String::as_str)
+            .is_some(),
+        true
+    );
+}
+
+#[tokio::test]
+async fn key_rotation_keeps_old_records_verifiable_and_a_widened_policy_replays_history() {
+    let mut fed = TestFederation::start(
+        &["XAA", "XBB"],
+        &[(
+            "XAA",
+            "XBB",
+            policy("replicate", json!({"location_precision": "country"})),
+        )],
+    )
+    .await
+    .unwrap();
+    let old = create(fed.node("XAA"), &record("ROT-1", json!({"tlp": "GREEN"}))).await;
+    let before = fed
+        .node("XBB")
+        .wait_for_version(&old, 1, WAIT)
+        .await
+        .unwrap();
+    assert!(before["event"]["location"].get("admin1").is_none());
+
+    // Rotate XAA's key and widen its policy for XBB, then restart XAA.
+    let xaa = fed.node_mut("XAA");
+    xaa.stop().unwrap();
+    let rotated = xaa.command(&["keys", "rotate"]).unwrap();
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    fed.set_policy(
+        "XAA",
+        "XBB",
+        &policy("replicate", json!({"location_precision": "admin1"})),
+    )
+    .unwrap();
+    fed.node_mut("XAA").start_again().await.unwrap();
+
+    // A record signed with the new key arrives (XBB learns the rotation from XAA's identity).
+    let new = create(fed.node("XAA"), &record("ROT-2", json!({"tlp": "GREEN"}))).await;
+    let xbb = fed.node("XBB");
+    let after = xbb.wait_for_version(&new, 1, WAIT).await.unwrap();
+    assert_eq!(after["event"]["location"]["admin1"], "XAA-NO");
+    // The replay re-verified the old record under the old key and widened its view.
+    let widened = eventually(WAIT, "the old record's widened view", || async {
+        let r = xbb.get_record(&old).await?;
+        Ok((r.body["event"]["location"]["admin1"] == "XAA-NO").then_some(r.body))
+    })
+    .await
+    .unwrap();
+    assert_eq!(widened["record_version"], 1);
+    let peers = xbb
+        .send(xbb.request(reqwest::Method::GET, "/api/v1/peers"))
+        .await
+        .unwrap();
+    let keys = peers.body["peers"][0]["keys"].as_array().unwrap().clone();
+    assert_eq!(
+        keys.len(),
+        2,
+        "XBB trusts the old and the new key: {keys:?}"
+    );
+}
