@@ -174,15 +174,40 @@ pub fn sign_request(
     path_and_query: &str,
     body: &[u8],
 ) -> Vec<(&'static str, String)> {
-    let time = chrono::Utc::now().timestamp().to_string();
+    let time = chrono::Utc::now().timestamp();
     let nonce = crate::envelope::random_salt();
+    sign_request_at(
+        key,
+        sender,
+        destination,
+        method,
+        path_and_query,
+        body,
+        time,
+        &nonce,
+    )
+}
+
+/// [`sign_request`] with a given time (unix seconds) and nonce.
+#[allow(clippy::too_many_arguments)]
+pub fn sign_request_at(
+    key: &SigningKey,
+    sender: &str,
+    destination: &str,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+    time: i64,
+    nonce: &str,
+) -> Vec<(&'static str, String)> {
+    let time = time.to_string();
     let input = signing_input(
         method,
         path_and_query,
         destination,
         sender,
         &time,
-        &nonce,
+        nonce,
         body,
     );
     let sig = URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes()).to_bytes());
@@ -191,7 +216,7 @@ pub fn sign_request(
         (H_DESTINATION, destination.to_owned()),
         (H_KEY_ID, identity::key_id(&key.verifying_key())),
         (H_TIME, time),
-        (H_NONCE, nonce),
+        (H_NONCE, nonce.to_owned()),
         (H_SIGNATURE, sig),
     ]
 }
