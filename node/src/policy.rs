@@ -385,3 +385,230 @@ mod tests {
         assert!(pattern_covers("*", "/x"));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::envelope::{Seal, seal};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const CATEGORIES: [&str; 4] = ["small_arms_ammunition", "grenade", "rocket", "fuze"];
+    const LOCATION_KEYS: [&str; 7] = [
+        "admin1",
+        "admin2",
+        "place_name",
+        "unlocode",
+        "facility_type",
+        "point",
+        "precision",
+    ];
+    const PATTERNS: [&str; 6] = [
+        "*",
+        "/items",
+        "/items/*/lot",
+        "/event",
+        "/supply_chain",
+        "/notes",
+    ];
+
+    fn record() -> impl Strategy<Value = Value> {
+        (
+            proptest::collection::vec((0usize..4, any::<bool>()), 1..4),
+            proptest::collection::vec(any::<bool>(), 7),
+            any::<bool>(),
+            any::<bool>(),
+            0usize..5,
+            any::<bool>(),
+            proptest::option::of(proptest::collection::vec(
+                prop_oneof![Just("XBB"), Just("XCC"), Just("*")],
+                0..3,
+            )),
+        )
+            .prop_map(|(items, loc, case, casualties, tlp, dns, releasable)| {
+                let items: Vec<Value> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (c, lot))| {
+                        let mut item =
+                            json!({"item_id": format!("i{i}"), "item_category": CATEGORIES[*c]});
+                        if *lot {
+                            item["lot"] = json!({"raw": format!("LOT-{i}")});
+                            item["calibre"] = json!({"raw": "7.62x39"});
+                        }
+                        item
+                    })
+                    .collect();
+                let mut location = json!({"country": "XAA"});
+                for (k, on) in LOCATION_KEYS.iter().zip(&loc) {
+                    if *on {
+                        location[*k] = if *k == "point" {
+                            json!({"lat_e6": 1, "lon_e6": 2})
+                        } else {
+                            json!(format!("{k}-value"))
+                        };
+                    }
+                }
+                let tlp = ["CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED"][tlp];
+                let mut r = json!({
+                    "record_id": "01900000-0000-7000-8000-000000000001",
+                    "record_version": 1,
+                    "originating_state": "XAA",
+                    "event": {"event_type": "seizure", "location": location},
+                    "items": items,
+                    "notes": "free text",
+                    "supply_chain": {"route": [{"seq": 1, "country": "XCC"}]},
+                    "sharing": {"tlp": tlp,
+                                "do_not_share": dns},
+                });
+                if case {
+                    r["case_refs"] = json!([{"system": "police", "ref": "C-1"}]);
+                }
+                if casualties {
+                    r["casualties"] =
+                        json!({"relevant": true, "counts": [{"outcome": "killed", "count": 1}]});
+                }
+                if let Some(list) = releasable {
+                    r["sharing"]["releasable_to"] = json!(list);
+                }
+                r
+            })
+    }
+
+    fn policy() -> impl Strategy<Value = Policy> {
+        (
+            0usize..4,
+            proptest::collection::vec(any::<bool>(), 5),
+            proptest::collection::vec(any::<bool>(), 6),
+            0usize..4,
+            any::<bool>(),
+            any::<bool>(),
+            0usize..4,
+        )
+            .prop_map(
+                |(mode, cats, fields, precision, case, casualties, tlp)| Policy {
+                    mode: [Mode::Replicate, Mode::Query, Mode::HitNoHit, Mode::None][mode],
+                    categories: CATEGORIES
+                        .iter()
+                        .chain(["*"].iter())
+                        .zip(&cats)
+                        .filter(|(_, on)| **on)
+                        .map(|(c, _)| c.to_string())
+                        .collect(),
+                    fields: PATTERNS
+                        .iter()
+                        .zip(&fields)
+                        .filter(|(_, on)| **on)
+                        .map(|(f, _)| f.to_string())
+                        .collect(),
+                    location_precision: [
+                        LocationPrecision::Country,
+                        LocationPrecision::Admin1,
+                        LocationPrecision::Settlement,
+                        LocationPrecision::Exact,
+                    ][precision],
+                    case_references: case,
+                    casualties,
+                    max_tlp: Some([Tlp::Clear, Tlp::Green, Tlp::Amber, Tlp::AmberStrict][tlp]),
+                    ..Policy::default()
+                },
+            )
+    }
+
+    /// The rules of docs/policies.md, written out independently of `decide`.
+    fn allowed(policy: &Policy, record: &Value, partner: &str, path: &str) -> bool {
+        let sharing = &record["sharing"];
+        let tlp_rank = |t: &str| {
+            ["CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED"]
+                .iter()
+                .position(|x| *x == t)
+        };
+        let max = match policy.max_tlp {
+            Some(Tlp::Clear) => 0,
+            Some(Tlp::Amber) => 2,
+            Some(Tlp::AmberStrict) => 3,
+            _ => 1,
+        };
+        if policy.mode == Mode::None
+            || sharing["do_not_share"] == true
+            || tlp_rank(sharing["tlp"].as_str().unwrap_or("RED")).is_none_or(|r| r == 4 || r > max)
+        {
+            return false;
+        }
+        if let Some(list) = sharing["releasable_to"].as_array()
+            && !list.iter().any(|p| p == "*" || p == partner)
+        {
+            return false;
+        }
+        let segs: Vec<&str> = path.split('/').skip(1).collect();
+        if segs[0] == "items" {
+            let i: usize = segs[1].parse().unwrap();
+            let cat = record["items"][i]["item_category"].as_str().unwrap();
+            if !policy.categories.iter().any(|c| c == "*" || c == cat) {
+                return false;
+            }
+        }
+        if segs[0] == "case_refs" && !policy.case_references {
+            return false;
+        }
+        if segs[0] == "casualties" && !policy.casualties {
+            return false;
+        }
+        if segs.len() >= 3 && segs[0] == "event" && segs[1] == "location" {
+            let needed = match segs[2] {
+                "country" | "precision" => LocationPrecision::Country,
+                "admin1" => LocationPrecision::Admin1,
+                "admin2" | "place_name" | "unlocode" | "facility_type" => {
+                    LocationPrecision::Settlement
+                }
+                _ => LocationPrecision::Exact,
+            };
+            if policy.location_precision < needed {
+                return false;
+            }
+        }
+        let identity = [
+            "/record_id",
+            "/record_version",
+            "/originating_state",
+            "/schema_version",
+        ]
+        .contains(&path)
+            || segs[0] == "sharing"
+            || (segs[0] == "items"
+                && segs.len() == 3
+                && matches!(segs[2], "item_id" | "item_category"));
+        identity
+            || policy.fields.iter().any(|f| {
+                f == "*" || {
+                    let pat: Vec<&str> = f.split('/').skip(1).collect();
+                    pat.len() <= segs.len()
+                        && pat.iter().zip(&segs).all(|(a, b)| *a == "*" || a == b)
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// No disclosure a partner receives breaks a rule of its policy, and every view
+        /// verifies under the origin's signature.
+        #[test]
+        fn no_disallowed_field_ever_leaves(record in record(), policy in policy()) {
+            let key = ed25519_dalek::SigningKey::from_bytes(&[5u8; 32]);
+            let s = Seal { origin: "XAA", seq: 1, prev: "", issued_at: "2026-01-01T00:00:00Z",
+                           retracted: false, normaliser: "1" };
+            let envelope = seal(&record, &s, &key).unwrap();
+            let decision = decide("XBB", &policy, &record, &envelope.paths(), 0);
+            let allowed_paths: std::collections::HashSet<&str> = decision.disclosed().collect();
+            let view = envelope.view(|p| decision.shared && allowed_paths.contains(p));
+            view.verify(&key.verifying_key()).unwrap();
+            for d in &view.disclosures {
+                prop_assert!(allowed(&policy, &record, "XBB", d.path()),
+                    "{} left under {:?}", d.path(), policy);
+            }
+            let text = view.record().to_string();
+            if !policy.case_references { prop_assert!(!text.contains("C-1")); }
+            if policy.location_precision < LocationPrecision::Exact { prop_assert!(!text.contains("lat_e6")); }
+        }
+    }
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ammotrace::identity::Identity;
 use ammotrace::peer::{sign_request, sign_request_at};
-use ammotrace_e2e::federation::{TestFederation, eventually, policy};
 use ammotrace_e2e::TestNode;
+use ammotrace_e2e::federation::{TestFederation, eventually, policy};
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::response::IntoResponse;
@@ -60,12 +60,18 @@ async fn send(
 
 #[tokio::test]
 async fn forged_replayed_stale_and_unknown_requests_get_nothing() {
-    let fed = TestFederation::start(&["XAA", "XBB"], &[("XAA", "XBB", policy("replicate", json!({})))])
-        .await
-        .unwrap();
+    let fed = TestFederation::start(
+        &["XAA", "XBB"],
+        &[("XAA", "XBB", policy("replicate", json!({})))],
+    )
+    .await
+    .unwrap();
     let (xaa, xbb) = (fed.node("XAA"), fed.node("XBB"));
     create(xaa, &record("SEC-1")).await;
-    let key = Identity::load(&xbb.data_dir, "XBB").unwrap().signing_key().clone();
+    let key = Identity::load(&xbb.data_dir, "XBB")
+        .unwrap()
+        .signing_key()
+        .clone();
     let client = pinned_client(xaa);
     let path = "/federation/v1/feed?after=0";
 
@@ -78,15 +84,30 @@ async fn forged_replayed_stale_and_unknown_requests_get_nothing() {
     let stranger = SigningKey::from_bytes(&[9u8; 32]);
     let cases: Vec<(&str, Vec<(&'static str, String)>, &str, u16)> = vec![
         ("replayed", genuine.clone(), path, 401),
-        ("unknown key", sign_request(&stranger, "XBB", "XAA", "GET", path, b""), path, 401),
+        (
+            "unknown key",
+            sign_request(&stranger, "XBB", "XAA", "GET", path, b""),
+            path,
+            401,
+        ),
         (
             "stale",
             sign_request_at(&key, "XBB", "XAA", "GET", path, b"", now - 3600, "n-stale"),
             path,
             401,
         ),
-        ("misaddressed", sign_request(&key, "XBB", "XCC", "GET", path, b""), path, 403),
-        ("unknown sender", sign_request(&key, "XQQ", "XAA", "GET", path, b""), path, 401),
+        (
+            "misaddressed",
+            sign_request(&key, "XBB", "XCC", "GET", path, b""),
+            path,
+            403,
+        ),
+        (
+            "unknown sender",
+            sign_request(&key, "XQQ", "XAA", "GET", path, b""),
+            path,
+            401,
+        ),
         (
             "altered path",
             sign_request(&key, "XBB", "XAA", "GET", path, b""),
@@ -102,9 +123,20 @@ async fn forged_replayed_stale_and_unknown_requests_get_nothing() {
         assert_eq!(body["title"], "request refused", "{what}: {body}");
     }
     let log = std::fs::read_to_string(xaa.data_dir.join("audit.log")).unwrap();
-    let refused = log.lines().filter(|l| l.contains("\"event\":\"request_refused\"")).count();
+    let refused = log
+        .lines()
+        .filter(|l| l.contains("\"event\":\"request_refused\""))
+        .count();
     assert_eq!(refused, cases.len(), "{log}");
-    for reason in ["nonce was used before", "unknown or invalid key", "from this node's clock", "addressed to XCC", "unknown sender XQQ", "signature does not verify", "missing header"] {
+    for reason in [
+        "nonce was used before",
+        "unknown or invalid key",
+        "from this node's clock",
+        "addressed to XCC",
+        "unknown sender XQQ",
+        "signature does not verify",
+        "missing header",
+    ] {
         assert!(log.contains(reason), "no refusal says {reason:?}");
     }
 }
@@ -128,9 +160,18 @@ struct Proxy {
 
 async fn forward(State(proxy): State<Proxy>, req: Request) -> axum::response::Response {
     let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, 1 << 26).await.unwrap_or_default();
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
-    let mut out = proxy.client.request(parts.method.clone(), format!("{}{path}", proxy.upstream));
+    let bytes = axum::body::to_bytes(body, 1 << 26)
+        .await
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_owned();
+    let mut out = proxy
+        .client
+        .request(parts.method.clone(), format!("{}{path}", proxy.upstream));
     for (k, v) in &parts.headers {
         if k.as_str().starts_with("ammotrace-") || k == "content-type" {
             out = out.header(k, v);
@@ -146,7 +187,10 @@ async fn forward(State(proxy): State<Proxy>, req: Request) -> axum::response::Re
         if !entries.is_empty() {
             match fault {
                 Fault::TamperDisclosure => {
-                    for d in entries[0]["envelope"]["disclosures"].as_array_mut().unwrap() {
+                    for d in entries[0]["envelope"]["disclosures"]
+                        .as_array_mut()
+                        .unwrap()
+                    {
                         if d[1] == "/items/0/lot/raw" {
                             d[2] = json!("99-99 999");
                         }
@@ -172,9 +216,12 @@ async fn forward(State(proxy): State<Proxy>, req: Request) -> axum::response::Re
 
 #[tokio::test]
 async fn tampered_feed_pages_are_refused_and_nothing_is_stored() {
-    let mut fed = TestFederation::start(&["XAA", "XBB"], &[("XAA", "XBB", policy("replicate", json!({})))])
-        .await
-        .unwrap();
+    let mut fed = TestFederation::start(
+        &["XAA", "XBB"],
+        &[("XAA", "XBB", policy("replicate", json!({})))],
+    )
+    .await
+    .unwrap();
     let xaa_port = fed.node("XAA").federation_port;
     let dir = fed.node("XAA").data_dir.clone();
 
@@ -185,14 +232,21 @@ async fn tampered_feed_pages_are_refused_and_nothing_is_stored() {
         client: pinned_client(fed.node("XAA")),
         fault: fault.clone(),
     };
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(dir.join("tls.crt"), dir.join("tls.key"))
-        .await
-        .unwrap();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(
+        dir.join("tls.crt"),
+        dir.join("tls.key"),
+    )
+    .await
+    .unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let proxy_port = listener.local_addr().unwrap().port();
     let app = axum::Router::new().fallback(forward).with_state(proxy);
-    tokio::spawn(axum_server::from_tcp_rustls(listener, tls).unwrap().serve(app.into_make_service()));
+    tokio::spawn(
+        axum_server::from_tcp_rustls(listener, tls)
+            .unwrap()
+            .serve(app.into_make_service()),
+    );
 
     fed.node_mut("XBB").stop().unwrap();
     let config = fed.node("XBB").data_dir.join("config.toml");
@@ -217,17 +271,25 @@ async fn tampered_feed_pages_are_refused_and_nothing_is_stored() {
         ids.push(create(fed.node("XAA"), &record(&format!("21-85 53{n}"))).await);
         let xbb = fed.node("XBB");
         let audit = xbb.data_dir.join("audit.log");
-        eventually(WAIT, &format!("XBB to refuse a page ({mode:?})"), || async {
-            let log = std::fs::read_to_string(&audit).unwrap_or_default();
-            Ok(log
-                .lines()
-                .any(|l| l.contains("feed_page_refused") && l.contains(reason))
-                .then_some(()))
-        })
+        eventually(
+            WAIT,
+            &format!("XBB to refuse a page ({mode:?})"),
+            || async {
+                let log = std::fs::read_to_string(&audit).unwrap_or_default();
+                Ok(log
+                    .lines()
+                    .any(|l| l.contains("feed_page_refused") && l.contains(reason))
+                    .then_some(()))
+            },
+        )
         .await
         .unwrap();
         for id in &ids {
-            assert_eq!(xbb.get_record(id).await.unwrap().status, 404, "{mode:?}: {id} was stored");
+            assert_eq!(
+                xbb.get_record(id).await.unwrap().status,
+                404,
+                "{mode:?}: {id} was stored"
+            );
         }
         let export = xbb.export_lines().await.unwrap();
         assert!(export.is_empty(), "{mode:?}: XBB stored {export:?}");
@@ -237,6 +299,11 @@ async fn tampered_feed_pages_are_refused_and_nothing_is_stored() {
     *fault.lock().unwrap() = Fault::None;
     for id in &ids {
         let r = fed.node("XBB").wait_for_version(id, 1, WAIT).await.unwrap();
-        assert!(r["items"][0]["lot"]["raw"].as_str().unwrap().starts_with("21-85 53"));
+        assert!(
+            r["items"][0]["lot"]["raw"]
+                .as_str()
+                .unwrap()
+                .starts_with("21-85 53")
+        );
     }
 }
