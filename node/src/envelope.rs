@@ -573,3 +573,245 @@ mod tests {
         );
     }
 }
+
+/// The test vectors in `schemas/vectors/`: made from a fixed key and fixed salts, checked
+/// against the files (set `AMMOTRACE_WRITE_VECTORS=1` to rewrite them after a deliberate
+/// format change).
+#[cfg(test)]
+mod vectors {
+    use super::*;
+    use crate::policy::{LocationPrecision, Mode, Policy};
+    use serde_json::json;
+    use std::path::PathBuf;
+
+    fn dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas/vectors")
+    }
+
+    fn salt(path: &str) -> String {
+        URL_SAFE_NO_PAD.encode(&Sha256::digest(format!("ammotrace-vector-salt{path}"))[..16])
+    }
+
+    fn record() -> Value {
+        json!({
+            "schema_version": "0.1-draft",
+            "record_id": "01900000-0000-7000-8000-00000000a001",
+            "record_version": 1,
+            "originating_state": "XAA",
+            "created_at": "2026-05-01T10:00:00Z",
+            "event": {
+                "event_type": "seizure",
+                "date": {"start": "2026-04-28", "precision": "day"},
+                "location": {"country": "XAA", "admin1": "XAA-NO", "place_name": "Port A",
+                             "point": {"lat_e6": 12345678, "lon_e6": -2345678}, "precision": "exact_point"}
+            },
+            "items": [{
+                "item_id": "i1", "item_category": "small_arms_ammunition",
+                "calibre": {"raw": "7.62x39"}, "headstamp": {"present": true, "raw_transcription": "539 85"},
+                "lot": {"raw": "21-85 539"}, "quantity": {"count": 1080, "unit": "rounds"}
+            }],
+            "case_refs": [{"system": "national_police", "ref": "CASE-2026-0042"}],
+            "sharing": {"tlp": "GREEN"}
+        })
+    }
+
+    fn build() -> Vec<(&'static str, Value)> {
+        let seed = [42u8; 32];
+        let key = SigningKey::from_bytes(&seed);
+        let vk = key.verifying_key();
+        let s = Seal {
+            origin: "XAA",
+            seq: 1,
+            prev: GENESIS,
+            issued_at: "2026-05-01T10:00:00.000Z",
+            retracted: false,
+            normaliser: "1",
+        };
+        let record = record();
+        let envelope = seal_with(&record, &s, &key, salt).unwrap();
+        let policy = Policy {
+            mode: Mode::Replicate,
+            categories: vec!["*".into()],
+            fields: vec!["*".into()],
+            location_precision: LocationPrecision::Admin1,
+            ..Policy::default()
+        };
+        let decision = crate::policy::decide("XBB", &policy, &record, &envelope.paths(), 0);
+        let allowed: HashSet<&str> = decision.disclosed().collect();
+        let view = envelope.view(|p| allowed.contains(p));
+        let key_fields = json!({
+            "seed": URL_SAFE_NO_PAD.encode(seed),
+            "public_key": URL_SAFE_NO_PAD.encode(vk.as_bytes()),
+            "key_id": crate::identity::key_id(&vk),
+        });
+        let salts: Map<String, Value> = envelope
+            .disclosures
+            .iter()
+            .map(|d| (d.1.clone(), json!(d.0)))
+            .collect();
+        let digests: Map<String, Value> = envelope
+            .disclosures
+            .iter()
+            .map(|d| (d.1.clone(), json!(d.digest().unwrap())))
+            .collect();
+        let jcs = String::from_utf8(canonical(&envelope.claims).unwrap()).unwrap();
+        let positive = json!({
+            "description": "A record version sealed by XAA with a fixed key and fixed salts, and the view XBB receives under a replicate policy with location at admin1 and no case references.",
+            "key": key_fields,
+            "record": record,
+            "seal": {"origin": "XAA", "seq": 1, "prev": GENESIS, "issued_at": s.issued_at, "retracted": false, "normaliser": "1"},
+            "salts": salts,
+            "disclosures": envelope.disclosures,
+            "digests": digests,
+            "claims": envelope.claims,
+            "signed_jcs": jcs,
+            "sig": envelope.sig,
+            "envelope": envelope,
+            "view": {"partner": "XBB", "policy": policy, "envelope": view, "record": view.record()},
+        });
+        let mut out = vec![("sealed-record.json", positive)];
+        let negative =
+            |name: &'static str, description: &str, env: Envelope, error: EnvelopeError| {
+                (
+                    name,
+                    json!({
+                        "description": description,
+                        "key": key_fields,
+                        "envelope": env,
+                        "error": format!("{error:?}"),
+                        "message": error.to_string(),
+                    }),
+                )
+            };
+        let mut t = envelope.clone();
+        let i = t
+            .disclosures
+            .iter()
+            .position(|d| d.1 == "/items/0/lot/raw")
+            .unwrap();
+        t.disclosures[i].2 = json!("21-85 538");
+        out.push(negative(
+            "tampered-value.json",
+            "A disclosure's value was changed: its digest is not in the claims.",
+            t,
+            EnvelopeError::Unlisted("/items/0/lot/raw".into()),
+        ));
+        let mut t = envelope.clone();
+        t.disclosures.push(Disclosure(
+            salt("/foreign"),
+            "/items/0/lot/raw".into(),
+            json!("21-85 538"),
+        ));
+        t.disclosures.swap_remove(i);
+        out.push(negative(
+            "foreign-disclosure.json",
+            "A disclosure the origin never made replaces a genuine one.",
+            t,
+            EnvelopeError::Unlisted("/items/0/lot/raw".into()),
+        ));
+        let mut t = envelope.clone();
+        t.disclosures.push(t.disclosures[i].clone());
+        out.push(negative(
+            "duplicated-path.json",
+            "Two disclosures share a path.",
+            t,
+            EnvelopeError::DuplicatePath("/items/0/lot/raw".into()),
+        ));
+        let other = SigningKey::from_bytes(&[43u8; 32]);
+        let t = seal_with(&record, &s, &other, salt).unwrap();
+        let mut t2 = t.clone();
+        t2.claims.key_id = envelope.claims.key_id.clone();
+        out.push(negative(
+            "wrong-key.json",
+            "Signed by another key while naming the vector key.",
+            t2,
+            EnvelopeError::BadSignature,
+        ));
+        let mut t = envelope.clone();
+        t.claims.retracted = true;
+        out.push(negative(
+            "tampered-claims.json",
+            "The signed part was changed after signing.",
+            t,
+            EnvelopeError::BadSignature,
+        ));
+        out
+    }
+
+    #[test]
+    fn vectors_follow_the_schemas() {
+        let load = |name: &str| -> Value {
+            let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../schemas")
+                .join(name);
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+        };
+        let envelope_schema = load("envelope.schema.json");
+        let validator = jsonschema::validator_for(&envelope_schema).unwrap();
+        let policy_validator = jsonschema::validator_for(&load("policy.schema.json")).unwrap();
+        for (name, value) in build() {
+            validator
+                .validate(&value["envelope"])
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            if value.get("view").is_some() {
+                validator.validate(&value["view"]["envelope"]).unwrap();
+                policy_validator.validate(&value["view"]["policy"]).unwrap();
+            }
+        }
+        let mut page_schema = envelope_schema.clone();
+        page_schema["$ref"] = json!("#/$defs/keyHistory");
+        let history = crate::identity::KeyHistory::new(
+            "XAA",
+            &SigningKey::from_bytes(&[42u8; 32]).verifying_key(),
+            "2026-05-01T10:00:00.000Z",
+        );
+        jsonschema::validator_for(&page_schema)
+            .unwrap()
+            .validate(&serde_json::to_value(history).unwrap())
+            .unwrap();
+        assert!(
+            policy_validator
+                .validate(&json!({"mode": "sometimes"}))
+                .is_err()
+        );
+        assert!(
+            policy_validator
+                .validate(&json!({"max_tlp": "RED"}))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn vectors_match_the_files_and_verify_as_documented() {
+        let vk = SigningKey::from_bytes(&[42u8; 32]).verifying_key();
+        let built = build();
+        if std::env::var_os("AMMOTRACE_WRITE_VECTORS").is_some() {
+            std::fs::create_dir_all(dir()).unwrap();
+            for (name, value) in &built {
+                let mut text = serde_json::to_string_pretty(value).unwrap();
+                text.push('\n');
+                std::fs::write(dir().join(name), text).unwrap();
+            }
+        }
+        for (name, value) in &built {
+            let file: Value =
+                serde_json::from_slice(&std::fs::read(dir().join(name)).unwrap()).unwrap();
+            assert_eq!(&file, value, "{name} differs from what the code makes");
+            let env: Envelope = serde_json::from_value(file["envelope"].clone()).unwrap();
+            match file.get("error") {
+                None => {
+                    env.verify(&vk).unwrap();
+                    let view: Envelope =
+                        serde_json::from_value(file["view"]["envelope"].clone()).unwrap();
+                    view.verify(&vk).unwrap();
+                    assert_eq!(env.record(), file["record"]);
+                    assert!(!file["view"]["record"].to_string().contains("Port A"));
+                }
+                Some(error) => {
+                    let got = env.verify(&vk).unwrap_err();
+                    assert_eq!(&json!(format!("{got:?}")), error, "{name}");
+                }
+            }
+        }
+    }
+}

@@ -72,7 +72,8 @@ pub struct Policy {
     pub casualties: bool,
     /// Whether the partner may pass what it receives on to others.
     pub relay: bool,
-    /// The most sensitive TLP label that may leave (never RED).
+    /// The most sensitive TLP label that may leave (never RED); absent: GREEN.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tlp: Option<Tlp>,
 }
 
