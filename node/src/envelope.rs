@@ -262,6 +262,53 @@ pub fn seal(record: &Value, seal: &Seal<'_>, key: &SigningKey) -> Result<Envelop
     seal_with(record, seal, key, |_| random_salt())
 }
 
+/// Verifies many envelopes as [`Envelope::verify`] does, faster: disclosures on two threads,
+/// signatures in one ed25519 batch. When the batch fails, each signature is checked alone
+/// (strictly) to name the first bad envelope. Errors carry the envelope's position.
+pub fn verify_all(items: &[(&Envelope, VerifyingKey)]) -> Result<(), (usize, EnvelopeError)> {
+    let check = |offset: usize, chunk: &[(&Envelope, VerifyingKey)]| {
+        for (n, (env, key)) in chunk.iter().enumerate() {
+            env.check_key(key)
+                .and_then(|()| env.check_disclosures())
+                .map_err(|e| (offset + n, e))?;
+        }
+        Ok::<(), (usize, EnvelopeError)>(())
+    };
+    if items.len() >= 32 {
+        let (a, b) = items.split_at(items.len() / 2);
+        std::thread::scope(|scope| {
+            let second = scope.spawn(|| check(a.len(), b));
+            check(0, a)?;
+            second
+                .join()
+                .unwrap_or(Err((a.len(), EnvelopeError::BadSignature)))
+        })?;
+    } else {
+        check(0, items)?;
+    }
+    let messages = items
+        .iter()
+        .enumerate()
+        .map(|(n, (env, _))| canonical(&env.claims).map_err(|e| (n, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let signatures = items
+        .iter()
+        .enumerate()
+        .map(|(n, (env, _))| env.signature().map_err(|e| (n, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let keys: Vec<VerifyingKey> = items.iter().map(|(_, k)| *k).collect();
+    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    if ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok() {
+        return Ok(());
+    }
+    for (n, ((message, signature), key)) in messages.iter().zip(&signatures).zip(&keys).enumerate()
+    {
+        key.verify_strict(message, signature)
+            .map_err(|_| (n, EnvelopeError::BadSignature))?;
+    }
+    Ok(())
+}
+
 /// Seals own record versions as the store writes them, with the node's current key.
 pub struct NodeSealer {
     pub origin: String,
@@ -343,23 +390,37 @@ impl Envelope {
     /// valid at `claims.issued_at`: the caller resolves that) and that every disclosure is
     /// listed, carries no float, and has a path of its own.
     pub fn verify(&self, key: &VerifyingKey) -> Result<(), EnvelopeError> {
+        self.check_key(key)?;
+        key.verify_strict(&canonical(&self.claims)?, &self.signature()?)
+            .map_err(|_| EnvelopeError::BadSignature)?;
+        self.check_disclosures()
+    }
+
+    fn check_key(&self, key: &VerifyingKey) -> Result<(), EnvelopeError> {
         if self.claims.v != FORMAT_VERSION {
             return Err(EnvelopeError::Version(self.claims.v));
         }
         if crate::identity::key_id(key) != self.claims.key_id {
             return Err(EnvelopeError::WrongKey(self.claims.key_id.clone()));
         }
-        if self.claims.digests.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(EnvelopeError::UnsortedDigests);
-        }
-        let sig = URL_SAFE_NO_PAD
+        Ok(())
+    }
+
+    fn signature(&self) -> Result<Signature, EnvelopeError> {
+        URL_SAFE_NO_PAD
             .decode(&self.sig)
             .ok()
             .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
             .map(|b| Signature::from_bytes(&b))
-            .ok_or(EnvelopeError::MalformedSignature)?;
-        key.verify_strict(&canonical(&self.claims)?, &sig)
-            .map_err(|_| EnvelopeError::BadSignature)?;
+            .ok_or(EnvelopeError::MalformedSignature)
+    }
+
+    /// Everything but the signature: digests sorted and unique; every disclosure a pointer of
+    /// its own, float-free, and listed in the claims.
+    fn check_disclosures(&self) -> Result<(), EnvelopeError> {
+        if self.claims.digests.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(EnvelopeError::UnsortedDigests);
+        }
         let mut paths = HashSet::new();
         for d in &self.disclosures {
             if !d.path().is_empty() && !d.path().starts_with('/') {
@@ -551,6 +612,26 @@ mod tests {
             env.verify(&other),
             Err(EnvelopeError::WrongKey(_))
         ));
+    }
+
+    #[test]
+    fn batch_verification_names_the_bad_envelope() {
+        let vk = key().verifying_key();
+        let envs: Vec<Envelope> = (0..40).map(|_| seal_sample()).collect();
+        let items: Vec<(&Envelope, VerifyingKey)> = envs.iter().map(|e| (e, vk)).collect();
+        verify_all(&items).unwrap();
+        let mut bad = envs.clone();
+        bad[33].claims.seq = 6;
+        bad[35].disclosures[0].2 = json!("x");
+        let items: Vec<(&Envelope, VerifyingKey)> = bad.iter().map(|e| (e, vk)).collect();
+        // Disclosures are checked first: 35 is named before the signature pass finds 33.
+        assert!(matches!(
+            verify_all(&items),
+            Err((35, EnvelopeError::Unlisted(_)))
+        ));
+        bad[35] = envs[35].clone();
+        let items: Vec<(&Envelope, VerifyingKey)> = bad.iter().map(|e| (e, vk)).collect();
+        assert_eq!(verify_all(&items), Err((33, EnvelopeError::BadSignature)));
     }
 
     #[test]

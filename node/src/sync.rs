@@ -96,25 +96,28 @@ fn path_pattern(path: &str) -> String {
         .join("/")
 }
 
-/// The view `peer` gets of one stored own version, or None when the policy withholds it.
-/// `Err(())` when the version is still under the peer's embargo.
-pub fn view_for(
-    node: &Node,
-    peer: &Peer,
-    envelope: &Envelope,
-    record: &Value,
-) -> Result<Option<Envelope>, ()> {
+/// What a partner gets of one own version.
+pub enum View {
+    /// Its view: the envelope with the disclosures its policy allows.
+    Shown(Box<Envelope>),
+    /// Nothing: the policy withholds this version.
+    Withheld,
+    /// Not yet: the version is under the partner's embargo.
+    Embargoed,
+}
+
+/// The view `peer` gets of one stored own version.
+pub fn view_for(peer: &Peer, envelope: &Envelope, record: &Value) -> View {
     let age = hours_since(&envelope.claims.issued_at);
     if age < i64::from(peer.policy.embargo_hours) {
-        return Err(());
+        return View::Embargoed;
     }
-    let _ = node;
     let decision = policy::decide(&peer.id, &peer.policy, record, &envelope.paths(), age);
     if !decision.shared {
-        return Ok(None);
+        return View::Withheld;
     }
     let allowed: HashSet<&str> = decision.disclosed().collect();
-    Ok(Some(envelope.view(|p| allowed.contains(p))))
+    View::Shown(Box::new(envelope.view(|p| allowed.contains(p))))
 }
 
 /// Builds `peer`'s feed page after `after` (blocking: reads the store).
@@ -132,10 +135,11 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
         let record = store
             .get(&change.id, Some(change.version))?
             .ok_or_else(|| anyhow::anyhow!("no record {}@{}", change.id, change.version))?;
-        let view = match view_for(node, peer, &envelope, &record) {
-            Ok(view) => view,
-            // Embargoed: the page stops here, the partner asks again later.
-            Err(()) => break,
+        let view = match view_for(peer, &envelope, &record) {
+            View::Shown(view) => Some(*view),
+            View::Withheld => None,
+            // The page stops here; the partner asks again later.
+            View::Embargoed => break,
         };
         if let Some(view) = &view {
             disclosed_versions.push(format!("{}@{}", change.id, change.version));
@@ -195,6 +199,21 @@ pub async fn request(
     path_and_query: &str,
     body: Option<Vec<u8>>,
 ) -> Result<Value, SyncError> {
+    let bytes = request_bytes(node, peer, method, path_and_query, body).await?;
+    serde_json::from_slice(&bytes).map_err(|e| SyncError::BadPage {
+        peer: peer.id.clone(),
+        reason: format!("not JSON: {e}"),
+    })
+}
+
+/// Sends a signed request to `peer`; the body of a 2xx answer.
+pub async fn request_bytes(
+    node: &Node,
+    peer: &Peer,
+    method: reqwest::Method,
+    path_and_query: &str,
+    body: Option<Vec<u8>>,
+) -> Result<axum::body::Bytes, SyncError> {
     let body = body.unwrap_or_default();
     let headers = peer::sign_request(
         node.identity().signing_key(),
@@ -233,10 +252,7 @@ pub async fn request(
             detail,
         });
     }
-    serde_json::from_slice(&bytes).map_err(|e| SyncError::BadPage {
-        peer: peer.id.clone(),
-        reason: format!("not JSON: {e}"),
-    })
+    Ok(bytes)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -286,6 +302,8 @@ pub fn verify_page(peer: &Peer, cursor: &Cursor, page: &FeedPage) -> Result<Curs
     let keys = peer.keys();
     let mut expected = cursor.after + 1;
     let mut prev = cursor.prev.clone();
+    let mut to_verify = Vec::new();
+    let mut seqs = Vec::new();
     for entry in &page.entries {
         if entry.seq != expected {
             return Err(format!(
@@ -314,15 +332,17 @@ pub fn verify_page(peer: &Peer, cursor: &Cursor, page: &FeedPage) -> Result<Curs
             let key = keys
                 .key_valid_at(&c.key_id, &c.issued_at)
                 .map_err(|e| format!("change {}: {e}", entry.seq))?;
-            env.verify(&key)
-                .map_err(|e| format!("change {}: {e}", entry.seq))?;
             if RecordId::parse(&c.record_id).is_none() {
                 return Err(format!("change {}: bad record id", entry.seq));
             }
+            to_verify.push((env, key));
+            seqs.push(entry.seq);
         }
         prev = entry.digest.clone();
         expected += 1;
     }
+    crate::envelope::verify_all(&to_verify)
+        .map_err(|(n, e)| format!("change {}: {e}", seqs.get(n).copied().unwrap_or(0)))?;
     Ok(Cursor {
         after: expected - 1,
         prev,
@@ -342,25 +362,21 @@ pub async fn pull(node: &Arc<Node>, peer: &Arc<Peer>) -> Result<Pulled, SyncErro
     refresh_keys(node, peer).await?;
     let mut pulled = Pulled::default();
     let limit = node.config().federation.page_size;
+    let n = node.clone();
+    let id = peer.id.clone();
+    let mut cursor = tokio::task::spawn_blocking(move || n.store().cursor(&id))
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(anyhow::Error::from)?;
+    // The next page is fetched while this one is verified and stored.
+    let mut prefetched: Option<tokio::task::JoinHandle<Result<FeedPage, SyncError>>> = None;
     loop {
-        let n = node.clone();
-        let id = peer.id.clone();
-        let mut cursor = tokio::task::spawn_blocking(move || n.store().cursor(&id))
-            .await
-            .map_err(anyhow::Error::from)?
-            .map_err(anyhow::Error::from)?;
-        let value = request(
-            node,
-            peer,
-            reqwest::Method::GET,
-            &format!("/federation/v1/feed?after={}&limit={limit}", cursor.after),
-            None,
-        )
-        .await?;
-        let page: FeedPage = serde_json::from_value(value).map_err(|e| SyncError::BadPage {
-            peer: peer.id.clone(),
-            reason: format!("not a feed page: {e}"),
-        })?;
+        let started = std::time::Instant::now();
+        let page = match prefetched.take() {
+            Some(handle) => handle.await.map_err(anyhow::Error::from)??,
+            None => fetch_page(node.clone(), peer.clone(), cursor.after, limit).await?,
+        };
+        let fetched = started.elapsed();
         if page.policy != cursor.policy && cursor.after > 0 {
             // The partner changed what it shares with us: replay its feed from the start, so
             // a widened policy reaches back (held versions are merged, never lost).
@@ -380,21 +396,62 @@ pub async fn pull(node: &Arc<Node>, peer: &Arc<Peer>) -> Result<Pulled, SyncErro
             continue;
         }
         let count = page.entries.len();
+        if count == limit
+            && let Some(last) = page.entries.last()
+        {
+            prefetched = Some(tokio::spawn(fetch_page(
+                node.clone(),
+                peer.clone(),
+                last.seq,
+                limit,
+            )));
+        }
         let n = node.clone();
         let p = peer.clone();
-        let applied = tokio::task::spawn_blocking(move || apply_page(&n, &p, &cursor, page))
+        let c = cursor.clone();
+        let (applied, next) = tokio::task::spawn_blocking(move || apply_page(&n, &p, &c, page))
             .await
             .map_err(anyhow::Error::from)??;
+        cursor = next;
+        let stored = started.elapsed();
         pulled.pages += 1;
         pulled.applied += applied.len();
         if !applied.is_empty() {
             node.index().notify();
-            send_receipt(node, peer, applied).await;
+            let (n, p) = (node.clone(), peer.clone());
+            tokio::spawn(async move { send_receipt(&n, &p, applied).await });
         }
+        tracing::debug!(
+            peer = %peer.id,
+            count,
+            fetch_ms = fetched.as_millis(),
+            verify_store_ms = (stored - fetched).as_millis(),
+            "page applied"
+        );
         if count < limit {
             return Ok(pulled);
         }
     }
+}
+
+async fn fetch_page(
+    node: Arc<Node>,
+    peer: Arc<Peer>,
+    after: u64,
+    limit: usize,
+) -> Result<FeedPage, SyncError> {
+    let bytes = request_bytes(
+        &node,
+        &peer,
+        reqwest::Method::GET,
+        &format!("/federation/v1/feed?after={after}&limit={limit}"),
+        None,
+    )
+    .await?;
+    serde_json::from_slice(&bytes).map_err(|e| SyncError::BadPage {
+        peer: peer.id.clone(),
+        reason: format!("not a feed page: {e}"),
+    })
 }
 
 /// Verifies and stores one page (blocking). Returns what was applied, for the receipt.
@@ -403,7 +460,7 @@ fn apply_page(
     peer: &Peer,
     cursor: &Cursor,
     page: FeedPage,
-) -> Result<Vec<Applied>, SyncError> {
+) -> Result<(Vec<Applied>, Cursor), SyncError> {
     let next = verify_page(peer, cursor, &page).map_err(|reason| {
         node.audit().record(
             "feed_page_refused",
@@ -479,7 +536,7 @@ fn apply_page(
             false,
         );
     }
-    Ok(applied)
+    Ok((applied, next))
 }
 
 /// Signs a receipt for applied versions and sends it to their origin (best effort: a lost

@@ -82,7 +82,8 @@ async fn forged_replayed_stale_and_unknown_requests_get_nothing() {
 
     let now = chrono::Utc::now().timestamp();
     let stranger = SigningKey::from_bytes(&[9u8; 32]);
-    let cases: Vec<(&str, Vec<(&'static str, String)>, &str, u16)> = vec![
+    type Headers = Vec<(&'static str, String)>;
+    let cases: Vec<(&str, Headers, &str, u16)> = vec![
         ("replayed", genuine.clone(), path, 401),
         (
             "unknown key",

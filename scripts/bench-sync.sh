@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Sync benchmark (issue 3): two real nodes over TLS on this machine. XAA holds N records
+# (imported while XBB is stopped); XBB starts and pulls XAA's feed. Measured: records/s until
+# XBB's cursor reaches XAA's last change (every envelope verified, stored, flushed) and until
+# XBB's index has caught up. The ed25519 sign/verify limits are measured in the same run.
+# Writes the "Sync" section of docs/benchmarks.md (between its markers), leaving the rest.
+#
+# usage: scripts/bench-sync.sh            (100,000 records)
+#        SYNC_N=20000 scripts/bench-sync.sh
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+n="${SYNC_N:-100000}"
+out="$here/docs/benchmarks.md"
+
+cargo build --release -q -p ammotrace --bin ammotrace --example bench --manifest-path "$here/Cargo.toml"
+bin="$here/target/release/ammotrace"
+bench="$here/target/release/examples/bench"
+work="$(mktemp -d "${TMPDIR:-/tmp}/ammotrace-sync.XXXXXX")"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  if [ -n "${KEEP_LOGS:-}" ]; then cp "$work"/*.log "$KEEP_LOGS"/ 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+now_ms() { date +%s%3N; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+json_get() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+
+start_node() { # data_dir fed_port -> sets url (API) and appends pid
+  RUST_LOG="${BENCH_LOG:-ammotrace=warn}" "$bin" serve --data-dir "$1" --listen 127.0.0.1:0 --federation-listen "127.0.0.1:$2" >"$1.log" 2>&1 &
+  pids+=($!)
+  url=""
+  for _ in $(seq 1 3000); do
+    url="$(sed -n 's#^ *API: *\(http://[^/ ]*\)/api/v1.*#\1#p' "$1.log")"
+    [ -n "$url" ] && curl -sf "$url/healthz" >/dev/null && return 0
+    sleep 0.01
+  done
+  cat "$1.log" >&2; exit 1
+}
+
+echo "measuring physical limits…" >&2
+limits="$("$bench" limits)"
+
+a="$work/xaa"; b="$work/xbb"
+pa="$(free_port)"; pb="$(free_port)"
+"$bin" init --data-dir "$a" --node-id XAA >/dev/null
+"$bin" init --data-dir "$b" --node-id XBB >/dev/null
+"$bin" peers card --data-dir "$a" --url "https://127.0.0.1:$pa" >"$work/a.card"
+"$bin" peers card --data-dir "$b" --url "https://127.0.0.1:$pb" >"$work/b.card"
+echo '{"mode":"replicate","categories":["*"],"fields":["*"],"location_precision":"exact"}' >"$work/share-all.json"
+"$bin" peers add --data-dir "$a" --card "$work/b.card" --policy "$work/share-all.json" --no-pull >/dev/null
+"$bin" peers add --data-dir "$b" --card "$work/a.card" >/dev/null
+sed -i 's/^pull_interval_ms = 5000/pull_interval_ms = 200/' "$b/config.toml"
+
+"$bench" gen "$n" "$work/records.jsonl"
+start_node "$a" "$pa"; url_a="$url"
+"$bin" import "$work/records.jsonl" --url "$url_a" --token "$(cat "$a/admin.token")" --batch 5000 --partial --jobs 2 >&2
+last="$(curl -sf "$url_a/healthz" | json_get 'd["last_seq"]')"
+echo "XAA holds $last changes; starting XBB" >&2
+
+t0=$(now_ms)
+start_node "$b" "$pb"; url_b="$url"; tok_b="$(cat "$b/admin.token")"
+if [ -n "${PERF_OUT:-}" ]; then # profile both nodes while they sync: PERF_OUT=/tmp/sync.perf
+  perf record -q -F 199 --call-graph dwarf,16384 -p "${pids[0]},${pids[1]}" -o "$PERF_OUT" 2>/dev/null &
+  perf_pid=$!
+fi
+stored=""
+while :; do
+  after="$(curl -sf -H "Authorization: Bearer $tok_b" "$url_b/api/v1/peers" | json_get '[p["pulled_after"] for p in d["peers"] if p["id"]=="XAA"][0]')"
+  if [ -z "$stored" ] && [ "$after" -ge "$n" ]; then stored=$(now_ms); fi
+  if [ -n "$stored" ]; then
+    h="$(curl -sf "$url_b/healthz")"
+    if [ "$(echo "$h" | json_get 'd["last_seq"]')" = "$(echo "$h" | json_get 'd["indexed_seq"]')" ]; then break; fi
+  fi
+  sleep 0.05
+done
+t2=$(now_ms)
+if [ -n "${PERF_OUT:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
+count="$(curl -sf -H "Authorization: Bearer $tok_b" "$url_b/api/v1/export" | wc -l)"
+rss_kb="$(awk '/VmHWM/ {print $2}' /proc/${pids[1]}/status)"
+
+python3 - "$out" "$limits" "$n" "$t0" "$stored" "$t2" "$count" "$rss_kb" <<'PY'
+import datetime, json, re, subprocess, sys
+out, limits, n, t0, stored, t2, count, rss = sys.argv[1], json.loads(sys.argv[2]), *map(int, sys.argv[3:9])
+cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+section = f"""<!-- sync:begin -->
+## Sync between two nodes (issue 3)
+
+- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {cpu}, both nodes and the client on the same 2 cores
+- command: `SYNC_N={n} scripts/bench-sync.sh`
+- XAA holds {n:,} one-item records (signed at import); XBB, stopped meanwhile, starts and pulls
+  XAA's feed over HTTPS (pages of 500, `replicate` policy sharing every field). Each page is
+  verified (chain, signature of every envelope, every disclosure digest), stored with the
+  cursor in one sled transaction, flushed, acknowledged by a signed receipt, then indexed.
+
+| records | verified + stored (records/s) | … + indexed (records/s) | records at XBB | XBB peak RSS | ed25519 sign (same run) | ed25519 verify (same run) |
+|---|---|---|---|---|---|---|
+| {n:,} | {n / ((stored - t0) / 1000):,.0f} | {n / ((t2 - t0) / 1000):,.0f} | {count:,} | {rss / 1024:,.0f} MiB | {limits['sign_per_s']:,.0f}/s | {limits['verify_per_s']:,.0f}/s |
+
+Target (issue 3): ≥ 15k records/s.
+<!-- sync:end -->
+"""
+try:
+    text = open(out).read()
+except FileNotFoundError:
+    text = "# Benchmarks\n"
+if "<!-- sync:begin -->" in text:
+    text = re.sub(r"<!-- sync:begin -->.*?<!-- sync:end -->\n?", section, text, flags=re.S)
+else:
+    text = text.rstrip("\n") + "\n\n" + section
+open(out, "w").write(text)
+print(section)
+PY
