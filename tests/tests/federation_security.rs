@@ -199,10 +199,12 @@ async fn forward(State(proxy): State<Proxy>, req: Request) -> axum::response::Re
                 }
                 Fault::TamperClaims => entries[0]["envelope"]["claims"]["version"] = json!(7),
                 Fault::TamperSigned => {
-                    entries[0]["envelope"]["claims"]["retracted"] = json!(true);
+                    // The last change: no later `prev` betrays it, only the signature can.
+                    let last = entries.last_mut().unwrap();
+                    last["envelope"]["claims"]["retracted"] = json!(true);
                     let claims: ammotrace::envelope::Claims =
-                        serde_json::from_value(entries[0]["envelope"]["claims"].clone()).unwrap();
-                    entries[0]["digest"] = json!(claims.digest().unwrap());
+                        serde_json::from_value(last["envelope"]["claims"].clone()).unwrap();
+                    last["digest"] = json!(claims.digest().unwrap());
                 }
                 Fault::DropEntry => {
                     entries.remove(0);
