@@ -123,7 +123,7 @@ fn is_body_id(id: &str) -> bool {
         && id.starts_with(|c: char| c.is_ascii_uppercase())
         && id
             .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
 impl Config {
@@ -151,7 +151,7 @@ impl Config {
         anyhow::ensure!(
             country::is_valid(&self.node_id) || is_body_id(&self.node_id),
             "node_id {:?} is not an ISO 3166-1 alpha-3 or user-assigned code, nor a regional \
-             body's id (3-16 capital letters or digits, starting with a letter)",
+             body's id (3-16 capital letters, digits or _, starting with a letter)",
             self.node_id
         );
         let mut ids = std::collections::HashSet::new();
