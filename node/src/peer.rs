@@ -328,6 +328,13 @@ pub fn verify_request(
 mod tests {
     use super::*;
 
+    fn lookup<'a>(headers: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     #[test]
     fn signed_requests_verify_and_refusals_are_precise() {
         let key = SigningKey::from_bytes(&[3u8; 32]);
@@ -356,13 +363,7 @@ mod tests {
             "/federation/v1/feed?after=0",
             b"",
         );
-        let get = |name: &str| {
-            signed
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.as_str())
-        };
-        let headers = SignedHeaders::from(get).unwrap();
+        let headers = SignedHeaders::from(|name| lookup(&signed, name)).unwrap();
         let ok = verify_request(
             &peers,
             "XBB",
@@ -407,13 +408,7 @@ mod tests {
             "/",
             b"",
         );
-        let get = |name: &str| {
-            other
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.as_str())
-        };
-        let headers = SignedHeaders::from(get).unwrap();
+        let headers = SignedHeaders::from(|name| lookup(&other, name)).unwrap();
         assert!(matches!(
             verify_request(&peers, "XBB", 300, &headers, "GET", "/", b""),
             Err(Refusal::UnknownKey(_))

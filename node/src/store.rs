@@ -296,6 +296,28 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The trees an own write touches, for one transaction.
+    #[allow(clippy::type_complexity)]
+    fn own_write_trees(
+        &self,
+    ) -> (
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+    ) {
+        (
+            &self.head,
+            &self.versions,
+            &self.changes,
+            &self.meta,
+            &self.envelopes,
+            &self.own_log,
+        )
+    }
+
     /// The last own sequence number and its claims digest.
     pub fn own_tail(&self) -> Result<(u64, String), StoreError> {
         let seq = read_u64(self.meta.get(OWN_SEQ)?, "own_seq")?;
@@ -362,14 +384,7 @@ impl Store {
             })
             .collect();
         let (first_own, sealed) = self.seal(sealer, &to_seal)?;
-        let trees = (
-            &self.head,
-            &self.versions,
-            &self.changes,
-            &self.meta,
-            &self.envelopes,
-            &self.own_log,
-        );
+        let trees = self.own_write_trees();
         flatten(trees.transaction(|t| {
             let mut written = Vec::with_capacity(encoded.len());
             for (n, (id, version, bytes)) in encoded.iter().enumerate() {
@@ -485,14 +500,7 @@ impl Store {
         let sealed = sealed
             .first()
             .ok_or_else(|| StoreError::Seal("the sealer returned nothing".into()))?;
-        let trees = (
-            &self.head,
-            &self.versions,
-            &self.changes,
-            &self.meta,
-            &self.envelopes,
-            &self.own_log,
-        );
+        let trees = self.own_write_trees();
         flatten(trees.transaction(|t| {
             let current = t.0.get(id.as_bytes())?.as_deref().and_then(decode_head);
             match current {
