@@ -102,6 +102,14 @@ pub struct FederationConfig {
     pub max_clock_skew_secs: i64,
     /// Timeout of one request to a partner, milliseconds.
     pub request_timeout_ms: u64,
+    /// Deadline of a federated search: partners that have not answered by then are reported
+    /// as timed out, milliseconds.
+    pub search_deadline_ms: u64,
+    /// Most hits one live query from a partner gets.
+    pub max_query_results: usize,
+    /// Live queries a partner may send per minute, and in a burst.
+    pub query_rate_per_minute: u32,
+    pub query_burst: u32,
 }
 
 impl Default for FederationConfig {
@@ -113,6 +121,10 @@ impl Default for FederationConfig {
             page_size: 500,
             max_clock_skew_secs: 300,
             request_timeout_ms: 10_000,
+            search_deadline_ms: 3000,
+            max_query_results: 50,
+            query_rate_per_minute: 60,
+            query_burst: 20,
         }
     }
 }

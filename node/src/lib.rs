@@ -15,6 +15,7 @@
 //! - [`policy`]: per-partner sharing policies and the per-field decision of what leaves.
 //! - [`peer`]: partners: pinned keys and certificates, their clients, signed requests.
 //! - [`sync`]: the exact pull feed (served and pulled), notify, receipts.
+//! - [`query`]: live federated queries: answering partners (views or hit/no-hit), fan-out.
 //! - [`audit`]: the append-only, hash-chained audit log.
 //! - [`config`]: the typed configuration and the embedded default.
 //! - [`api`]: the local HTTP API (axum), problem+json errors, tokens and roles; and the
@@ -34,6 +35,7 @@ pub mod node;
 pub mod normalise;
 pub mod peer;
 pub mod policy;
+pub mod query;
 pub mod record;
 pub mod search;
 pub mod store;

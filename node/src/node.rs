@@ -39,6 +39,7 @@ pub struct Node {
     /// Woken after every acknowledged write: the notifier tells replicating partners.
     written: tokio::sync::Notify,
     wakes: crate::sync::Wakes,
+    rate_limits: crate::query::RateLimits,
 }
 
 /// What `init` reports.
@@ -188,6 +189,7 @@ impl Node {
             audit,
             written: tokio::sync::Notify::new(),
             wakes: Default::default(),
+            rate_limits: Default::default(),
         }))
     }
 
@@ -211,6 +213,11 @@ impl Node {
     pub fn written(&self) {
         self.index.notify();
         self.written.notify_one();
+    }
+
+    /// Per-partner limits on live queries.
+    pub fn rate_limits(&self) -> &crate::query::RateLimits {
+        &self.rate_limits
     }
 
     /// Wakes the puller of `peer` (its notify call arrived).

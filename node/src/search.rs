@@ -40,6 +40,12 @@ pub struct SearchParams {
     pub include_related: bool,
     /// Wait until the index has committed this change sequence number (at most 10 s).
     pub min_seq: Option<u64>,
+    /// `local` (default) or `federated`: also ask every partner, under a deadline.
+    pub scope: Option<String>,
+    /// Why this search is made; required for federated scope, sent to partners and audited.
+    pub purpose: Option<String>,
+    /// The case it serves; required for federated scope.
+    pub case_ref: Option<String>,
 }
 
 /// How a hit matched.
@@ -99,6 +105,13 @@ fn regex_escape(text: &str) -> String {
         }
     }
     out
+}
+
+impl Plan {
+    /// Most hits the query asked for.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
 }
 
 /// Validates the parameters and builds the plan.

@@ -13,6 +13,7 @@
 //! - `receipts`: `RecordId(16) ‖ partner` → JSON receipt entry
 //! - `nonces`: `sender ‖ 0 ‖ nonce` → `unix seconds i64 BE`: request nonces already seen
 //! - `replicas`: `RecordId(16)` → origin: records that arrived from a partner's feed
+//! - `hit_refs`: opaque reference → JSON: what a hit/no-hit answer referred to, for follow-up
 //!
 //! Every write is one sled transaction over the four trees: the version, the head and the
 //! change-log entry appear together or not at all. A write is acknowledged only after
@@ -141,6 +142,7 @@ pub struct Store {
     receipts: sled::Tree,
     nonces: sled::Tree,
     replicas: sled::Tree,
+    hit_refs: sled::Tree,
     /// Serialises writes of own records: the own sequence and its hash chain are assigned
     /// and signed outside the transaction, so no two writers may interleave.
     write_lock: std::sync::Arc<std::sync::Mutex<()>>,
@@ -285,6 +287,7 @@ impl Store {
             receipts: db.open_tree("receipts")?,
             nonces: db.open_tree("nonces")?,
             replicas: db.open_tree("replicas")?,
+            hit_refs: db.open_tree("hit_refs")?,
             write_lock: Default::default(),
             db,
         })
@@ -776,6 +779,22 @@ impl Store {
             }
         }
         Ok(fresh)
+    }
+
+    /// Remembers what an opaque hit reference (given to a `hit_no_hit` partner) points at.
+    pub fn put_hit_ref(&self, reference: &str, entry: &Value) -> Result<(), StoreError> {
+        self.hit_refs
+            .insert(reference.as_bytes(), to_bytes(entry))?;
+        Ok(())
+    }
+
+    pub fn hit_ref(&self, reference: &str) -> Result<Option<Value>, StoreError> {
+        match self.hit_refs.get(reference.as_bytes())? {
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("hit ref: {e}"))),
+            None => Ok(None),
+        }
     }
 
     /// A small named value kept with the store (e.g. the policy digest last seen per partner).

@@ -83,7 +83,7 @@ fn hours_since(issued_at: &str) -> i64 {
 }
 
 /// Normalises a path for the audit log: array positions become `*`.
-fn path_pattern(path: &str) -> String {
+pub fn path_pattern(path: &str) -> String {
     path.split('/')
         .map(|s| {
             if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {

@@ -18,6 +18,8 @@ pub struct ApiError {
     pub errors: Vec<FieldError>,
     /// Extra members (e.g. an import report).
     pub extra: Option<Value>,
+    /// Seconds for a `Retry-After` header (429).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -28,6 +30,7 @@ impl ApiError {
             detail: detail.into(),
             errors: Vec::new(),
             extra: None,
+            retry_after: None,
         }
     }
 
@@ -113,6 +116,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             response

@@ -61,6 +61,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/federation/v1/feed", get(feed))
         .route("/federation/v1/notify", post(notify))
         .route("/federation/v1/receipts", post(receipts))
+        .route("/federation/v1/search", post(search))
         .fallback(|| async { ApiError::not_found("no such federation endpoint") })
         .with_state(FedState { node })
 }
@@ -188,6 +189,69 @@ async fn feed(
             .await?
             .map_err(ApiError::internal)?;
     Ok(axum::Json(page).into_response())
+}
+
+/// # `POST /federation/v1/search`
+/// A partner's live query, answered under its policy: views (`query`, `replicate`), a count and
+/// opaque references (`hit_no_hit`), or a refusal (`none`). Rate-limited per partner.
+async fn search(State(state): State<FedState>, signed: Signed) -> Result<Response, ApiError> {
+    let node = state.node.clone();
+    let peer = signed.peer;
+    let refuse = |status: StatusCode, reason: String| {
+        node.audit().record(
+            "query_refused",
+            json!({ "partner": peer.id, "status": status.as_u16(), "reason": reason }),
+            true,
+        );
+        tracing::warn!(peer = %peer.id, %reason, "refused a live query");
+    };
+    let config = &node.config().federation;
+    if let Err(retry_after) =
+        node.rate_limits()
+            .take(&peer.id, config.query_rate_per_minute, config.query_burst)
+    {
+        refuse(StatusCode::TOO_MANY_REQUESTS, "rate limit".into());
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many queries",
+            format!(
+                "at most {} queries a minute (bursts of {}); retry in {retry_after} s",
+                config.query_rate_per_minute, config.query_burst
+            ),
+        );
+        e.retry_after = Some(retry_after);
+        return Err(e);
+    }
+    let query: crate::query::Query = serde_json::from_slice(&signed.body).map_err(|e| {
+        refuse(StatusCode::BAD_REQUEST, e.to_string());
+        ApiError::bad_request("", format!("not a query: {e}"))
+    })?;
+    let (n, p) = (node.clone(), peer.clone());
+    let answer = tokio::task::spawn_blocking(move || crate::query::answer(&n, &p, &query)).await?;
+    match answer {
+        Ok(answer) => Ok(axum::Json(answer).into_response()),
+        Err(crate::query::Refused::Invalid(errors)) => {
+            refuse(StatusCode::UNPROCESSABLE_ENTITY, format!("{errors:?}"));
+            Err(ApiError {
+                title: "invalid query",
+                ..ApiError::invalid(errors)
+            })
+        }
+        Err(crate::query::Refused::Mode(mode)) => {
+            refuse(StatusCode::FORBIDDEN, format!("mode {mode:?}"));
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "no queries from this partner",
+                format!("this node's policy for {} is mode {mode:?}", peer.id),
+            ))
+        }
+        Err(crate::query::Refused::RateLimited(s)) => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many queries",
+            format!("retry in {s} s"),
+        )),
+        Err(crate::query::Refused::Internal(e)) => Err(ApiError::internal(e)),
+    }
 }
 
 /// # `POST /federation/v1/notify`

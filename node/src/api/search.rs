@@ -14,14 +14,53 @@ use crate::search::{self, SearchParams};
 
 /// # `GET /api/v1/search`
 /// Ranked item hits for a lot, headstamp and/or calibre (with filters), each labelled with its
-/// match kind and score, the item and a summary of its event.
+/// match kind and score, the item and a summary of its event. With `scope=federated` (and a
+/// `purpose` and `case_ref`), every partner is asked at once under the search deadline, their
+/// verified hits are merged in, and each partner's status is reported.
 pub async fn search(
     State(state): State<AppState>,
-    Reader(_caller): Reader,
+    Reader(caller): Reader,
     params: Result<Query<SearchParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request("", e.body_text()))?;
     let started = Instant::now();
+    let federated = match params.scope.as_deref() {
+        None | Some("local") => None,
+        Some("federated") => {
+            let mut errors = Vec::new();
+            for (name, value) in [("purpose", &params.purpose), ("case_ref", &params.case_ref)] {
+                if value.as_deref().is_none_or(|v| v.trim().is_empty()) {
+                    errors.push(crate::record::FieldError::new(
+                        format!("/{name}"),
+                        format!("a federated search names its {name}"),
+                    ));
+                }
+            }
+            if !errors.is_empty() {
+                return Err(ApiError {
+                    title: "invalid query",
+                    ..ApiError::invalid(errors)
+                }
+                .with_status(axum::http::StatusCode::BAD_REQUEST));
+            }
+            let mut sent = params.clone();
+            sent.scope = None;
+            sent.purpose = None;
+            sent.case_ref = None;
+            sent.min_seq = None;
+            Some(crate::query::Query {
+                params: sent,
+                purpose: params.purpose.clone().unwrap_or_default(),
+                case_ref: params.case_ref.clone().unwrap_or_default(),
+            })
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "/scope",
+                format!("scope {other:?}: use local or federated"),
+            ));
+        }
+    };
     let config = &state.node.config().search;
     let plan = search::plan(&params, config.default_limit, config.max_limit).map_err(|errors| {
         ApiError {
@@ -43,7 +82,19 @@ pub async fn search(
             format!("the index has not reached change {seq} yet; retry"),
         ));
     }
+    let limit = plan.limit();
     let node = state.node.clone();
+    let fan_out = federated.map(|query| {
+        let node = state.node.clone();
+        let deadline = Duration::from_millis(node.config().federation.search_deadline_ms);
+        node.audit().record(
+            "query_sent",
+            json!({ "by": caller.name, "purpose": query.purpose, "case_ref": query.case_ref,
+                    "params": query.params, "partners": node.peers().iter().map(|p| p.id.clone()).collect::<Vec<_>>() }),
+            false,
+        );
+        tokio::spawn(async move { crate::query::fan_out(&node, &query, deadline).await })
+    });
     let hits = tokio::task::spawn_blocking(move || {
         let t0 = Instant::now();
         let candidates = node.index().candidates(&plan.candidates)?;
@@ -70,8 +121,18 @@ pub async fn search(
         Ok::<_, ApiError>(hits)
     })
     .await??;
+    let Some(fan_out) = fan_out else {
+        return Ok(Json(json!({
+            "hits": hits,
+            "index_seq": state.node.index().watermark(),
+            "took_ms": started.elapsed().as_secs_f64() * 1000.0,
+        }))
+        .into_response());
+    };
+    let (partners, partner_hits) = fan_out.await?;
     Ok(Json(json!({
-        "hits": hits,
+        "hits": crate::query::merge(hits, partner_hits, limit),
+        "partners": partners,
         "index_seq": state.node.index().watermark(),
         "took_ms": started.elapsed().as_secs_f64() * 1000.0,
     }))

@@ -1,0 +1,245 @@
+//! Live federated search between real nodes over TLS: one question from XDD, answered by
+//! partners under their own policies (views, hit/no-hit, refusal), with a partner that is down
+//! and one that sleeps past the deadline; rate limits; forged and purposeless queries.
+
+use std::time::{Duration, Instant};
+
+use ammotrace::identity::Identity;
+use ammotrace::peer::sign_request;
+use ammotrace_e2e::TestNode;
+use ammotrace_e2e::federation::{TestFederation, policy};
+use ed25519_dalek::SigningKey;
+use serde_json::{Value, json};
+
+fn record(state: &str, lot: &str) -> Value {
+    json!({
+        "originating_state": state,
+        "event": {"event_type": "seizure", "date": {"start": "2024-05-02"},
+                  "location": {"country": state, "admin1": format!("{state}-01"),
+                               "place_name": format!("Secret place {state}"), "precision": "settlement"}},
+        "items": [{"item_id": "i1", "item_category": "small_arms_ammunition", "lot": lot,
+                   "calibre": "7.62x39", "headstamp": "539 85"}],
+        "case_refs": [{"system": "police", "ref": format!("CASE-{state}")}],
+        "sharing": {"tlp": "GREEN"}
+    })
+}
+
+async fn create(node: &TestNode, r: &Value) -> String {
+    let a = node.post_record(r).await.unwrap();
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    a.body["record_id"].as_str().unwrap().to_owned()
+}
+
+/// Sends a signed live query from `from` to `to`'s federation API; status, headers, raw body.
+async fn query(
+    from: &TestNode,
+    to: &TestNode,
+    key: &SigningKey,
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let pem = std::fs::read(to.data_dir.join("tls.crt")).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+        .no_proxy()
+        .build()
+        .unwrap();
+    let bytes = serde_json::to_vec(body).unwrap();
+    let path = "/federation/v1/search";
+    let mut req = client
+        .post(format!("https://127.0.0.1:{}{path}", to.federation_port))
+        .header("content-type", "application/json")
+        .body(bytes.clone());
+    for (k, v) in sign_request(key, &from.node_id, &to.node_id, "POST", path, &bytes) {
+        req = req.header(k, v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn one_question_gets_an_honest_answer_from_every_partner_within_the_deadline() {
+    let to_xdd = |mode: &str| policy(mode, json!({"location_precision": "admin1"}));
+    let mut fed = TestFederation::start(
+        &["XAA", "XBB", "XCC", "XDD", "XEE", "XSS"],
+        &[
+            ("XAA", "XDD", to_xdd("query")),
+            ("XBB", "XDD", to_xdd("hit_no_hit")),
+            ("XCC", "XDD", to_xdd("query")),
+            ("XEE", "XDD", to_xdd("query")),
+            ("XSS", "XDD", to_xdd("query")),
+        ],
+    )
+    .await
+    .unwrap();
+    // XDD's deadline: 1.5 s. XAA allows bursts of 3 queries.
+    for (id, from, to) in [
+        (
+            "XDD",
+            "search_deadline_ms = 3000",
+            "search_deadline_ms = 1500",
+        ),
+        ("XAA", "query_burst = 20", "query_burst = 3"),
+    ] {
+        let node = fed.node_mut(id);
+        node.stop().unwrap();
+        let path = node.data_dir.join("config.toml");
+        let text = std::fs::read_to_string(&path).unwrap().replace(from, to);
+        std::fs::write(&path, text).unwrap();
+        node.start_again().await.unwrap();
+    }
+
+    // The same lot, seized in three States, transcribed three ways.
+    let a = create(fed.node("XAA"), &record("XAA", "21-85 539")).await;
+    let b = create(fed.node("XBB"), &record("XBB", "LOT 21-85-539")).await;
+    let c = create(fed.node("XCC"), &record("XCC", "2I-85 S39")).await;
+    for id in ["XAA", "XBB", "XCC"] {
+        fed.node(id).search(&[("lot", "x")]).await.unwrap(); // waits for the index
+    }
+
+    // XEE is down; XSS answers only after 10 s (a TLS server with XSS's certificate).
+    fed.node_mut("XEE").stop().unwrap();
+    let xss_port = fed.node("XSS").federation_port;
+    let xss_dir = fed.node("XSS").data_dir.clone();
+    fed.node_mut("XSS").stop().unwrap();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(
+        xss_dir.join("tls.crt"),
+        xss_dir.join("tls.key"),
+    )
+    .await
+    .unwrap();
+    let slow = axum::Router::new().fallback(|| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        "{}"
+    });
+    tokio::spawn(
+        axum_server::bind_rustls(std::net::SocketAddr::from(([127, 0, 0, 1], xss_port)), tls)
+            .serve(slow.into_make_service()),
+    );
+
+    let xdd = fed.node("XDD");
+    let started = Instant::now();
+    let answer = xdd
+        .send(xdd.request(reqwest::Method::GET, "/api/v1/search").query(&[
+            ("lot", "21-85-539"),
+            ("scope", "federated"),
+            ("purpose", "trace request"),
+            ("case_ref", "XDD-2026-7"),
+        ]))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert!(
+        took < Duration::from_millis(2500),
+        "the deadline was not kept: {took:?}"
+    );
+
+    let partner = |id: &str| {
+        answer.body["partners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no status for {id}: {}", answer.body))
+    };
+    assert_eq!(partner("XAA")["status"], "answered");
+    assert_eq!(partner("XCC")["status"], "answered");
+    assert_eq!(partner("XBB")["status"], "answered");
+    assert_eq!(partner("XBB")["count"], 1);
+    assert_eq!(partner("XBB")["refs"].as_array().unwrap().len(), 1);
+    assert_eq!(partner("XEE")["status"], "unreachable");
+    assert_eq!(partner("XSS")["status"], "timed_out");
+    for p in answer.body["partners"].as_array().unwrap() {
+        assert!(p["latency_ms"].as_u64().unwrap() <= 2500, "{p}");
+    }
+
+    let hits = answer.body["hits"].as_array().unwrap();
+    let hit = |id: &str| {
+        hits.iter()
+            .find(|h| h["record_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not among the hits: {}", answer.body))
+    };
+    assert_eq!(hit(&a)["origin"], "XAA");
+    assert_eq!(hit(&a)["match"]["kind"], "exact");
+    assert_eq!(hit(&c)["origin"], "XCC");
+    assert_eq!(hit(&c)["match"]["kind"], "confusable");
+    assert!(
+        !hits.iter().any(|h| h["record_id"] == b.as_str()),
+        "hit/no-hit leaked a view"
+    );
+    let text = answer.body.to_string();
+    assert!(
+        !text.contains("Secret place"),
+        "an undisclosed field arrived: {text}"
+    );
+    assert!(!text.contains("CASE-"), "a case reference arrived");
+    assert_eq!(hit(&a)["event"]["country"], "XAA");
+
+    // Hit/no-hit: the raw answer holds a count and references, nothing else.
+    let xdd_key = Identity::load(&xdd.data_dir, "XDD")
+        .unwrap()
+        .signing_key()
+        .clone();
+    let body = json!({"params": {"lot": "21-85-539"}, "purpose": "trace", "case_ref": "C-1"});
+    let (status, _, raw) = query(xdd, fed.node("XBB"), &xdd_key, &body).await;
+    assert_eq!(status, 200);
+    let parsed: Value = serde_json::from_slice(&raw).unwrap();
+    let keys: Vec<&String> = parsed.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["mode", "count", "refs"], "{parsed}");
+    let raw = String::from_utf8(raw).unwrap();
+    for secret in ["21-85", "539", "XBB-01", "Secret", "7.62", "CASE", &b] {
+        assert!(
+            !raw.contains(secret),
+            "hit/no-hit answer leaks {secret:?}: {raw}"
+        );
+    }
+
+    // Refusals: no purpose, a partner that shares nothing, a forged query, and the rate limit.
+    let no_purpose = xdd
+        .send(
+            xdd.request(reqwest::Method::GET, "/api/v1/search")
+                .query(&[("lot", "21-85-539"), ("scope", "federated")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(no_purpose.status, 400);
+    assert_eq!(no_purpose.pointer(), Some("/purpose"));
+    let (status, _, _) = query(
+        xdd,
+        fed.node("XAA"),
+        &xdd_key,
+        &json!({"params": {"lot": "1"}, "purpose": " ", "case_ref": "C"}),
+    )
+    .await;
+    assert_eq!(status, 422);
+    let (status, _, raw) = query(fed.node("XCC"), fed.node("XAA"), &xdd_key, &body).await;
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&raw));
+    let xaa_key = Identity::load(&fed.node("XAA").data_dir, "XAA")
+        .unwrap()
+        .signing_key()
+        .clone();
+    let (status, _, _) = query(fed.node("XAA"), fed.node("XBB"), &xaa_key, &body).await;
+    assert_eq!(status, 403, "XBB shares nothing with XAA");
+    // XAA's bucket (burst 3) was used by the federated search and the 422 above.
+    let mut limited = None;
+    for _ in 0..4 {
+        let (status, headers, _) = query(xdd, fed.node("XAA"), &xdd_key, &body).await;
+        if status == 429 {
+            limited = Some(headers);
+            break;
+        }
+        assert_eq!(status, 200);
+    }
+    let headers = limited.expect("the rate limit never triggered");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    let log = std::fs::read_to_string(fed.node("XAA").data_dir.join("audit.log")).unwrap();
+    assert!(log.contains("\"event\":\"query_answered\"") && log.contains("XDD-2026-7"));
+    assert!(log.contains("\"event\":\"query_refused\"") && log.contains("rate limit"));
+    let log = std::fs::read_to_string(xdd.data_dir.join("audit.log")).unwrap();
+    assert!(log.contains("\"event\":\"query_sent\""));
+}
