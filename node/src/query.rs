@@ -252,8 +252,8 @@ pub async fn fan_out(
 ) -> (Vec<PartnerStatus>, Vec<PartnerHit>) {
     let body = serde_json::to_vec(query).unwrap_or_default();
     let mut calls = tokio::task::JoinSet::new();
-    for peer in node.peers().iter().cloned() {
-        let (node, body) = (node.clone(), body.clone());
+    for peer in node.peers().iter() {
+        let (node, body, peer) = (node.clone(), body.clone(), peer.clone());
         calls.spawn(async move {
             let started = Instant::now();
             let result = tokio::time::timeout(
