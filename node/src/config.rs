@@ -110,6 +110,8 @@ pub struct FederationConfig {
     /// Live queries a partner may send per minute, and in a burst.
     pub query_rate_per_minute: u32,
     pub query_burst: u32,
+    /// Hours a disclosure request stays open before it expires.
+    pub disclosure_request_hours: u32,
 }
 
 impl Default for FederationConfig {
@@ -125,6 +127,7 @@ impl Default for FederationConfig {
             max_query_results: 50,
             query_rate_per_minute: 60,
             query_burst: 20,
+            disclosure_request_hours: 48,
         }
     }
 }

@@ -16,6 +16,7 @@
 //! - [`peer`]: partners: pinned keys and certificates, their clients, signed requests.
 //! - [`sync`]: the exact pull feed (served and pulled), notify, receipts.
 //! - [`query`]: live federated queries: answering partners (views or hit/no-hit), fan-out.
+//! - [`disclosure`]: follow-up on a hit: disclosure requests, approval, one-off grants.
 //! - [`audit`]: the append-only, hash-chained audit log.
 //! - [`config`]: the typed configuration and the embedded default.
 //! - [`api`]: the local HTTP API (axum), problem+json errors, tokens and roles; and the
@@ -27,6 +28,7 @@ pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod disclosure;
 pub mod envelope;
 pub mod identity;
 pub mod import;

@@ -14,6 +14,7 @@
 //! - `nonces`: `sender ‖ 0 ‖ nonce` → `unix seconds i64 BE`: request nonces already seen
 //! - `replicas`: `RecordId(16)` → origin: records that arrived from a partner's feed
 //! - `hit_refs`: opaque reference → JSON: what a hit/no-hit answer referred to, for follow-up
+//! - `requests`: `in:ID` / `out:ID` → JSON: disclosure requests received and sent
 //!
 //! Every write is one sled transaction over the four trees: the version, the head and the
 //! change-log entry appear together or not at all. A write is acknowledged only after
@@ -143,6 +144,7 @@ pub struct Store {
     nonces: sled::Tree,
     replicas: sled::Tree,
     hit_refs: sled::Tree,
+    requests: sled::Tree,
     /// Serialises writes of own records: the own sequence and its hash chain are assigned
     /// and signed outside the transaction, so no two writers may interleave.
     write_lock: std::sync::Arc<std::sync::Mutex<()>>,
@@ -288,6 +290,7 @@ impl Store {
             nonces: db.open_tree("nonces")?,
             replicas: db.open_tree("replicas")?,
             hit_refs: db.open_tree("hit_refs")?,
+            requests: db.open_tree("requests")?,
             write_lock: Default::default(),
             db,
         })
@@ -795,6 +798,44 @@ impl Store {
                 .map_err(|e| StoreError::Corrupt(format!("hit ref: {e}"))),
             None => Ok(None),
         }
+    }
+
+    /// Stores a disclosure request (`in:ID` received, `out:ID` sent) and flushes it.
+    pub fn put_request(&self, key: &str, entry: &Value) -> Result<(), StoreError> {
+        self.requests.insert(key.as_bytes(), to_bytes(entry))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn request(&self, key: &str) -> Result<Option<Value>, StoreError> {
+        match self.requests.get(key.as_bytes())? {
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("request: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// Every disclosure request, received (`in:`) and sent (`out:`).
+    pub fn requests(&self) -> Result<Vec<(String, Value)>, StoreError> {
+        self.requests
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let entry = serde_json::from_slice(&v)
+                    .map_err(|e| StoreError::Corrupt(format!("request: {e}")))?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), entry))
+            })
+            .collect()
+    }
+
+    /// Stores one record version a partner disclosed under a one-off grant (no cursor moves).
+    pub fn apply_granted(&self, origin: &str, replica: &Replica) -> Result<Written, StoreError> {
+        let cursor = self.cursor(origin)?;
+        self.apply_replicas(origin, std::slice::from_ref(replica), &cursor)?
+            .into_iter()
+            .next()
+            .ok_or(StoreError::Exists(replica.id))
     }
 
     /// A small named value kept with the store (e.g. the policy digest last seen per partner).

@@ -502,28 +502,12 @@ fn apply_page(
         {
             envelope = merged;
         }
-        let mut record = envelope.record();
-        if let Some(o) = record.as_object_mut() {
-            o.insert("record_id".into(), json!(c.record_id));
-            o.insert("record_version".into(), json!(c.version));
-            o.insert("originating_state".into(), json!(c.origin));
-            if c.retracted {
-                o.insert("retracted".into(), json!(true));
-            }
-        }
-        crate::record::derive(&mut record);
         applied.push(Applied {
             record_id: c.record_id.clone(),
             version: c.version,
             retracted: c.retracted,
         });
-        replicas.push(Replica {
-            id,
-            version: c.version,
-            record,
-            envelope: serde_json::to_vec(&envelope).map_err(anyhow::Error::from)?,
-            retracted: c.retracted,
-        });
+        replicas.push(replica_from(id, &envelope).map_err(anyhow::Error::from)?);
     }
     node.store()
         .apply_replicas(&peer.id, &replicas, &next)
@@ -537,6 +521,29 @@ fn apply_page(
         );
     }
     Ok((applied, next))
+}
+
+/// The stored form of a verified envelope from a partner: the record its disclosures show,
+/// with identity fields from the signed claims and this node's `derived` interpretations.
+pub fn replica_from(id: RecordId, envelope: &Envelope) -> Result<Replica, serde_json::Error> {
+    let c = &envelope.claims;
+    let mut record = envelope.record();
+    if let Some(o) = record.as_object_mut() {
+        o.insert("record_id".into(), json!(c.record_id));
+        o.insert("record_version".into(), json!(c.version));
+        o.insert("originating_state".into(), json!(c.origin));
+        if c.retracted {
+            o.insert("retracted".into(), json!(true));
+        }
+    }
+    crate::record::derive(&mut record);
+    Ok(Replica {
+        id,
+        version: c.version,
+        record,
+        envelope: serde_json::to_vec(envelope)?,
+        retracted: c.retracted,
+    })
 }
 
 /// Signs a receipt for applied versions and sends it to their origin (best effort: a lost

@@ -243,3 +243,218 @@ async fn one_question_gets_an_honest_answer_from_every_partner_within_the_deadli
     let log = std::fs::read_to_string(xdd.data_dir.join("audit.log")).unwrap();
     assert!(log.contains("\"event\":\"query_sent\""));
 }
+
+async fn federated(xdd: &TestNode, lot: &str) -> Value {
+    let a = xdd
+        .send(xdd.request(reqwest::Method::GET, "/api/v1/search").query(&[
+            ("lot", lot),
+            ("scope", "federated"),
+            ("purpose", "trace request"),
+            ("case_ref", "XDD-2026-9"),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    a.body
+}
+
+fn refs_from(answer: &Value, partner: &str) -> Vec<String> {
+    answer["partners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == partner)
+        .and_then(|p| p["refs"].as_array())
+        .map(|r| r.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+async fn ask(xdd: &TestNode, reference: &str) -> (u16, Value) {
+    let a = xdd
+        .send(
+            xdd.request(reqwest::Method::POST, "/api/v1/disclosure-requests")
+                .json(&json!({"partner": "XBB", "reference": reference,
+                              "purpose": "identify the supplier", "case_ref": "XDD-2026-9"})),
+        )
+        .await
+        .unwrap();
+    (a.status, a.body)
+}
+
+async fn requests(node: &TestNode) -> Vec<Value> {
+    let a = node
+        .send(node.request(reqwest::Method::GET, "/api/v1/disclosure-requests"))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    a.body["requests"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_hit_is_followed_up_approved_or_declined_and_audited() {
+    let fed = TestFederation::start(
+        &["XBB", "XDD"],
+        &[(
+            "XBB",
+            "XDD",
+            policy("hit_no_hit", json!({"location_precision": "admin1"})),
+        )],
+    )
+    .await
+    .unwrap();
+    let (xbb, xdd) = (fed.node("XBB"), fed.node("XDD"));
+    let wanted = create(xbb, &record("XBB", "21-85 539")).await;
+    let other = create(xbb, &record("XBB", "FC17H462-520")).await;
+    xbb.search(&[("lot", "x")]).await.unwrap();
+
+    // Step 1: a hit, as a reference only.
+    let answer = federated(xdd, "21-85-539").await;
+    let refs = refs_from(&answer, "XBB");
+    assert_eq!(refs.len(), 1, "{answer}");
+    assert!(!answer.to_string().contains(&wanted));
+
+    // Step 2: ask; XBB sees the pending request with its purpose; its focal point approves.
+    let sent = ask(xdd, &refs[0]).await;
+    assert_eq!(sent.0, 201, "{}", sent.1);
+    assert_eq!(sent.1["status"], "pending");
+    let incoming = requests(xbb).await;
+    assert_eq!(incoming.len(), 1);
+    assert_eq!(incoming[0]["direction"], "incoming");
+    assert_eq!(incoming[0]["purpose"], "identify the supplier");
+    assert_eq!(incoming[0]["record_id"], wanted.as_str());
+    let id = incoming[0]["id"].as_str().unwrap().to_owned();
+    let approved = xbb
+        .send(
+            xbb.request(
+                reqwest::Method::POST,
+                &format!("/api/v1/disclosure-requests/{id}/approve"),
+            )
+            .json(&json!({"reason": "joint investigation agreed"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(approved.status, 200, "{:?}", approved.body);
+
+    // The record arrives at XDD as XBB's, with only what XBB's policy lets leave.
+    let outgoing = requests(xdd).await;
+    assert_eq!(outgoing[0]["status"], "approved", "{outgoing:?}");
+    assert_eq!(outgoing[0]["record_id"], wanted.as_str());
+    let got = xdd
+        .wait_for_version(&wanted, 1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(got["originating_state"], "XBB");
+    assert_eq!(got["event"]["location"]["admin1"], "XBB-01");
+    assert!(got["event"]["location"].get("place_name").is_none());
+    assert!(got.get("case_refs").is_none());
+    let hits = xdd.search(&[("lot", "21-85-539")]).await.unwrap();
+    assert_eq!(hits.body["hits"][0]["record_id"], wanted.as_str());
+    assert_eq!(hits.body["hits"][0]["origin"], "XBB");
+    // Approving twice is refused.
+    let again = xbb
+        .send(
+            xbb.request(
+                reqwest::Method::POST,
+                &format!("/api/v1/disclosure-requests/{id}/approve"),
+            )
+            .json(&json!({"reason": "again"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.status, 409);
+
+    // A second hit, declined with a reason: nothing arrives.
+    let refs = refs_from(&federated(xdd, "FC17H462-520").await, "XBB");
+    assert_eq!(ask(xdd, &refs[0]).await.0, 201);
+    let pending = requests(xbb)
+        .await
+        .into_iter()
+        .find(|r| r["status"] == "pending")
+        .unwrap();
+    let id = pending["id"].as_str().unwrap();
+    let declined = xbb
+        .send(
+            xbb.request(
+                reqwest::Method::POST,
+                &format!("/api/v1/disclosure-requests/{id}/decline"),
+            )
+            .json(&json!({"reason": "ongoing operation"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(declined.status, 200, "{:?}", declined.body);
+    let mine = requests(xdd).await;
+    let declined = mine.iter().find(|r| r["status"] == "declined").unwrap();
+    assert_eq!(declined["reason"], "ongoing operation");
+    assert_eq!(xdd.get_record(&other).await.unwrap().status, 404);
+
+    // A reference XBB never gave is refused; nothing is stored.
+    let bogus = ask(xdd, "not-a-reference").await;
+    assert_eq!(bogus.0, 409, "{}", bogus.1);
+    assert_eq!(requests(xdd).await.len(), 2);
+
+    for (node, events) in [
+        (
+            xbb,
+            &[
+                "disclosure_request_received",
+                "disclosure_request_decided",
+                "\"channel\":\"grant\"",
+            ][..],
+        ),
+        (
+            xdd,
+            &[
+                "query_sent",
+                "disclosure_request_sent",
+                "disclosure_request_answered",
+            ][..],
+        ),
+    ] {
+        let log = std::fs::read_to_string(node.data_dir.join("audit.log")).unwrap();
+        for e in events {
+            assert!(log.contains(e), "{} audit has no {e}", node.node_id);
+        }
+    }
+}
+
+#[tokio::test]
+async fn disclosure_requests_expire() {
+    let mut fed = TestFederation::start(
+        &["XBB", "XDD"],
+        &[("XBB", "XDD", policy("hit_no_hit", json!({})))],
+    )
+    .await
+    .unwrap();
+    let xbb = fed.node_mut("XBB");
+    xbb.stop().unwrap();
+    let path = xbb.data_dir.join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "disclosure_request_hours = 48",
+        "disclosure_request_hours = 0",
+    );
+    std::fs::write(&path, text).unwrap();
+    xbb.start_again().await.unwrap();
+    create(fed.node("XBB"), &record("XBB", "21-85 539")).await;
+    fed.node("XBB").search(&[("lot", "x")]).await.unwrap();
+    let refs = refs_from(&federated(fed.node("XDD"), "21-85-539").await, "XBB");
+    assert_eq!(ask(fed.node("XDD"), &refs[0]).await.0, 201);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let listed = requests(fed.node("XBB")).await;
+    assert_eq!(listed[0]["status"], "expired", "{listed:?}");
+    let id = listed[0]["id"].as_str().unwrap();
+    let late = fed
+        .node("XBB")
+        .send(
+            fed.node("XBB")
+                .request(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/disclosure-requests/{id}/approve"),
+                )
+                .json(&json!({"reason": "too late"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(late.status, 409);
+    assert!(late.body["detail"].as_str().unwrap().contains("expired"));
+}

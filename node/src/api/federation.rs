@@ -62,6 +62,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/federation/v1/notify", post(notify))
         .route("/federation/v1/receipts", post(receipts))
         .route("/federation/v1/search", post(search))
+        .route(
+            "/federation/v1/disclosure-requests",
+            post(disclosure_request),
+        )
+        .route(
+            "/federation/v1/disclosure-decisions",
+            post(disclosure_decision),
+        )
         .fallback(|| async { ApiError::not_found("no such federation endpoint") })
         .with_state(FedState { node })
 }
@@ -252,6 +260,71 @@ async fn search(State(state): State<FedState>, signed: Signed) -> Result<Respons
         )),
         Err(crate::query::Refused::Internal(e)) => Err(ApiError::internal(e)),
     }
+}
+
+fn status_error(status: u16, title: &'static str, detail: String) -> ApiError {
+    ApiError::new(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        title,
+        detail,
+    )
+}
+
+/// # `POST /federation/v1/disclosure-requests`
+/// A partner asks for the record behind a hit reference it was given (rate-limited with its
+/// queries).
+async fn disclosure_request(
+    State(state): State<FedState>,
+    signed: Signed,
+) -> Result<Response, ApiError> {
+    let node = state.node.clone();
+    let peer = signed.peer;
+    let config = &node.config().federation;
+    if let Err(retry_after) =
+        node.rate_limits()
+            .take(&peer.id, config.query_rate_per_minute, config.query_burst)
+    {
+        node.audit().record(
+            "query_refused",
+            json!({ "partner": peer.id, "status": 429, "reason": "rate limit (disclosure request)" }),
+            true,
+        );
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many requests",
+            format!("retry in {retry_after} s"),
+        );
+        e.retry_after = Some(retry_after);
+        return Err(e);
+    }
+    let request: crate::disclosure::Request = serde_json::from_slice(&signed.body)
+        .map_err(|e| ApiError::bad_request("", format!("not a disclosure request: {e}")))?;
+    tokio::task::spawn_blocking(move || crate::disclosure::receive(&node, &peer, &request))
+        .await?
+        .map_err(|(status, detail)| status_error(status, "disclosure request refused", detail))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "status": "pending" })),
+    )
+        .into_response())
+}
+
+/// # `POST /federation/v1/disclosure-decisions`
+/// The holder's decision on a request this node sent (with the record, when approved).
+async fn disclosure_decision(
+    State(state): State<FedState>,
+    signed: Signed,
+) -> Result<Response, ApiError> {
+    let node = state.node.clone();
+    let peer = signed.peer;
+    let decision: crate::disclosure::Decision = serde_json::from_slice(&signed.body)
+        .map_err(|e| ApiError::bad_request("", format!("not a decision: {e}")))?;
+    tokio::task::spawn_blocking(move || {
+        crate::disclosure::decision_received(&node, &peer, &decision)
+    })
+    .await?
+    .map_err(|(status, detail)| status_error(status, "decision refused", detail))?;
+    Ok(axum::Json(json!({ "status": "recorded" })).into_response())
 }
 
 /// # `POST /federation/v1/notify`

@@ -9,6 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod auth;
+mod disclosure;
 pub mod error;
 pub mod federation;
 mod import;
@@ -60,6 +61,18 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(
             "/api/v1/peers/{id}/preview/{record_id}",
             get(peers::preview),
+        )
+        .route(
+            "/api/v1/disclosure-requests",
+            get(disclosure::list).post(disclosure::create),
+        )
+        .route(
+            "/api/v1/disclosure-requests/{id}/approve",
+            axum::routing::post(disclosure::approve),
+        )
+        .route(
+            "/api/v1/disclosure-requests/{id}/decline",
+            axum::routing::post(disclosure::decline),
         )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {

@@ -1,0 +1,321 @@
+//! Follow-up on a hit (Prüm step 2): disclosure requests.
+//!
+//! An investigator who got an opaque reference from a `hit_no_hit` partner asks that partner
+//! for the record behind it, with a purpose and a case reference. The holder's focal point
+//! approves or declines with a reason. On approval the holder sends that record version as a
+//! signed view under a one-off grant (the partner's policy rules for fields, location, case
+//! references and casualties still apply; do-not-share and TLP RED still never leave); the
+//! requester verifies it, stores it like any partner's record, and it appears in search.
+//! Requests expire (default 48 h). Every step is audited on both sides.
+//!
+//! Stored as `out:ID` (sent) and `in:ID` (received) in the store's `requests` tree.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::envelope::Envelope;
+use crate::node::Node;
+use crate::peer::Peer;
+use crate::policy::{self, Mode};
+use crate::record::RecordId;
+
+/// `POST /federation/v1/disclosure-requests` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub id: String,
+    pub reference: String,
+    pub purpose: String,
+    pub case_ref: String,
+    pub expires_at: String,
+}
+
+/// `POST /federation/v1/disclosure-decisions` body: the holder's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    pub id: String,
+    /// `approved` or `declined`.
+    pub decision: String,
+    pub reason: String,
+    /// The disclosed view (approved only).
+    pub envelope: Option<Envelope>,
+}
+
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn expired(entry: &Value) -> bool {
+    entry["expires_at"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .is_some_and(|t| t < chrono::Utc::now())
+}
+
+/// A request as listed: `pending` turns `expired` once past its deadline.
+pub fn listed(direction: &str, mut entry: Value) -> Value {
+    if entry["status"] == "pending" && expired(&entry) {
+        entry["status"] = json!("expired");
+    }
+    entry["direction"] = json!(direction);
+    entry
+}
+
+/// Holder side: records a partner's request for the record behind `reference` (blocking).
+/// Err: (HTTP status, reason).
+pub fn receive(node: &Node, peer: &Peer, request: &Request) -> Result<(), (u16, String)> {
+    if request.purpose.trim().is_empty() || request.case_ref.trim().is_empty() {
+        return Err((
+            422,
+            "a disclosure request names its purpose and case reference".into(),
+        ));
+    }
+    let store = node.store();
+    let internal = |e: crate::store::StoreError| (500, e.to_string());
+    let target = store
+        .hit_ref(&request.reference)
+        .map_err(internal)?
+        .filter(|r| r["partner"] == peer.id.as_str())
+        .ok_or((
+            404,
+            format!(
+                "no hit reference {} was given to {}",
+                request.reference, peer.id
+            ),
+        ))?;
+    let key = format!("in:{}:{}", peer.id, request.id);
+    if store.request(&key).map_err(internal)?.is_some() {
+        return Err((409, format!("request {} already received", request.id)));
+    }
+    let ttl = chrono::Duration::hours(i64::from(node.config().federation.disclosure_request_hours));
+    let expires_at = (chrono::Utc::now() + ttl).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let entry = json!({
+        "id": request.id, "partner": peer.id, "reference": request.reference,
+        "record_id": target["record_id"], "version": target["version"], "item_id": target["item_id"],
+        "purpose": request.purpose, "case_ref": request.case_ref,
+        "status": "pending", "received_at": now(), "expires_at": expires_at,
+    });
+    store.put_request(&key, &entry).map_err(internal)?;
+    node.audit()
+        .record("disclosure_request_received", entry, true);
+    Ok(())
+}
+
+/// Holder side: the view granted for an approved request, or why it cannot be given.
+fn granted_view(node: &Node, peer: &Peer, entry: &Value) -> Result<Envelope, String> {
+    let id = entry["record_id"]
+        .as_str()
+        .and_then(RecordId::parse)
+        .ok_or("the request names no record")?;
+    let version = entry["version"].as_u64().unwrap_or(0) as u32;
+    let store = node.store();
+    let bytes = store
+        .envelope(&id, version)
+        .map_err(|e| e.to_string())?
+        .ok_or("the record version is gone")?;
+    let envelope: Envelope = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    let record = store
+        .get(&id, Some(version))
+        .map_err(|e| e.to_string())?
+        .ok_or("the record version is gone")?;
+    // The partner's field rules, as if it could query.
+    let mut grant = peer.policy.clone();
+    grant.mode = Mode::Query;
+    let decision = policy::decide(&peer.id, &grant, &record, &envelope.paths(), i64::MAX);
+    if !decision.shared {
+        return Err(format!("the record cannot leave: {}", decision.reason));
+    }
+    let allowed: HashSet<&str> = decision.disclosed().collect();
+    Ok(envelope.view(|p| allowed.contains(p)))
+}
+
+/// Holder side: the focal point approves (`approve = true`) or declines a request, and the
+/// decision (with the view, on approval) is sent to the requester. Err: (status, reason).
+pub async fn decide(
+    node: &Arc<Node>,
+    key: &str,
+    approve: bool,
+    reason: &str,
+    by: &str,
+) -> Result<Value, (u16, String)> {
+    let store = node.store();
+    let internal = |e: crate::store::StoreError| (500, e.to_string());
+    let mut entry = store
+        .request(key)
+        .map_err(internal)?
+        .ok_or((404, "no such request".to_owned()))?;
+    if entry["status"] != "pending" {
+        return Err((409, format!("the request is {}", entry["status"])));
+    }
+    if expired(&entry) {
+        return Err((409, "the request has expired".into()));
+    }
+    let partner = entry["partner"].as_str().unwrap_or_default().to_owned();
+    let peer = node
+        .peers()
+        .get(&partner)
+        .cloned()
+        .ok_or((409, format!("{partner} is no longer a partner")))?;
+    let envelope = if approve {
+        Some(granted_view(node, &peer, &entry).map_err(|e| (409, e))?)
+    } else {
+        None
+    };
+    let decision = Decision {
+        id: entry["id"].as_str().unwrap_or_default().to_owned(),
+        decision: if approve { "approved" } else { "declined" }.into(),
+        reason: reason.to_owned(),
+        envelope: envelope.clone(),
+    };
+    let body = serde_json::to_vec(&decision).map_err(|e| (500, e.to_string()))?;
+    crate::sync::request_bytes(
+        node,
+        &peer,
+        reqwest::Method::POST,
+        "/federation/v1/disclosure-decisions",
+        Some(body),
+    )
+    .await
+    .map_err(|e| (502, format!("the decision did not reach {partner}: {e}")))?;
+    entry["status"] = json!(decision.decision);
+    entry["reason"] = json!(reason);
+    entry["decided_by"] = json!(by);
+    entry["decided_at"] = json!(now());
+    store.put_request(key, &entry).map_err(internal)?;
+    let mut audit = entry.clone();
+    if let Some(env) = &envelope {
+        audit["paths"] = json!(
+            env.disclosures
+                .iter()
+                .map(|d| crate::sync::path_pattern(d.path()))
+                .collect::<std::collections::BTreeSet<_>>()
+        );
+        node.audit().record(
+            "disclosure",
+            json!({ "partner": partner, "channel": "grant", "request": decision.id,
+                    "versions": [format!("{}@{}", env.claims.record_id, env.claims.version)],
+                    "paths": audit["paths"] }),
+            true,
+        );
+    }
+    node.audit()
+        .record("disclosure_request_decided", audit, true);
+    Ok(listed("incoming", entry))
+}
+
+/// Requester side: the holder's decision arrived (blocking). Err: (status, reason).
+pub fn decision_received(
+    node: &Node,
+    peer: &Peer,
+    decision: &Decision,
+) -> Result<(), (u16, String)> {
+    let store = node.store();
+    let internal = |e: crate::store::StoreError| (500, e.to_string());
+    let key = format!("out:{}", decision.id);
+    let mut entry = store
+        .request(&key)
+        .map_err(internal)?
+        .filter(|e| e["partner"] == peer.id.as_str())
+        .ok_or((
+            404,
+            format!("no request {} was sent to {}", decision.id, peer.id),
+        ))?;
+    if entry["status"] != "pending" {
+        return Err((409, format!("the request is {}", entry["status"])));
+    }
+    match (decision.decision.as_str(), &decision.envelope) {
+        ("approved", Some(envelope)) => {
+            let c = &envelope.claims;
+            let verified = c.origin == peer.id
+                && peer
+                    .keys()
+                    .key_valid_at(&c.key_id, &c.issued_at)
+                    .ok()
+                    .is_some_and(|k| envelope.verify(&k).is_ok());
+            let id = RecordId::parse(&c.record_id).filter(|_| verified).ok_or_else(|| {
+                node.audit().record(
+                    "disclosure_refused",
+                    json!({ "partner": peer.id, "request": decision.id, "reason": "does not verify" }),
+                    true,
+                );
+                (401, "the disclosed record does not verify".to_owned())
+            })?;
+            if store.head(&id).map_err(internal)?.is_some()
+                && store.is_own(&id).map_err(internal)?
+            {
+                return Err((409, "the disclosure names this node's own record".into()));
+            }
+            let replica =
+                crate::sync::replica_from(id, envelope).map_err(|e| (500, e.to_string()))?;
+            store.apply_granted(&peer.id, &replica).map_err(internal)?;
+            store.flush().map_err(internal)?;
+            node.index().notify();
+            entry["record_id"] = json!(c.record_id);
+            entry["version"] = json!(c.version);
+        }
+        ("declined", None) => {}
+        _ => {
+            return Err((
+                422,
+                "a decision is approved with a record, or declined without".into(),
+            ));
+        }
+    }
+    entry["status"] = json!(decision.decision);
+    entry["reason"] = json!(decision.reason);
+    entry["decided_at"] = json!(now());
+    store.put_request(&key, &entry).map_err(internal)?;
+    node.audit()
+        .record("disclosure_request_answered", entry, true);
+    Ok(())
+}
+
+/// Requester side: sends a request for the record behind `reference` to `peer`.
+pub async fn send(
+    node: &Arc<Node>,
+    peer: &Arc<Peer>,
+    reference: &str,
+    purpose: &str,
+    case_ref: &str,
+    by: &str,
+) -> Result<Value, (u16, String)> {
+    let ttl = chrono::Duration::hours(i64::from(node.config().federation.disclosure_request_hours));
+    let request = Request {
+        id: RecordId::new_v7().to_string(),
+        reference: reference.to_owned(),
+        purpose: purpose.to_owned(),
+        case_ref: case_ref.to_owned(),
+        expires_at: (chrono::Utc::now() + ttl).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    };
+    let body = serde_json::to_vec(&request).map_err(|e| (500, e.to_string()))?;
+    crate::sync::request_bytes(
+        node,
+        peer,
+        reqwest::Method::POST,
+        "/federation/v1/disclosure-requests",
+        Some(body),
+    )
+    .await
+    .map_err(|e| match e {
+        crate::sync::SyncError::Refused { status, detail, .. } => (
+            if status == 429 { 429 } else { 409 },
+            format!("{} refused: {detail}", peer.id),
+        ),
+        other => (502, other.to_string()),
+    })?;
+    let entry = json!({
+        "id": request.id, "partner": peer.id, "reference": reference,
+        "purpose": purpose, "case_ref": case_ref, "requested_by": by,
+        "status": "pending", "sent_at": now(), "expires_at": request.expires_at,
+    });
+    node.store()
+        .put_request(&format!("out:{}", request.id), &entry)
+        .map_err(|e| (500, e.to_string()))?;
+    node.audit()
+        .record("disclosure_request_sent", entry.clone(), true);
+    Ok(listed("outgoing", entry))
+}
