@@ -23,7 +23,7 @@ trap cleanup EXIT
 now_ms() { date +%s%3N; }
 
 start_node() { # data_dir -> sets pid, url
-  RUST_LOG=ammotrace=warn "$bin" serve --data-dir "$1" --listen 127.0.0.1:0 >"$1.log" 2>&1 &
+  RUST_LOG=ammotrace=warn "$bin" serve --data-dir "$1" --listen 127.0.0.1:0 --federation-listen 127.0.0.1:0 >"$1.log" 2>&1 &
   pid=$!
   url=""
   for _ in $(seq 1 3000); do
