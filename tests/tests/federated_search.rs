@@ -313,6 +313,42 @@ async fn a_hit_is_followed_up_approved_or_declined_and_audited() {
     assert_eq!(refs.len(), 1, "{answer}");
     assert!(!answer.to_string().contains(&wanted));
 
+    // The same from the command line: the merged hits and the partner table.
+    let cli = xdd
+        .command(&[
+            "search",
+            "--lot",
+            "21-85-539",
+            "--federated",
+            "--purpose",
+            "trace",
+            "--case-ref",
+            "XDD-2026-9",
+            "--url",
+            &xdd.url,
+            "--token",
+            &xdd.token,
+        ])
+        .unwrap();
+    let out = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("XBB"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        row.contains("answered") && row.contains("1*") && row.contains("refs: "),
+        "{out}"
+    );
+    let no_purpose = xdd
+        .command(&["search", "--lot", "1", "--federated", "--url", &xdd.url])
+        .unwrap();
+    assert!(!no_purpose.status.success());
+
     // Step 2: ask; XBB sees the pending request with its purpose; its focal point approves.
     let sent = ask(xdd, &refs[0]).await;
     assert_eq!(sent.0, 201, "{}", sent.1);

@@ -105,6 +105,115 @@ pub enum AuditCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum RequestsCommand {
+    /// Requests received (to approve or decline) and sent, with their status.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Ask a partner for the record behind a hit reference.
+    Ask {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        partner: String,
+        #[arg(long)]
+        reference: String,
+        #[arg(long)]
+        purpose: String,
+        #[arg(long)]
+        case_ref: String,
+    },
+    /// Approve an incoming request: the record version is disclosed to the requester.
+    Approve {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Decline an incoming request, with a reason.
+    Decline {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+pub async fn requests(command: RequestsCommand) -> anyhow::Result<()> {
+    let (client, method, path, body) = match command {
+        RequestsCommand::List { client } => (
+            client,
+            reqwest::Method::GET,
+            "/api/v1/disclosure-requests".to_owned(),
+            None,
+        ),
+        RequestsCommand::Ask {
+            client,
+            partner,
+            reference,
+            purpose,
+            case_ref,
+        } => (
+            client,
+            reqwest::Method::POST,
+            "/api/v1/disclosure-requests".to_owned(),
+            Some(
+                json!({ "partner": partner, "reference": reference, "purpose": purpose, "case_ref": case_ref }),
+            ),
+        ),
+        RequestsCommand::Approve { id, client, reason } => (
+            client,
+            reqwest::Method::POST,
+            format!("/api/v1/disclosure-requests/{id}/approve"),
+            Some(json!({ "reason": reason })),
+        ),
+        RequestsCommand::Decline { id, client, reason } => (
+            client,
+            reqwest::Method::POST,
+            format!("/api/v1/disclosure-requests/{id}/decline"),
+            Some(json!({ "reason": reason })),
+        ),
+    };
+    let client = Client::new(&client)?;
+    let mut request = client.request(method, &path);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let (status, body) = answer(request.send().await?).await?;
+    anyhow::ensure!(status.is_success(), "{status}: {}", problem_text(&body));
+    let list = match body.get("requests").and_then(Value::as_array) {
+        Some(list) => list.clone(),
+        None => vec![body],
+    };
+    if list.is_empty() {
+        println!("no disclosure requests");
+    }
+    for r in list {
+        println!(
+            "{:<9} {:<9} {:<8} {}  purpose: {}  case: {}{}{}",
+            r["direction"].as_str().unwrap_or(""),
+            r["status"].as_str().unwrap_or(""),
+            r["partner"].as_str().unwrap_or(""),
+            r["id"].as_str().unwrap_or(""),
+            r["purpose"].as_str().unwrap_or(""),
+            r["case_ref"].as_str().unwrap_or(""),
+            r["record_id"]
+                .as_str()
+                .map(|id| format!("  record: {id}"))
+                .unwrap_or_default(),
+            r["reason"]
+                .as_str()
+                .map(|why| format!("  reason: {why}"))
+                .unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
 fn node_id(data_dir: &Path) -> anyhow::Result<String> {
     Ok(Config::load(data_dir)?.node_id)
 }

@@ -98,6 +98,15 @@ pub enum Command {
         /// Sibling lots (same maker and year, one digit apart) instead of the lot itself.
         #[arg(long)]
         siblings: bool,
+        /// Also ask every partner (needs --purpose and --case-ref).
+        #[arg(long)]
+        federated: bool,
+        /// Why this search is made (sent to partners and audited).
+        #[arg(long)]
+        purpose: Option<String>,
+        /// The case this search serves.
+        #[arg(long)]
+        case_ref: Option<String>,
         /// Print the raw JSON answer.
         #[arg(long)]
         json: bool,
@@ -129,6 +138,9 @@ pub enum Command {
     /// The audit log: verify its hash chain.
     #[command(subcommand)]
     Audit(federation::AuditCommand),
+    /// Disclosure requests (follow-up on a hit): ask, list, approve, decline.
+    #[command(subcommand)]
+    Requests(federation::RequestsCommand),
 }
 
 /// How a client command reaches a node.
@@ -252,6 +264,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Peers(c) => federation::peers(c),
         Command::Policy(c) => federation::policy(c).await,
         Command::Audit(c) => federation::audit(c),
+        Command::Requests(c) => federation::requests(c).await,
         Command::Init { data_dir, node_id } => {
             let created = node::init(&data_dir, &node_id)?;
             println!("initialised {} for {node_id}", data_dir.display());
@@ -291,8 +304,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             category,
             limit,
             siblings,
+            federated,
+            purpose,
+            case_ref,
             json,
         } => {
+            if federated && (purpose.is_none() || case_ref.is_none()) {
+                bail!("a federated search needs --purpose and --case-ref");
+            }
             let client = Client::new(&client)?;
             let mut query: Vec<(&str, String)> = Vec::new();
             for (k, v) in [
@@ -304,6 +323,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 ("from", from),
                 ("to", to),
                 ("category", category),
+                ("purpose", purpose),
+                ("case_ref", case_ref),
             ] {
                 if let Some(v) = v {
                     query.push((k, v));
@@ -314,6 +335,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             }
             if siblings {
                 query.push(("siblings", "true".into()));
+            }
+            if federated {
+                query.push(("scope", "federated".into()));
             }
             let (status, body) = answer(
                 client
@@ -330,6 +354,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&body)?);
             } else {
                 print_hits(&body);
+                print_partners(&body);
             }
             Ok(())
         }
@@ -383,6 +408,48 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// The per-partner status table of a federated search.
+fn print_partners(body: &Value) {
+    let Some(partners) = body.get("partners").and_then(Value::as_array) else {
+        return;
+    };
+    println!();
+    println!(
+        "{:<8} {:<14} {:>8} {:>5}  detail",
+        "partner", "status", "ms", "hits"
+    );
+    for p in partners {
+        let hits = match p.get("count").and_then(Value::as_u64) {
+            Some(count) => format!("{count}*"),
+            None => p["hits"].as_u64().unwrap_or(0).to_string(),
+        };
+        let refs = p["refs"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .filter(|r| !r.is_empty())
+            .map(|r| format!("refs: {r}"));
+        println!(
+            "{:<8} {:<14} {:>8} {:>5}  {}",
+            p["id"].as_str().unwrap_or(""),
+            p["status"].as_str().unwrap_or(""),
+            p["latency_ms"].as_u64().unwrap_or(0),
+            hits,
+            refs.or_else(|| p["detail"].as_str().map(str::to_owned))
+                .unwrap_or_default()
+        );
+    }
+    if partners.iter().any(|p| p.get("count").is_some()) {
+        println!(
+            "* hit/no-hit partner: a count and references only; follow up with `ammotrace requests ask`"
+        );
     }
 }
 
