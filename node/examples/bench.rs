@@ -155,6 +155,13 @@ fn variant(kind: &str, lot: &str, salt: u64) -> String {
 
 async fn latency(url: &str, token: &str, n: u64, total: u64) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
+    // Extra query parameters for every search, e.g. BENCH_EXTRA="scope=federated&purpose=b&case_ref=b".
+    let extra: Vec<(String, String)> = std::env::var("BENCH_EXTRA")
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
     // Warm the page cache and the connection first: the figures are for a node in service.
     for q in 0..n.min(400) {
         let l = lot((q * 104_729 + 7) % total);
@@ -166,6 +173,7 @@ async fn latency(url: &str, token: &str, n: u64, total: u64) -> anyhow::Result<(
         http.get(format!("{url}/api/v1/search"))
             .bearer_auth(token)
             .query(&[("lot", query.as_str()), ("limit", "10")])
+            .query(&extra)
             .send()
             .await?
             .bytes()
@@ -184,6 +192,7 @@ async fn latency(url: &str, token: &str, n: u64, total: u64) -> anyhow::Result<(
                 .get(format!("{url}/api/v1/search"))
                 .bearer_auth(token)
                 .query(&[("lot", query.as_str()), ("limit", "10")])
+                .query(&extra)
                 .send()
                 .await?;
             let body: serde_json::Value = response.json().await?;
