@@ -37,20 +37,38 @@ async fn query(
     key: &SigningKey,
     body: &Value,
 ) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let headers = sign_request(
+        key,
+        &from.node_id,
+        &to.node_id,
+        "POST",
+        "/federation/v1/search",
+        &bytes,
+    );
+    post_signed(to, &headers, bytes).await
+}
+
+async fn post_signed(
+    to: &TestNode,
+    headers: &[(&'static str, String)],
+    bytes: Vec<u8>,
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
     let pem = std::fs::read(to.data_dir.join("tls.crt")).unwrap();
     let client = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
         .no_proxy()
         .build()
         .unwrap();
-    let bytes = serde_json::to_vec(body).unwrap();
-    let path = "/federation/v1/search";
     let mut req = client
-        .post(format!("https://127.0.0.1:{}{path}", to.federation_port))
+        .post(format!(
+            "https://127.0.0.1:{}/federation/v1/search",
+            to.federation_port
+        ))
         .header("content-type", "application/json")
-        .body(bytes.clone());
-    for (k, v) in sign_request(key, &from.node_id, &to.node_id, "POST", path, &bytes) {
-        req = req.header(k, v);
+        .body(bytes);
+    for (k, v) in headers {
+        req = req.header(*k, v);
     }
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
@@ -218,6 +236,21 @@ async fn one_question_gets_an_honest_answer_from_every_partner_within_the_deadli
     assert_eq!(status, 422);
     let (status, _, raw) = query(fed.node("XCC"), fed.node("XAA"), &xdd_key, &body).await;
     assert_eq!(status, 401, "{}", String::from_utf8_lossy(&raw));
+    // A replayed query (same signed headers and body, sent again) is refused with no data.
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let signed = sign_request(
+        &xdd_key,
+        "XDD",
+        "XCC",
+        "POST",
+        "/federation/v1/search",
+        &bytes,
+    );
+    let (first, _, _) = post_signed(fed.node("XCC"), &signed, bytes.clone()).await;
+    assert_eq!(first, 200);
+    let (replayed, _, raw) = post_signed(fed.node("XCC"), &signed, bytes).await;
+    assert_eq!(replayed, 401);
+    assert!(!String::from_utf8_lossy(&raw).contains("hits"));
     let xaa_key = Identity::load(&fed.node("XAA").data_dir, "XAA")
         .unwrap()
         .signing_key()
