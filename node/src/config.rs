@@ -24,6 +24,8 @@ pub struct Config {
     pub index: IndexConfig,
     #[serde(default)]
     pub federation: FederationConfig,
+    #[serde(default)]
+    pub stats: StatsConfig,
     /// Partners: see `docs/operations.md` and `docs/policies.md`.
     #[serde(default)]
     pub peers: Vec<crate::peer::PeerConfig>,
@@ -85,6 +87,19 @@ impl Default for IndexConfig {
             writer_memory_mib: 256,
             commit_interval_ms: 200,
         }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsConfig {
+    /// Cells with fewer distinct seizures are suppressed.
+    pub k: usize,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig { k: 5 }
     }
 }
 
@@ -175,6 +190,7 @@ impl Config {
             anyhow::ensure!(peer.id != self.node_id, "peer {} is this node", peer.id);
             peer.validate().map_err(|e| anyhow::anyhow!(e))?;
         }
+        anyhow::ensure!(self.stats.k >= 1, "stats.k must be at least 1");
         anyhow::ensure!(
             (1..=5000).contains(&self.federation.page_size),
             "federation.page_size must be 1..=5000"

@@ -17,6 +17,8 @@
 //! - [`sync`]: the exact pull feed (served and pulled), notify, receipts.
 //! - [`query`]: live federated queries: answering partners (views or hit/no-hit), fan-out.
 //! - [`disclosure`]: follow-up on a hit: disclosure requests, approval, one-off grants.
+//! - [`stats`]: regional aggregation: grouped counts with small-cell suppression, lots seen
+//!   across borders.
 //! - [`audit`]: the append-only, hash-chained audit log.
 //! - [`config`]: the typed configuration and the embedded default.
 //! - [`api`]: the local HTTP API (axum), problem+json errors, tokens and roles; and the
@@ -40,5 +42,6 @@ pub mod policy;
 pub mod query;
 pub mod record;
 pub mod search;
+pub mod stats;
 pub mod store;
 pub mod sync;

@@ -40,6 +40,7 @@ pub struct Node {
     written: tokio::sync::Notify,
     wakes: crate::sync::Wakes,
     rate_limits: crate::query::RateLimits,
+    stats_cache: crate::stats::FactCache,
 }
 
 /// What `init` reports.
@@ -190,6 +191,7 @@ impl Node {
             written: tokio::sync::Notify::new(),
             wakes: Default::default(),
             rate_limits: Default::default(),
+            stats_cache: Default::default(),
         }))
     }
 
@@ -213,6 +215,11 @@ impl Node {
     pub fn written(&self) {
         self.index.notify();
         self.written.notify_one();
+    }
+
+    /// The statistics' facts, cached per store change.
+    pub fn stats_cache(&self) -> &crate::stats::FactCache {
+        &self.stats_cache
     }
 
     /// Per-partner limits on live queries.

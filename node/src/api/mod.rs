@@ -16,6 +16,7 @@ mod import;
 mod peers;
 mod records;
 mod search;
+mod stats;
 
 use std::sync::Arc;
 
@@ -61,6 +62,15 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(
             "/api/v1/peers/{id}/preview/{record_id}",
             get(peers::preview),
+        )
+        .route("/api/v1/stats", get(stats::stats))
+        .route(
+            "/api/v1/stats/cross-border-lots",
+            get(stats::cross_border_lots),
+        )
+        .route(
+            "/api/v1/stats/snapshots",
+            axum::routing::post(stats::snapshot),
         )
         .route(
             "/api/v1/disclosure-requests",

@@ -1,0 +1,265 @@
+//! Regional aggregation on a real regional node fed by three States over TLS: a hand-computed
+//! table with primary and complementary suppression, CSV, cross-border lots, admin-only
+//! unsuppressed figures, and a signed snapshot a member State can verify.
+
+use std::time::Duration;
+
+use ammotrace::identity::{Identity, KeyHistory};
+use ammotrace_e2e::TestNode;
+use ammotrace_e2e::federation::{TestFederation, eventually, policy};
+use serde_json::{Value, json};
+
+fn record(state: &str, lot: &str, calibre: &str, rounds: u64, date: &str) -> Value {
+    json!({
+        "originating_state": state,
+        "event": {"event_type": "seizure", "context": ["trafficking_interdiction"],
+                  "date": {"start": date}, "location": {"country": state, "precision": "country"}},
+        "items": [{"item_id": "i1", "item_category": "small_arms_ammunition", "lot": lot,
+                   "calibre": calibre, "quantity": {"count": rounds, "unit": "rounds"}}],
+        "sharing": {"tlp": "GREEN"}
+    })
+}
+
+async fn import(node: &TestNode, records: &[Value]) {
+    let mut body = Vec::new();
+    for r in records {
+        body.extend(serde_json::to_vec(r).unwrap());
+        body.push(b'\n');
+    }
+    let a = node.import("application/x-ndjson", body, "").await.unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+}
+
+async fn stats(node: &TestNode, query: &[(&str, &str)]) -> Value {
+    let a = node
+        .send(
+            node.request(reqwest::Method::GET, "/api/v1/stats")
+                .query(query),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    a.body
+}
+
+fn cell(table: &Value, key: Value) -> Value {
+    table["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(table["totals"].as_array().unwrap())
+        .find(|c| c["key"] == key)
+        .cloned()
+        .unwrap_or_else(|| panic!("no cell {key} in {table}"))
+}
+
+#[tokio::test]
+async fn a_regional_node_publishes_patterns_without_exposing_single_cases() {
+    let share = policy("replicate", json!({"location_precision": "country"}));
+    let fed = TestFederation::start(
+        &["XAA", "XBB", "XCC", "REG"],
+        &[
+            ("XAA", "REG", share.clone()),
+            ("XBB", "REG", share.clone()),
+            ("XCC", "REG", share),
+        ],
+    )
+    .await
+    .unwrap();
+    // Hand-made data (k = 5):
+    //   XAA: 6 seizures of 7.62x39 (100 rounds each), 5 of 5.56x45 (10 each)
+    //   XBB: 7 of 7.62x39 (1 each), 1 of 5.56x45 (1000)
+    //   XCC: 5 of 7.62x39 (2 each)
+    // One lot, "21-85 539", is seized in XAA, XBB and XCC.
+    let mut xaa = Vec::new();
+    for n in 0..6 {
+        xaa.push(record(
+            "XAA",
+            if n == 0 { "21-85 539" } else { "A-1" },
+            "7.62x39",
+            100,
+            "2024-02-10",
+        ));
+    }
+    for _ in 0..5 {
+        xaa.push(record("XAA", "A-2", "5.56x45 NATO", 10, "2024-05-10"));
+    }
+    let mut xbb = Vec::new();
+    for n in 0..7 {
+        xbb.push(record(
+            "XBB",
+            if n == 0 { "21-85-539" } else { "B-1" },
+            "7.62x39",
+            1,
+            "2024-03-01",
+        ));
+    }
+    xbb.push(record("XBB", "B-2", "5.56x45 NATO", 1000, "2024-08-01"));
+    let mut xcc = Vec::new();
+    for n in 0..5 {
+        xcc.push(record(
+            "XCC",
+            if n == 0 { "LOT 21 85 539" } else { "C-1" },
+            "7.62x39",
+            2,
+            "2023-12-24",
+        ));
+    }
+    import(fed.node("XAA"), &xaa).await;
+    import(fed.node("XBB"), &xbb).await;
+    import(fed.node("XCC"), &xcc).await;
+    let reg = fed.node("REG");
+    eventually(
+        Duration::from_secs(60),
+        "REG to hold all 24 seizures",
+        || async { Ok((reg.export_lines().await?.len() == 24).then_some(())) },
+    )
+    .await
+    .unwrap();
+
+    // Seizing country × calibre, seizures.
+    let t = stats(reg, &[("group_by", "seizing_country,calibre")]).await;
+    let c = |country: &str, calibre: &str| {
+        cell(&t, json!({"seizing_country": country, "calibre": calibre}))
+    };
+    assert_eq!(c("XCC", "7.62x39")["value"], 5);
+    // XBB × 5.56 has one seizure: primary. Its row and its column each need a complement
+    // (XBB × 7.62 and XAA × 5.56); then XAA's row and the 7.62 column each hold one hidden
+    // cell, and XAA × 7.62 mends both.
+    assert_eq!(c("XBB", "5.56x45-nato")["suppressed"], true);
+    assert_eq!(c("XBB", "5.56x45-nato")["reason"], "primary");
+    assert_eq!(c("XBB", "7.62x39")["suppressed"], true);
+    assert_eq!(c("XBB", "7.62x39")["reason"], "complementary");
+    assert_eq!(c("XBB", "5.56x45-nato")["value"], Value::Null);
+    assert_eq!(c("XAA", "5.56x45-nato")["suppressed"], true);
+    assert_eq!(c("XAA", "7.62x39")["suppressed"], true);
+    assert_eq!(t["suppressed"], 4, "no more cells hidden than needed: {t}");
+    assert_eq!(c("XCC", "7.62x39")["suppressed"], false);
+    assert_eq!(cell(&t, json!({"seizing_country": "XBB"}))["value"], 8);
+    assert_eq!(cell(&t, json!({}))["value"], 24);
+    // Nothing published lets one subtract its way to XBB × 5.56: the 5.56 column has two
+    // hidden cells or a hidden total.
+    let col: Vec<bool> = ["XAA", "XBB"]
+        .iter()
+        .map(|s| c(s, "5.56x45-nato")["suppressed"] == true)
+        .chain([cell(&t, json!({"calibre": "5.56x45-nato"}))["suppressed"] == true])
+        .collect();
+    assert!(col.iter().filter(|h| **h).count() >= 2, "{col:?}");
+
+    // Rounds by calibre, CSV.
+    let csv = reg
+        .request(reqwest::Method::GET, "/api/v1/stats")
+        .query(&[
+            ("group_by", "calibre"),
+            ("measure", "rounds"),
+            ("format", "csv"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        csv.starts_with("calibre,value,suppressed,reason\n"),
+        "{csv}"
+    );
+    assert!(csv.contains("7.62x39,617,false,"), "{csv}");
+    assert!(csv.contains("5.56x45-nato,1050,false,"), "{csv}");
+    assert!(csv.contains("(total),1667,false,"), "{csv}");
+
+    // Filters and periods: 2024 only, by quarter.
+    let q = stats(
+        reg,
+        &[
+            ("group_by", "quarter"),
+            ("from", "2024-01-01"),
+            ("calibre", "7.62x39"),
+        ],
+    )
+    .await;
+    assert_eq!(cell(&q, json!({"quarter": "2024-Q1"}))["value"], 13);
+    assert_eq!(cell(&q, json!({}))["value"], 13);
+
+    // Cross-border lots: the one lot seized in three countries.
+    let lots = reg
+        .send(
+            reg.request(reqwest::Method::GET, "/api/v1/stats/cross-border-lots")
+                .query(&[("unsuppressed", "true")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(lots.status, 200, "{:?}", lots.body);
+    let row = lots.body["lots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["countries"].as_array().unwrap().len() == 3)
+        .cloned()
+        .unwrap_or_else(|| panic!("{}", lots.body));
+    assert_eq!(row["countries"], json!(["XAA", "XBB", "XCC"]));
+    assert_eq!(row["first_seen"], "2023-12-24");
+    assert_eq!(row["last_seen"], "2024-03-01");
+    // Published beyond the node: three seizures < k, so withheld.
+    let public = reg
+        .send(reg.request(reqwest::Method::GET, "/api/v1/stats/cross-border-lots"))
+        .await
+        .unwrap();
+    assert_eq!(public.body["lots"].as_array().unwrap().len(), 0);
+    assert!(public.body["withheld_under_k"].as_u64().unwrap() >= 1);
+
+    // Unsuppressed figures: admins only, and only their own State's records.
+    let own = stats(
+        fed.node("XBB"),
+        &[("group_by", "calibre"), ("unsuppressed", "true")],
+    )
+    .await;
+    assert_eq!(cell(&own, json!({"calibre": "5.56x45-nato"}))["value"], 1);
+    assert_eq!(cell(&own, json!({}))["value"], 8);
+
+    // A signed snapshot, verified by a member State with REG's key history.
+    let published = reg
+        .send(
+            reg.request(reqwest::Method::POST, "/api/v1/stats/snapshots")
+                .query(&[("group_by", "seizing_country")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(published.status, 201, "{:?}", published.body);
+    assert_eq!(published.body["snapshot"]["k"], 5);
+    assert_eq!(
+        published.body["snapshot"]["watermark"],
+        reg_last_seq(reg).await
+    );
+    let key = Identity::load(&reg.data_dir, "REG")
+        .unwrap()
+        .verifying_key();
+    let history = KeyHistory::verified_from(
+        &serde_json::from_slice(&std::fs::read(reg.data_dir.join("keys.json")).unwrap()).unwrap(),
+        &key,
+    )
+    .unwrap();
+    ammotrace::stats::verify_snapshot(&published.body, &history).unwrap();
+    let mut forged = published.body.clone();
+    forged["snapshot"]["table"]["cells"][0]["value"] = json!(999);
+    assert!(ammotrace::stats::verify_snapshot(&forged, &history).is_err());
+
+    // Bad parameters are refused with a pointer.
+    let bad = reg
+        .send(
+            reg.request(reqwest::Method::GET, "/api/v1/stats")
+                .query(&[("group_by", "colour")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.pointer(), Some("/group_by"));
+}
+
+async fn reg_last_seq(node: &TestNode) -> Value {
+    let h = node
+        .send(node.http.get(format!("{}/healthz", node.url)))
+        .await
+        .unwrap();
+    h.body["last_seq"].clone()
+}
