@@ -214,6 +214,56 @@ async fn latency(url: &str, token: &str, n: u64, total: u64) -> anyhow::Result<(
     Ok(())
 }
 
+/// Statistics over N one-item seizures in 20 countries: the facts are built once (as the
+/// node's cache does), then two-dimension tables with suppression are timed.
+fn stats(n: u64) -> anyhow::Result<()> {
+    use ammotrace::stats::{Dim, Fact, Params, table};
+    let t = Instant::now();
+    let build = |range: std::ops::Range<u64>| -> Vec<Fact> {
+        range
+            .map(|i| {
+                let mut r = record(i);
+                let country = format!("X{}{}", (b'A' + (i % 20) as u8) as char, (b'A' + (i / 20 % 3) as u8) as char);
+                r["originating_state"] = json!(country);
+                r["event"]["location"]["country"] = json!(country);
+                ammotrace::record::derive(&mut r);
+                Fact::from_record(i as u32, &r)
+            })
+            .collect()
+    };
+    let facts: Vec<Fact> = std::thread::scope(|s| {
+        let second = s.spawn(|| build(n / 2..n));
+        let mut first = build(0..n / 2);
+        first.extend(second.join().unwrap_or_default());
+        first
+    });
+    let built = t.elapsed();
+    let mut report = serde_json::Map::new();
+    for dims in [
+        [Dim::SeizingCountry, Dim::Calibre],
+        [Dim::Calibre, Dim::YearOfManufacture],
+        [Dim::SeizingCountry, Dim::Quarter],
+    ] {
+        let params = Params { group_by: dims.to_vec(), k: 5, ..Params::default() };
+        let mut times = Vec::new();
+        let mut cells = 0;
+        for _ in 0..30 {
+            let t = Instant::now();
+            let out = table(&facts, &params);
+            times.push(t.elapsed());
+            cells = out.cells.len();
+        }
+        times.sort();
+        let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)].as_secs_f64() * 1000.0;
+        report.insert(
+            format!("{}×{}", dims[0].name(), dims[1].name()),
+            json!({"p50_ms": pct(0.5), "p99_ms": pct(0.99), "cells": cells}),
+        );
+    }
+    println!("{}", json!({"items": n, "facts_build_s": built.as_secs_f64(), "tables": report}));
+    Ok(())
+}
+
 /// Where the time of one record's write goes, without HTTP or sled.
 fn prepare(n: u64) -> anyhow::Result<()> {
     use ammotrace::normalise::{calibre::CalibreTable, headstamp, lot};
@@ -280,6 +330,7 @@ async fn main() -> anyhow::Result<()> {
         ["gen", n, path] => gen_records(n.parse()?, path),
         ["latency", url, token, n, total] => latency(url, token, n.parse()?, total.parse()?).await,
         ["prepare", n] => prepare(n.parse()?),
+        ["stats", n] => stats(n.parse()?),
         _ => anyhow::bail!("usage: bench limits | gen N FILE | latency URL TOKEN N TOTAL"),
     }
 }

@@ -374,17 +374,25 @@ impl Params {
     }
 }
 
+/// One cell's sums. Each seizure adds to a cell at most once (its contributions are gathered
+/// per seizure first), so `seizures` counts distinct seizures.
 #[derive(Debug, Clone, Default)]
 struct Cell {
-    seizures: BTreeSet<u32>,
+    seizures: usize,
     items: u64,
     rounds: u64,
 }
 
 impl Cell {
+    fn add(&mut self, items: u64, rounds: u64) {
+        self.seizures += 1;
+        self.items += items;
+        self.rounds += rounds;
+    }
+
     fn value(&self, m: Measure) -> u64 {
         match m {
-            Measure::Seizures => self.seizures.len() as u64,
+            Measure::Seizures => self.seizures as u64,
             Measure::Items => self.items,
             Measure::Rounds => self.rounds,
         }
@@ -522,23 +530,39 @@ pub fn table(facts: &[Fact], p: &Params) -> Table {
                 e.1 += rounds;
             }
         }
-        let mut seen_margin: Vec<BTreeSet<String>> = vec![BTreeSet::new(); dims.len()];
-        for (key, (n_items, rounds)) in contributions {
-            let cell = cells.entry(key.clone()).or_default();
-            cell.seizures.insert(f.seizure);
-            cell.items += n_items;
-            cell.rounds += rounds;
-            for (i, v) in key.iter().enumerate() {
-                let m = margins[i].entry(v.clone()).or_default();
-                m.seizures.insert(f.seizure);
-                m.items += n_items;
-                m.rounds += rounds;
-                seen_margin[i].insert(v.clone());
+        // Margins: per value of each dimension, items counted once however many values of
+        // the other dimension they fall under.
+        let mut margin_contrib: Vec<BTreeMap<String, (u64, u64)>> = vec![BTreeMap::new(); dims.len()];
+        for (i, d) in dims.iter().enumerate() {
+            let units: Vec<Option<&ItemFact>> = if d.per_item() {
+                items.iter().map(|i| Some(*i)).collect()
+            } else {
+                vec![None]
+            };
+            for unit in units {
+                let (n_items, rounds) = match unit {
+                    Some(i) => (1, i.rounds),
+                    None => (items.len() as u64, items.iter().map(|i| i.rounds).sum()),
+                };
+                let mut values = values_of(*d, unit);
+                values.sort();
+                values.dedup();
+                for v in values {
+                    let e = margin_contrib[i].entry(v).or_default();
+                    e.0 += n_items;
+                    e.1 += rounds;
+                }
             }
         }
-        grand.seizures.insert(f.seizure);
-        grand.items += items.len() as u64;
-        grand.rounds += items.iter().map(|i| i.rounds).sum::<u64>();
+        for (key, (n_items, rounds)) in contributions {
+            cells.entry(key).or_default().add(n_items, rounds);
+        }
+        for (i, contrib) in margin_contrib.into_iter().enumerate() {
+            for (v, (n_items, rounds)) in contrib {
+                margins[i].entry(v).or_default().add(n_items, rounds);
+            }
+        }
+        grand.add(items.len() as u64, items.iter().map(|i| i.rounds).sum::<u64>());
     }
 
     // Suppression over a grid: cells, margins and the grand total, by their seizure counts.
@@ -548,16 +572,16 @@ pub fn table(facts: &[Fact], p: &Params) -> Table {
     let id_grand = "g".to_owned();
     let mut sizes: HashMap<String, usize> = HashMap::new();
     for (k, c) in &cells {
-        sizes.insert(id_cell(k), c.seizures.len());
+        sizes.insert(id_cell(k), c.seizures);
     }
     if dims.len() == 2 {
         for (i, m) in margins.iter().enumerate() {
             for (v, c) in m {
-                sizes.insert(id_margin(i, v), c.seizures.len());
+                sizes.insert(id_margin(i, v), c.seizures);
             }
         }
     }
-    sizes.insert(id_grand.clone(), grand.seizures.len());
+    sizes.insert(id_grand.clone(), grand.seizures);
     if !p.unsuppressed {
         for (id, n) in &sizes {
             if *n < p.k && *n > 0 {
@@ -652,7 +676,7 @@ pub fn table(facts: &[Fact], p: &Params) -> Table {
                 json!({ "key": key, "value": null, "suppressed": true, "reason": reason })
             }
             None => {
-                json!({ "key": key, "value": c.value(measure), "seizures": c.seizures.len(), "suppressed": false })
+                json!({ "key": key, "value": c.value(measure), "seizures": c.seizures, "suppressed": false })
             }
         }
     };
