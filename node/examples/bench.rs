@@ -223,7 +223,11 @@ fn stats(n: u64) -> anyhow::Result<()> {
         range
             .map(|i| {
                 let mut r = record(i);
-                let country = format!("X{}{}", (b'A' + (i % 20) as u8) as char, (b'A' + (i / 20 % 3) as u8) as char);
+                let country = format!(
+                    "X{}{}",
+                    (b'A' + (i % 20) as u8) as char,
+                    (b'A' + (i / 20 % 3) as u8) as char
+                );
                 r["originating_state"] = json!(country);
                 r["event"]["location"]["country"] = json!(country);
                 ammotrace::record::derive(&mut r);
@@ -244,7 +248,11 @@ fn stats(n: u64) -> anyhow::Result<()> {
         [Dim::Calibre, Dim::YearOfManufacture],
         [Dim::SeizingCountry, Dim::Quarter],
     ] {
-        let params = Params { group_by: dims.to_vec(), k: 5, ..Params::default() };
+        let params = Params {
+            group_by: dims.to_vec(),
+            k: 5,
+            ..Params::default()
+        };
         let mut times = Vec::new();
         let mut cells = 0;
         for _ in 0..30 {
@@ -254,13 +262,18 @@ fn stats(n: u64) -> anyhow::Result<()> {
             cells = out.cells.len();
         }
         times.sort();
-        let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)].as_secs_f64() * 1000.0;
+        let pct = |p: f64| {
+            times[((times.len() as f64 * p) as usize).min(times.len() - 1)].as_secs_f64() * 1000.0
+        };
         report.insert(
             format!("{}×{}", dims[0].name(), dims[1].name()),
             json!({"p50_ms": pct(0.5), "p99_ms": pct(0.99), "cells": cells}),
         );
     }
-    println!("{}", json!({"items": n, "facts_build_s": built.as_secs_f64(), "tables": report}));
+    println!(
+        "{}",
+        json!({"items": n, "facts_build_s": built.as_secs_f64(), "tables": report})
+    );
     Ok(())
 }
 

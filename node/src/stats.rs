@@ -532,7 +532,8 @@ pub fn table(facts: &[Fact], p: &Params) -> Table {
         }
         // Margins: per value of each dimension, items counted once however many values of
         // the other dimension they fall under.
-        let mut margin_contrib: Vec<BTreeMap<String, (u64, u64)>> = vec![BTreeMap::new(); dims.len()];
+        let mut margin_contrib: Vec<BTreeMap<String, (u64, u64)>> =
+            vec![BTreeMap::new(); dims.len()];
         for (i, d) in dims.iter().enumerate() {
             let units: Vec<Option<&ItemFact>> = if d.per_item() {
                 items.iter().map(|i| Some(*i)).collect()
@@ -562,7 +563,10 @@ pub fn table(facts: &[Fact], p: &Params) -> Table {
                 margins[i].entry(v).or_default().add(n_items, rounds);
             }
         }
-        grand.add(items.len() as u64, items.iter().map(|i| i.rounds).sum::<u64>());
+        grand.add(
+            items.len() as u64,
+            items.iter().map(|i| i.rounds).sum::<u64>(),
+        );
     }
 
     // Suppression over a grid: cells, margins and the grand total, by their seizure counts.

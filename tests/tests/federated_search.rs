@@ -80,13 +80,15 @@ async fn post_signed(
 async fn one_question_gets_an_honest_answer_from_every_partner_within_the_deadline() {
     let to_xdd = |mode: &str| policy(mode, json!({"location_precision": "admin1"}));
     let mut fed = TestFederation::start(
-        &["XAA", "XBB", "XCC", "XDD", "XEE", "XSS"],
+        &["XAA", "XBB", "XCC", "XDD", "XEE", "XRR", "XSS", "XTT"],
         &[
             ("XAA", "XDD", to_xdd("query")),
             ("XBB", "XDD", to_xdd("hit_no_hit")),
             ("XCC", "XDD", to_xdd("query")),
             ("XEE", "XDD", to_xdd("query")),
             ("XSS", "XDD", to_xdd("query")),
+            ("XTT", "XDD", to_xdd("query")),
+            // XRR shares nothing with XDD: mode none.
         ],
     )
     .await
@@ -136,6 +138,39 @@ async fn one_question_gets_an_honest_answer_from_every_partner_within_the_deadli
             .serve(slow.into_make_service()),
     );
 
+    // XTT answers with a hit whose envelope was signed by a key that is not XTT's.
+    let xtt_port = fed.node("XTT").federation_port;
+    let xtt_dir = fed.node("XTT").data_dir.clone();
+    fed.node_mut("XTT").stop().unwrap();
+    let forged = ammotrace::envelope::seal(
+        &json!({"record_id": "01900000-0000-7000-8000-0000000000ff", "record_version": 1,
+                "originating_state": "XTT", "items": [{"item_id": "i1", "lot": {"raw": "21-85 539"}}]}),
+        &ammotrace::envelope::Seal {
+            origin: "XTT", seq: 1, prev: "", issued_at: "2026-01-01T00:00:00.000Z",
+            retracted: false, normaliser: "1",
+        },
+        &SigningKey::from_bytes(&[66u8; 32]),
+    )
+    .unwrap();
+    let forged_answer = json!({"mode": "query", "hits": [
+        {"item_id": "i1", "match": {"kind": "exact", "score": 1.0}, "envelope": forged}
+    ]})
+    .to_string();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(
+        xtt_dir.join("tls.crt"),
+        xtt_dir.join("tls.key"),
+    )
+    .await
+    .unwrap();
+    let liar = axum::Router::new().fallback(move || {
+        let body = forged_answer.clone();
+        async move { ([("content-type", "application/json")], body) }
+    });
+    tokio::spawn(
+        axum_server::bind_rustls(std::net::SocketAddr::from(([127, 0, 0, 1], xtt_port)), tls)
+            .serve(liar.into_make_service()),
+    );
+
     let xdd = fed.node("XDD");
     let started = Instant::now();
     let answer = xdd
@@ -170,6 +205,15 @@ async fn one_question_gets_an_honest_answer_from_every_partner_within_the_deadli
     assert_eq!(partner("XBB")["refs"].as_array().unwrap().len(), 1);
     assert_eq!(partner("XEE")["status"], "unreachable");
     assert_eq!(partner("XSS")["status"], "timed_out");
+    assert_eq!(partner("XRR")["status"], "refused");
+    assert!(
+        partner("XRR")["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("403")
+    );
+    assert_eq!(partner("XTT")["status"], "bad_signature");
+    assert_eq!(partner("XTT")["hits"], 0);
     for p in answer.body["partners"].as_array().unwrap() {
         assert!(p["latency_ms"].as_u64().unwrap() <= 2500, "{p}");
     }
