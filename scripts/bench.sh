@@ -6,6 +6,8 @@
 #
 # usage: scripts/bench.sh              (100k and 1M items)
 #        SIZES="100000" scripts/bench.sh
+# The sections written by scripts/bench-sync.sh, bench-federated.sh and bench-stats.sh are kept
+# (run them after this one; `BENCH_ALL=1 scripts/bench.sh` runs all four).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 sizes="${SIZES:-100000 1000000}"
@@ -134,6 +136,20 @@ characters as `?`; fuzzy = one character dropped.
 Targets (issue 2): import ≥ 10k records/s at 1M items; exact lot p99 ≤ 5 ms and fuzzy p99 ≤ 25 ms
 at 1M items; RSS ≤ 2.5 GB.
 """
+# Keep the sections other scripts write (sync, federated search, statistics).
+import re
+try:
+    previous = open(out).read()
+except FileNotFoundError:
+    previous = ""
+kept = [m.group(0) for m in re.finditer(r"<!-- (\w+):begin -->.*?<!-- \1:end -->\n?", previous, flags=re.S)]
+text = text.rstrip("\n") + "\n" + "".join("\n" + k for k in kept)
 open(out, "w").write(text)
 print(text)
 PY
+
+if [ -n "${BENCH_ALL:-}" ]; then
+  "$here/scripts/bench-sync.sh"
+  "$here/scripts/bench-federated.sh"
+  "$here/scripts/bench-stats.sh"
+fi

@@ -118,6 +118,7 @@ pub struct Fact {
     origin: String,
     seizing_country: String,
     date: String,
+    quarter: String,
     contexts: Vec<String>,
     route_segments: Vec<String>,
     shipment_method: String,
@@ -253,6 +254,13 @@ impl Fact {
             seizure,
             origin: text(record.get("originating_state")),
             seizing_country: text(event.and_then(|e| e.pointer("/location/country"))),
+            quarter: match (
+                date.get(..4),
+                date.get(5..7).and_then(|m| m.parse::<u32>().ok()),
+            ) {
+                (Some(y), Some(m)) if (1..=12).contains(&m) => format!("{y}-Q{}", (m - 1) / 3 + 1),
+                _ => UNKNOWN.into(),
+            },
             date,
             contexts: list(event.and_then(|e| e.get("context"))),
             route_segments: if route_segments.is_empty() {
@@ -268,42 +276,30 @@ impl Fact {
     }
 
     /// The values of a seizure-level dimension.
-    fn seizure_values(&self, dim: Dim) -> Vec<String> {
+    fn seizure_values(&self, dim: Dim) -> Vec<&str> {
         let d = &self.date;
         match dim {
-            Dim::SeizingCountry => vec![self.seizing_country.clone()],
-            Dim::Context => self.contexts.clone(),
-            Dim::RouteSegment => self.route_segments.clone(),
-            Dim::ShipmentMethod => vec![self.shipment_method.clone()],
-            Dim::Concealment => self.concealment.clone(),
-            Dim::Year => vec![d.get(..4).unwrap_or(UNKNOWN).to_owned()],
-            Dim::Month => vec![
-                d.get(..7)
-                    .filter(|m| m.len() == 7)
-                    .unwrap_or(UNKNOWN)
-                    .to_owned(),
-            ],
-            Dim::Quarter => vec![
-                match (d.get(..4), d.get(5..7).and_then(|m| m.parse::<u32>().ok())) {
-                    (Some(y), Some(m)) if (1..=12).contains(&m) => {
-                        format!("{y}-Q{}", (m - 1) / 3 + 1)
-                    }
-                    _ => UNKNOWN.into(),
-                },
-            ],
+            Dim::SeizingCountry => vec![self.seizing_country.as_str()],
+            Dim::Context => self.contexts.iter().map(String::as_str).collect(),
+            Dim::RouteSegment => self.route_segments.iter().map(String::as_str).collect(),
+            Dim::ShipmentMethod => vec![self.shipment_method.as_str()],
+            Dim::Concealment => self.concealment.iter().map(String::as_str).collect(),
+            Dim::Year => vec![d.get(..4).unwrap_or(UNKNOWN)],
+            Dim::Month => vec![d.get(..7).filter(|m| m.len() == 7).unwrap_or(UNKNOWN)],
+            Dim::Quarter => vec![self.quarter.as_str()],
             _ => Vec::new(),
         }
     }
 }
 
-fn item_value(item: &ItemFact, dim: Dim) -> String {
+fn item_value(item: &ItemFact, dim: Dim) -> &str {
     match dim {
-        Dim::Calibre => item.calibre.clone(),
-        Dim::Maker => item.maker.clone(),
-        Dim::CountryOfManufacture => item.country_of_manufacture.clone(),
-        Dim::YearOfManufacture => item.year_of_manufacture.clone(),
-        Dim::AgeAtSeizure => item.age_band.clone(),
-        _ => UNKNOWN.into(),
+        Dim::Calibre => &item.calibre,
+        Dim::Maker => &item.maker,
+        Dim::CountryOfManufacture => &item.country_of_manufacture,
+        Dim::YearOfManufacture => &item.year_of_manufacture,
+        Dim::AgeAtSeizure => &item.age_band,
+        _ => UNKNOWN,
     }
 }
 
@@ -457,13 +453,25 @@ pub struct Table {
 }
 
 /// Computes a table over `facts`.
-pub fn table(facts: &[Fact], p: &Params) -> Table {
+fn values_of<'a>(f: &'a Fact, d: Dim, item: Option<&'a ItemFact>) -> Vec<&'a str> {
+    if d.per_item() {
+        item.map(|i| vec![item_value(i, d)]).unwrap_or_default()
+    } else {
+        f.seizure_values(d)
+    }
+}
+
+pub fn table<'a>(facts: &'a [Fact], p: &Params) -> Table {
     let measure = p.measure.unwrap_or(Measure::Seizures);
     let dims = &p.group_by;
-    let mut cells: BTreeMap<Vec<String>, Cell> = BTreeMap::new();
-    // Margins: per value of each dimension, and the grand total (distinct seizures).
-    let mut margins: Vec<BTreeMap<String, Cell>> = vec![BTreeMap::new(); dims.len()];
+    // Values are interned per table (borrowed from the facts), so grouping works on integers.
+    let mut ids: HashMap<&'a str, u32> = HashMap::new();
+    let mut names: Vec<&'a str> = Vec::new();
+    let mut raw_cells: HashMap<[u32; 2], Cell> = HashMap::new();
+    let mut raw_margins: Vec<HashMap<u32, Cell>> = vec![HashMap::new(); dims.len()];
     let mut grand = Cell::default();
+    let mut contributions: Vec<([u32; 2], u64, u64)> = Vec::new();
+    let mut margin_contrib: Vec<Vec<(u32, u64, u64)>> = vec![Vec::new(); dims.len()];
     for f in facts.iter().filter(|f| in_period(f, p)) {
         if let Some(own) = &p.own_only
             && &f.origin != own
@@ -474,68 +482,74 @@ pub fn table(facts: &[Fact], p: &Params) -> Table {
             .filters
             .iter()
             .filter(|(d, _)| !d.per_item())
-            .all(|(d, v)| f.seizure_values(*d).contains(v))
+            .all(|(d, v)| f.seizure_values(*d).contains(&v.as_str()))
         {
             continue;
         }
-        let items: Vec<&ItemFact> = f
+        let items: Vec<&'a ItemFact> = f
             .items
             .iter()
             .filter(|i| {
                 p.filters
                     .iter()
                     .filter(|(d, _)| d.per_item())
-                    .all(|(d, v)| &item_value(i, *d) == v)
+                    .all(|(d, v)| item_value(i, *d) == v)
             })
             .collect();
         if items.is_empty() && p.filters.iter().any(|(d, _)| d.per_item()) {
             continue;
         }
-        // Every combination of values this seizure contributes, with its items.
-        let mut contributions: BTreeMap<Vec<String>, (u64, u64)> = BTreeMap::new();
-        let values_of = |d: Dim, item: Option<&ItemFact>| -> Vec<String> {
-            if d.per_item() {
-                item.map(|i| vec![item_value(i, d)]).unwrap_or_default()
-            } else {
-                f.seizure_values(d)
+        let mut id_of = |v: &'a str| -> u32 {
+            if let Some(id) = ids.get(v) {
+                return *id;
             }
+            let id = names.len() as u32;
+            names.push(v);
+            ids.insert(v, id);
+            id
         };
+        // Every combination of values this seizure contributes, with its items.
+        contributions.clear();
         let per_item = dims.iter().any(|d| d.per_item());
-        let units: Vec<Option<&ItemFact>> = if per_item {
+        let units: Vec<Option<&'a ItemFact>> = if per_item {
             items.iter().map(|i| Some(*i)).collect()
         } else {
             vec![None]
         };
-        for unit in units {
+        for unit in &units {
             let (n_items, rounds) = match unit {
                 Some(i) => (1, i.rounds),
                 None => (items.len() as u64, items.iter().map(|i| i.rounds).sum()),
             };
-            let mut keys: Vec<Vec<String>> = vec![Vec::new()];
-            for d in dims {
-                keys = keys
+            let first: Vec<u32> = values_of(f, dims[0], *unit)
+                .into_iter()
+                .map(&mut id_of)
+                .collect();
+            let second: Vec<u32> = match dims.get(1) {
+                Some(d) => values_of(f, *d, *unit)
                     .into_iter()
-                    .flat_map(|k| {
-                        values_of(*d, unit).into_iter().map(move |v| {
-                            let mut k = k.clone();
-                            k.push(v);
-                            k
-                        })
-                    })
-                    .collect();
-            }
-            for key in keys {
-                let e = contributions.entry(key).or_default();
-                e.0 += n_items;
-                e.1 += rounds;
+                    .map(&mut id_of)
+                    .collect(),
+                None => vec![u32::MAX],
+            };
+            for a in &first {
+                for b in &second {
+                    let key = [*a, *b];
+                    match contributions.iter_mut().find(|(k, _, _)| *k == key) {
+                        Some(e) => {
+                            e.1 += n_items;
+                            e.2 += rounds;
+                        }
+                        None => contributions.push((key, n_items, rounds)),
+                    }
+                }
             }
         }
         // Margins: per value of each dimension, items counted once however many values of
         // the other dimension they fall under.
-        let mut margin_contrib: Vec<BTreeMap<String, (u64, u64)>> =
-            vec![BTreeMap::new(); dims.len()];
         for (i, d) in dims.iter().enumerate() {
-            let units: Vec<Option<&ItemFact>> = if d.per_item() {
+            margin_contrib[i].clear();
+            let units: Vec<Option<&'a ItemFact>> = if d.per_item() {
                 items.iter().map(|i| Some(*i)).collect()
             } else {
                 vec![None]
@@ -545,22 +559,24 @@ pub fn table(facts: &[Fact], p: &Params) -> Table {
                     Some(i) => (1, i.rounds),
                     None => (items.len() as u64, items.iter().map(|i| i.rounds).sum()),
                 };
-                let mut values = values_of(*d, unit);
-                values.sort();
-                values.dedup();
-                for v in values {
-                    let e = margin_contrib[i].entry(v).or_default();
-                    e.0 += n_items;
-                    e.1 += rounds;
+                for v in values_of(f, *d, unit) {
+                    let v = id_of(v);
+                    match margin_contrib[i].iter_mut().find(|(k, _, _)| *k == v) {
+                        Some(e) => {
+                            e.1 += n_items;
+                            e.2 += rounds;
+                        }
+                        None => margin_contrib[i].push((v, n_items, rounds)),
+                    }
                 }
             }
         }
-        for (key, (n_items, rounds)) in contributions {
-            cells.entry(key).or_default().add(n_items, rounds);
+        for (key, n_items, rounds) in &contributions {
+            raw_cells.entry(*key).or_default().add(*n_items, *rounds);
         }
-        for (i, contrib) in margin_contrib.into_iter().enumerate() {
-            for (v, (n_items, rounds)) in contrib {
-                margins[i].entry(v).or_default().add(n_items, rounds);
+        for (i, contrib) in margin_contrib.iter().enumerate() {
+            for (v, n_items, rounds) in contrib {
+                raw_margins[i].entry(*v).or_default().add(*n_items, *rounds);
             }
         }
         grand.add(
@@ -568,6 +584,29 @@ pub fn table(facts: &[Fact], p: &Params) -> Table {
             items.iter().map(|i| i.rounds).sum::<u64>(),
         );
     }
+    // Back to names, in order.
+    let name = |id: u32| {
+        names
+            .get(id as usize)
+            .copied()
+            .unwrap_or(UNKNOWN)
+            .to_owned()
+    };
+    let cells: BTreeMap<Vec<String>, Cell> = raw_cells
+        .into_iter()
+        .map(|(k, c)| {
+            let key = if dims.len() == 2 {
+                vec![name(k[0]), name(k[1])]
+            } else {
+                vec![name(k[0])]
+            };
+            (key, c)
+        })
+        .collect();
+    let margins: Vec<BTreeMap<String, Cell>> = raw_margins
+        .into_iter()
+        .map(|m| m.into_iter().map(|(k, c)| (name(k), c)).collect())
+        .collect();
 
     // Suppression over a grid: cells, margins and the grand total, by their seizure counts.
     let mut suppressed: HashMap<String, &'static str> = HashMap::new();
@@ -923,6 +962,7 @@ mod tests {
                 origin: (*country).into(),
                 seizing_country: (*country).into(),
                 date: "2024-03-01".into(),
+                quarter: "2024-Q1".into(),
                 contexts: vec!["unknown".into()],
                 route_segments: vec!["unknown".into()],
                 shipment_method: "unknown".into(),
