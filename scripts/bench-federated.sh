@@ -76,7 +76,7 @@ echo "measuring…" >&2
 local_lat="$("$bench" latency "${url[XAA]}" "$(cat "$work/XAA/admin.token")" "$queries" "$((n / 5))")"
 fed_lat="$(BENCH_EXTRA="scope=federated&purpose=benchmark&case_ref=bench-1" "$bench" latency "${url[XQQ]}" "$(cat "$work/XQQ/admin.token")" "$queries" "$n")"
 
-python3 - "$out" "$n" "$queries" "$local_lat" "$fed_lat" <<'PY'
+python3 - "$out" "$n" "$queries" "$local_lat" "$fed_lat" <<'PY' | python3 "$here/scripts/bench_section.py" "$out" federated
 import datetime, json, re, subprocess, sys
 out, n, queries, local, fed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4]), json.loads(sys.argv[5])
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
@@ -88,8 +88,7 @@ for name, lat, items in (("local, one partner", local, n // 5), ("federated, 5 p
         cells.append(f"{l['p50_ms']:.1f} / {l['p99_ms']:.1f} ({l['found_share']:.0%})")
     rows.append("| " + " | ".join(cells) + " |")
 rows = "\n".join(rows)
-section = f"""<!-- federated:begin -->
-## Federated search (issue 4)
+section = f"""## Federated search (issue 4)
 
 - date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {cpu}; all six nodes and the client on the same 2 cores
 - command: `FED_N={n} QUERIES={queries} scripts/bench-federated.sh`
@@ -104,16 +103,6 @@ section = f"""<!-- federated:begin -->
 {rows}
 
 Target (issue 4): federated p99 ≤ 150 ms.
-<!-- federated:end -->
 """
-try:
-    text = open(out).read()
-except FileNotFoundError:
-    text = "# Benchmarks\n"
-if "<!-- federated:begin -->" in text:
-    text = re.sub(r"<!-- federated:begin -->.*?<!-- federated:end -->\n?", section, text, flags=re.S)
-else:
-    text = text.rstrip("\n") + "\n\n" + section
-open(out, "w").write(text)
 print(section)
 PY

@@ -12,13 +12,12 @@ n="${STATS_N:-1000000}"
 out="$here/docs/benchmarks.md"
 cargo build --release -q -p ammotrace --example bench --manifest-path "$here/Cargo.toml"
 result="$("$here/target/release/examples/bench" stats "$n")"
-python3 - "$out" "$result" <<'PY'
+python3 - "$out" "$result" <<'PY' | python3 "$here/scripts/bench_section.py" "$out" stats
 import datetime, json, re, subprocess, sys
 out, r = sys.argv[1], json.loads(sys.argv[2])
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 rows = "\n".join(f"| {name} | {t['cells']} | {t['p50_ms']:.0f} | {t['p99_ms']:.0f} |" for name, t in r["tables"].items())
-section = f"""<!-- stats:begin -->
-## Statistics (issue 5)
+section = f"""## Statistics (issue 5)
 
 - date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {cpu}
 - command: `STATS_N={r['items']} scripts/bench-stats.sh` — {r['items']:,} one-item seizures; facts
@@ -31,16 +30,6 @@ section = f"""<!-- stats:begin -->
 {rows}
 
 Target (issue 5): two-dimension group-by over 1M items, p99 ≤ 500 ms.
-<!-- stats:end -->
 """
-try:
-    text = open(out).read()
-except FileNotFoundError:
-    text = "# Benchmarks\n"
-if "<!-- stats:begin -->" in text:
-    text = re.sub(r"<!-- stats:begin -->.*?<!-- stats:end -->\n?", section, text, flags=re.S)
-else:
-    text = text.rstrip("\n") + "\n\n" + section
-open(out, "w").write(text)
 print(section)
 PY

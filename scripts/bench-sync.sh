@@ -80,12 +80,11 @@ if [ -n "${PERF_OUT:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true;
 count="$(curl -sf -H "Authorization: Bearer $tok_b" "$url_b/api/v1/export" | wc -l)"
 rss_kb="$(awk '/VmHWM/ {print $2}' /proc/${pids[1]}/status)"
 
-python3 - "$out" "$limits" "$n" "$t0" "$stored" "$t2" "$count" "$rss_kb" <<'PY'
+python3 - "$out" "$limits" "$n" "$t0" "$stored" "$t2" "$count" "$rss_kb" <<'PY' | python3 "$here/scripts/bench_section.py" "$out" sync
 import datetime, json, re, subprocess, sys
 out, limits, n, t0, stored, t2, count, rss = sys.argv[1], json.loads(sys.argv[2]), *map(int, sys.argv[3:9])
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
-section = f"""<!-- sync:begin -->
-## Sync between two nodes (issue 3)
+section = f"""## Sync between two nodes (issue 3)
 
 - date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {cpu}, both nodes and the client on the same 2 cores
 - command: `SYNC_N={n} scripts/bench-sync.sh`
@@ -99,16 +98,6 @@ section = f"""<!-- sync:begin -->
 | {n:,} | {n / ((stored - t0) / 1000):,.0f} | {n / ((t2 - t0) / 1000):,.0f} | {count:,} | {rss / 1024:,.0f} MiB | {limits['sign_per_s']:,.0f}/s | {limits['verify_per_s']:,.0f}/s |
 
 Target (issue 3): ≥ 15k records/s.
-<!-- sync:end -->
 """
-try:
-    text = open(out).read()
-except FileNotFoundError:
-    text = "# Benchmarks\n"
-if "<!-- sync:begin -->" in text:
-    text = re.sub(r"<!-- sync:begin -->.*?<!-- sync:end -->\n?", section, text, flags=re.S)
-else:
-    text = text.rstrip("\n") + "\n\n" + section
-open(out, "w").write(text)
 print(section)
 PY
