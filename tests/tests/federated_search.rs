@@ -184,8 +184,10 @@ async fn one_question_gets_an_honest_answer_from_every_partner_within_the_deadli
         .unwrap();
     let took = started.elapsed();
     assert_eq!(answer.status, 200, "{:?}", answer.body);
+    // The sleeper answers after 10 s: a deadline of 1.5 s must not wait for it (margin for a
+    // loaded CI machine running eight nodes on two cores).
     assert!(
-        took < Duration::from_millis(2500),
+        took < Duration::from_millis(4000),
         "the deadline was not kept: {took:?}"
     );
 
@@ -215,7 +217,7 @@ async fn one_question_gets_an_honest_answer_from_every_partner_within_the_deadli
     assert_eq!(partner("XTT")["status"], "bad_signature");
     assert_eq!(partner("XTT")["hits"], 0);
     for p in answer.body["partners"].as_array().unwrap() {
-        assert!(p["latency_ms"].as_u64().unwrap() <= 2500, "{p}");
+        assert!(p["latency_ms"].as_u64().unwrap() <= 3500, "{p}");
     }
 
     let hits = answer.body["hits"].as_array().unwrap();
