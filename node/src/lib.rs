@@ -9,6 +9,7 @@
 //!   using tantivy.
 //! - [`search`]: matching and ranking (match kinds, scores, sibling lots).
 //! - [`import`]: JSON Lines, CSV and XLSX bodies to submitted records.
+//! - [`export`]: MISP events and STIX 2.1 bundles (lossy views for partners' tools).
 //! - [`identity`]: the node's ed25519 key and its history (rotation, revocation), TLS
 //!   certificate and admin token.
 //! - [`envelope`]: selective-disclosure envelopes: a record version signed once, shown in part.
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod disclosure;
 pub mod envelope;
+pub mod export;
 pub mod identity;
 pub mod import;
 pub mod index;

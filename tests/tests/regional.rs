@@ -244,6 +244,60 @@ async fn a_regional_node_publishes_patterns_without_exposing_single_cases() {
     forged["snapshot"]["table"]["cells"][0]["value"] = json!(999);
     assert!(ammotrace::stats::verify_snapshot(&forged, &history).is_err());
 
+    // Exports for MISP and STIX tools: every record REG sees, as lossy views.
+    let misp = reg
+        .send(reg.request(reqwest::Method::GET, "/api/v1/export/misp"))
+        .await
+        .unwrap();
+    assert_eq!(misp.status, 200, "{:?}", misp.body);
+    let events = misp.body["response"].as_array().unwrap();
+    assert_eq!(events.len(), 24);
+    assert!(events.iter().any(|e| {
+        e["Event"]["Attribute"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["value"] == "LOT 21 85 539")
+    }));
+    let stix = reg
+        .send(reg.request(reqwest::Method::GET, "/api/v1/export/stix"))
+        .await
+        .unwrap();
+    assert_eq!(stix.body["type"], "bundle");
+    let objects = stix.body["objects"].as_array().unwrap();
+    assert_eq!(objects.iter().filter(|o| o["type"] == "report").count(), 24);
+    assert_eq!(
+        objects.iter().filter(|o| o["type"] == "identity").count(),
+        3
+    );
+    // A partner's cut: XAA's own records as REG's policy shows them (country only).
+    let cut = fed
+        .node("XAA")
+        .send(
+            fed.node("XAA")
+                .request(reqwest::Method::GET, "/api/v1/export/stix")
+                .query(&[("partner", "REG")]),
+        )
+        .await
+        .unwrap();
+    let reports: Vec<&Value> = cut.body["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["type"] == "report")
+        .collect();
+    assert_eq!(reports.len(), 11);
+    let unknown = fed
+        .node("XAA")
+        .send(
+            fed.node("XAA")
+                .request(reqwest::Method::GET, "/api/v1/export/stix")
+                .query(&[("partner", "XQQ")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(unknown.status, 400);
+
     // Bad parameters are refused with a pointer.
     let bad = reg
         .send(

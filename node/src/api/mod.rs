@@ -57,6 +57,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/search", get(search::search))
         .route("/api/v1/import", axum::routing::post(import::import))
         .route("/api/v1/export", get(records::export))
+        .route("/api/v1/export/{format}", get(records::export_tool))
         .route("/api/v1/records/{id}/receipts", get(peers::receipts))
         .route("/api/v1/peers", get(peers::list))
         .route(

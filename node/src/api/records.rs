@@ -245,3 +245,74 @@ pub async fn export(
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     Ok((headers, body).into_response())
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolExportParams {
+    /// Export only what this partner may see (this node's own records, cut to its policy).
+    partner: Option<String>,
+}
+
+/// # `GET /api/v1/export/{format}` (`misp` or `stix`)
+/// Lossy views for MISP and STIX tooling: every record this node can see, or with `partner`,
+/// this node's own records as that partner's policy shows them.
+pub async fn export_tool(
+    State(state): State<AppState>,
+    Writer(_caller): Writer,
+    Path(format): Path<String>,
+    params: Result<Query<ToolExportParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request("", e.body_text()))?;
+    if format != "misp" && format != "stix" {
+        return Err(ApiError::not_found("export formats: misp, stix"));
+    }
+    let node = state.node.clone();
+    let peer = match &params.partner {
+        Some(id) => Some(
+            node.peers()
+                .get(id)
+                .cloned()
+                .ok_or_else(|| ApiError::bad_request("/partner", format!("no partner {id}")))?,
+        ),
+        None => None,
+    };
+    let records = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, ApiError> {
+        let store = node.store();
+        let mut out = Vec::new();
+        for head in store.heads() {
+            let (id, head) = head?;
+            if head.retracted {
+                continue;
+            }
+            let Some(record) = store.get(&id, Some(head.version))? else {
+                continue;
+            };
+            match &peer {
+                None => out.push(record),
+                Some(peer) => {
+                    if !store.is_own(&id)? {
+                        continue;
+                    }
+                    let Some(bytes) = store.envelope(&id, head.version)? else {
+                        continue;
+                    };
+                    let envelope: crate::envelope::Envelope =
+                        serde_json::from_slice(&bytes).map_err(ApiError::internal)?;
+                    if let crate::sync::View::Shown(view) =
+                        crate::sync::view_for(peer, &envelope, &record)
+                    {
+                        out.push(view.record());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await??;
+    let body = if format == "misp" {
+        json!({ "response": records.iter().map(crate::export::misp_event).collect::<Vec<_>>() })
+    } else {
+        crate::export::stix_bundle(&records, &now_rfc3339())
+    };
+    Ok(Json(body).into_response())
+}
