@@ -453,11 +453,21 @@ pub struct Table {
 }
 
 /// Computes a table over `facts`.
-fn values_of<'a>(f: &'a Fact, d: Dim, item: Option<&'a ItemFact>) -> Vec<&'a str> {
+fn push_values<'a>(f: &'a Fact, d: Dim, item: Option<&'a ItemFact>, out: &mut Vec<&'a str>) {
     if d.per_item() {
-        item.map(|i| vec![item_value(i, d)]).unwrap_or_default()
-    } else {
-        f.seizure_values(d)
+        out.extend(item.map(|i| item_value(i, d)));
+        return;
+    }
+    match d {
+        Dim::SeizingCountry => out.push(&f.seizing_country),
+        Dim::Context => out.extend(f.contexts.iter().map(String::as_str)),
+        Dim::RouteSegment => out.extend(f.route_segments.iter().map(String::as_str)),
+        Dim::ShipmentMethod => out.push(&f.shipment_method),
+        Dim::Concealment => out.extend(f.concealment.iter().map(String::as_str)),
+        Dim::Year => out.push(f.date.get(..4).unwrap_or(UNKNOWN)),
+        Dim::Month => out.push(f.date.get(..7).filter(|m| m.len() == 7).unwrap_or(UNKNOWN)),
+        Dim::Quarter => out.push(&f.quarter),
+        _ => {}
     }
 }
 
@@ -472,6 +482,14 @@ pub fn table<'a>(facts: &'a [Fact], p: &Params) -> Table {
     let mut grand = Cell::default();
     let mut contributions: Vec<([u32; 2], u64, u64)> = Vec::new();
     let mut margin_contrib: Vec<Vec<(u32, u64, u64)>> = vec![Vec::new(); dims.len()];
+    // Buffers reused across facts: the loop allocates nothing once they have grown.
+    let mut items: Vec<&'a ItemFact> = Vec::new();
+    let mut vals: Vec<&'a str> = Vec::new();
+    let mut first: Vec<u32> = Vec::new();
+    let mut second: Vec<u32> = Vec::new();
+    let item_filters: Vec<&(Dim, String)> =
+        p.filters.iter().filter(|(d, _)| d.per_item()).collect();
+    let per_item = dims.iter().any(|d| d.per_item());
     for f in facts.iter().filter(|f| in_period(f, p)) {
         if let Some(own) = &p.own_only
             && &f.origin != own
@@ -486,17 +504,13 @@ pub fn table<'a>(facts: &'a [Fact], p: &Params) -> Table {
         {
             continue;
         }
-        let items: Vec<&'a ItemFact> = f
-            .items
-            .iter()
-            .filter(|i| {
-                p.filters
-                    .iter()
-                    .filter(|(d, _)| d.per_item())
-                    .all(|(d, v)| item_value(i, *d) == v)
-            })
-            .collect();
-        if items.is_empty() && p.filters.iter().any(|(d, _)| d.per_item()) {
+        items.clear();
+        items.extend(
+            f.items
+                .iter()
+                .filter(|i| item_filters.iter().all(|(d, v)| item_value(i, *d) == v)),
+        );
+        if items.is_empty() && !item_filters.is_empty() {
             continue;
         }
         let mut id_of = |v: &'a str| -> u32 {
@@ -508,30 +522,30 @@ pub fn table<'a>(facts: &'a [Fact], p: &Params) -> Table {
             ids.insert(v, id);
             id
         };
+        let all_items = items.len() as u64;
+        let all_rounds: u64 = items.iter().map(|i| i.rounds).sum();
         // Every combination of values this seizure contributes, with its items.
         contributions.clear();
-        let per_item = dims.iter().any(|d| d.per_item());
-        let units: Vec<Option<&'a ItemFact>> = if per_item {
-            items.iter().map(|i| Some(*i)).collect()
-        } else {
-            vec![None]
-        };
-        for unit in &units {
+        let n_units = if per_item { items.len() } else { 1 };
+        for u in 0..n_units {
+            let unit = if per_item { Some(items[u]) } else { None };
             let (n_items, rounds) = match unit {
                 Some(i) => (1, i.rounds),
-                None => (items.len() as u64, items.iter().map(|i| i.rounds).sum()),
+                None => (all_items, all_rounds),
             };
-            let first: Vec<u32> = values_of(f, dims[0], *unit)
-                .into_iter()
-                .map(&mut id_of)
-                .collect();
-            let second: Vec<u32> = match dims.get(1) {
-                Some(d) => values_of(f, *d, *unit)
-                    .into_iter()
-                    .map(&mut id_of)
-                    .collect(),
-                None => vec![u32::MAX],
-            };
+            vals.clear();
+            push_values(f, dims[0], unit, &mut vals);
+            first.clear();
+            first.extend(vals.iter().map(|v| id_of(v)));
+            second.clear();
+            match dims.get(1) {
+                Some(d) => {
+                    vals.clear();
+                    push_values(f, *d, unit, &mut vals);
+                    second.extend(vals.iter().map(|v| id_of(v)));
+                }
+                None => second.push(u32::MAX),
+            }
             for a in &first {
                 for b in &second {
                     let key = [*a, *b];
@@ -549,17 +563,16 @@ pub fn table<'a>(facts: &'a [Fact], p: &Params) -> Table {
         // the other dimension they fall under.
         for (i, d) in dims.iter().enumerate() {
             margin_contrib[i].clear();
-            let units: Vec<Option<&'a ItemFact>> = if d.per_item() {
-                items.iter().map(|i| Some(*i)).collect()
-            } else {
-                vec![None]
-            };
-            for unit in units {
+            let n_units = if d.per_item() { items.len() } else { 1 };
+            for u in 0..n_units {
+                let unit = if d.per_item() { Some(items[u]) } else { None };
                 let (n_items, rounds) = match unit {
                     Some(i) => (1, i.rounds),
-                    None => (items.len() as u64, items.iter().map(|i| i.rounds).sum()),
+                    None => (all_items, all_rounds),
                 };
-                for v in values_of(f, *d, unit) {
+                vals.clear();
+                push_values(f, *d, unit, &mut vals);
+                for v in &vals {
                     let v = id_of(v);
                     match margin_contrib[i].iter_mut().find(|(k, _, _)| *k == v) {
                         Some(e) => {
@@ -579,10 +592,7 @@ pub fn table<'a>(facts: &'a [Fact], p: &Params) -> Table {
                 raw_margins[i].entry(*v).or_default().add(*n_items, *rounds);
             }
         }
-        grand.add(
-            items.len() as u64,
-            items.iter().map(|i| i.rounds).sum::<u64>(),
-        );
+        grand.add(all_items, all_rounds);
     }
     // Back to names, in order.
     let name = |id: u32| {
