@@ -471,6 +471,9 @@ fn push_values<'a>(f: &'a Fact, d: Dim, item: Option<&'a ItemFact>, out: &mut Ve
     }
 }
 
+// The grouping loop indexes `items` by unit number because a unit is either one item or
+// (for seizure-level dimensions) the whole seizure; an iterator would need a second loop body.
+#[allow(clippy::needless_range_loop)]
 pub fn table<'a>(facts: &'a [Fact], p: &Params) -> Table {
     let measure = p.measure.unwrap_or(Measure::Seizures);
     let dims = &p.group_by;
