@@ -14,12 +14,13 @@
 //! the best headstamp reading's maker, country and year), cached per store change sequence.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::record::FieldError;
+use crate::record::{FieldError, RecordId};
+use crate::store::{Store, StoreError};
 
 /// A dimension to group by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -100,57 +101,85 @@ pub enum Measure {
     Rounds,
 }
 
-/// One item of one seizure, as the statistics see it.
+/// Dimension values interned as small integers: facts hold codes, so the grouping loop works
+/// on integers and a million facts stay compact. Code 0 is always `unknown`.
+#[derive(Debug, Clone)]
+pub struct Names {
+    ids: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Default for Names {
+    fn default() -> Names {
+        Names {
+            ids: HashMap::from([(UNKNOWN.to_owned(), 0)]),
+            names: vec![UNKNOWN.to_owned()],
+        }
+    }
+}
+
+impl Names {
+    fn intern(&mut self, value: &str) -> u32 {
+        if let Some(id) = self.ids.get(value) {
+            return *id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(value.to_owned());
+        self.ids.insert(value.to_owned(), id);
+        id
+    }
+
+    fn intern_or_unknown(&mut self, value: Option<&str>) -> u32 {
+        match value.filter(|s| !s.is_empty()) {
+            Some(v) => self.intern(v),
+            None => 0,
+        }
+    }
+
+    fn code(&self, value: &str) -> Option<u32> {
+        self.ids.get(value).copied()
+    }
+
+    fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or(UNKNOWN, String::as_str)
+    }
+}
+
+/// One item of one seizure, as the statistics see it (values are [`Names`] codes).
 #[derive(Debug, Clone, Default)]
 struct ItemFact {
-    calibre: String,
-    maker: String,
-    country_of_manufacture: String,
-    year_of_manufacture: String,
-    age_band: String,
+    calibre: u32,
+    maker: u32,
+    country_of_manufacture: u32,
+    year_of_manufacture: u32,
+    age_band: u32,
     rounds: u64,
 }
 
-/// One seizure (a record's latest, non-retracted version).
+/// One seizure (a record's latest, non-retracted version); values are [`Names`] codes.
 #[derive(Debug, Clone, Default)]
 pub struct Fact {
+    /// Distinct per seizure within its [`Facts`].
     seizure: u32,
-    origin: String,
-    seizing_country: String,
+    origin: u32,
+    seizing_country: u32,
+    /// `YYYY-MM-DD` or a prefix of it, for the period filter and lot sightings.
     date: String,
-    quarter: String,
-    contexts: Vec<String>,
-    route_segments: Vec<String>,
-    shipment_method: String,
-    concealment: Vec<String>,
+    year: u32,
+    month: u32,
+    quarter: u32,
+    contexts: Vec<u32>,
+    route_segments: Vec<u32>,
+    shipment_method: u32,
+    concealment: Vec<u32>,
     items: Vec<ItemFact>,
-    lots: Vec<(String, String)>,
+    lots: Vec<(String, &'static str)>,
 }
 
 const UNKNOWN: &str = "unknown";
 
-fn text(v: Option<&Value>) -> String {
+fn str_of(v: Option<&Value>) -> Option<&str> {
     v.and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .unwrap_or(UNKNOWN)
-        .to_owned()
-}
-
-fn list(v: Option<&Value>) -> Vec<String> {
-    let items: Vec<String> = v
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
-    if items.is_empty() {
-        vec![UNKNOWN.into()]
-    } else {
-        items
-    }
 }
 
 fn age_band(age: i64) -> &'static str {
@@ -164,35 +193,97 @@ fn age_band(age: i64) -> &'static str {
     }
 }
 
-impl Fact {
+/// The facts of every visible record, with the names their codes stand for. Slots of
+/// retracted records are emptied, so a record's facts can be replaced in place.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    names: Names,
+    slots: Vec<Option<Fact>>,
+    by_id: HashMap<RecordId, u32>,
+}
+
+impl Facts {
+    /// The seizures, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = &Fact> {
+        self.slots.iter().flatten()
+    }
+
+    /// Number of visible seizures.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Adds or replaces the facts of record `id` (`None`: the record is retracted).
+    pub fn set(&mut self, id: RecordId, record: Option<&Value>) {
+        match (self.by_id.get(&id).copied(), record) {
+            (Some(slot), Some(record)) => {
+                let fact = self.fact(slot, record);
+                self.slots[slot as usize] = Some(fact);
+            }
+            (Some(slot), None) => {
+                self.slots[slot as usize] = None;
+                self.by_id.remove(&id);
+            }
+            (None, Some(record)) => {
+                let slot = self.slots.len() as u32;
+                let fact = self.fact(slot, record);
+                self.slots.push(Some(fact));
+                self.by_id.insert(id, slot);
+            }
+            (None, None) => {}
+        }
+    }
+
     /// The facts of one stored record version.
-    pub fn from_record(seizure: u32, record: &Value) -> Fact {
+    fn fact(&mut self, seizure: u32, record: &Value) -> Fact {
+        let names = &mut self.names;
         let event = record.get("event");
-        let date = event
-            .and_then(|e| e.pointer("/date/start"))
-            .and_then(Value::as_str)
+        let date = str_of(event.and_then(|e| e.pointer("/date/start")))
             .unwrap_or("")
             .to_owned();
         let seizure_year: Option<i64> = date.get(..4).and_then(|y| y.parse().ok());
         let chain = record.get("supply_chain");
-        let mut route: Vec<(i64, String)> = chain
+        let mut route: Vec<(i64, &str)> = chain
             .and_then(|c| c.get("route"))
             .and_then(Value::as_array)
             .map(|stops| {
                 stops
                     .iter()
-                    .map(|s| (s["seq"].as_i64().unwrap_or(0), text(s.get("country"))))
+                    .map(|s| {
+                        let country = str_of(s.get("country")).filter(|c| !c.is_empty());
+                        (s["seq"].as_i64().unwrap_or(0), country.unwrap_or(UNKNOWN))
+                    })
                     .collect()
             })
             .unwrap_or_default();
         route.sort();
-        let route_segments: Vec<String> = route
+        let mut route_segments: Vec<u32> = route
             .windows(2)
-            .map(|w| format!("{}>{}", w[0].1, w[1].1))
+            .map(|w| names.intern(&format!("{}>{}", w[0].1, w[1].1)))
             .collect();
-        let items = record
-            .get("items")
-            .and_then(Value::as_array)
+        if route_segments.is_empty() {
+            route_segments.push(0);
+        }
+        let mut list = |v: Option<&Value>| -> Vec<u32> {
+            let codes: Vec<u32> = v
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(|s| names.intern(s))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if codes.is_empty() { vec![0] } else { codes }
+        };
+        let contexts = list(event.and_then(|e| e.get("context")));
+        let concealment = list(chain.and_then(|c| c.pointer("/concealment/method")));
+        let items_json = record.get("items").and_then(Value::as_array);
+        let items = items_json
             .map(|items| {
                 items
                     .iter()
@@ -202,9 +293,7 @@ impl Fact {
                             .pointer("/manufacture/year")
                             .and_then(Value::as_i64)
                             .or_else(|| reading.and_then(|r| r["year_gregorian"].as_i64()));
-                        let rounds = if item.pointer("/quantity/unit").and_then(Value::as_str)
-                            == Some("rounds")
-                        {
+                        let rounds = if str_of(item.pointer("/quantity/unit")) == Some("rounds") {
                             item.pointer("/quantity/count")
                                 .and_then(Value::as_u64)
                                 .unwrap_or(0)
@@ -212,20 +301,22 @@ impl Fact {
                             0
                         };
                         ItemFact {
-                            calibre: item
-                                .pointer("/calibre/derived/canonical_id")
-                                .and_then(Value::as_str)
-                                .map(str::to_owned)
-                                .unwrap_or_else(|| UNKNOWN.into()),
-                            maker: text(reading.and_then(|r| r.get("manufacturer_code"))),
-                            country_of_manufacture: text(
+                            calibre: names.intern_or_unknown(str_of(
+                                item.pointer("/calibre/derived/canonical_id"),
+                            )),
+                            maker: names.intern_or_unknown(str_of(
+                                reading.and_then(|r| r.get("manufacturer_code")),
+                            )),
+                            country_of_manufacture: names.intern_or_unknown(str_of(
                                 reading.and_then(|r| r.get("country_iso3")),
-                            ),
-                            year_of_manufacture: year
-                                .map_or_else(|| UNKNOWN.into(), |y| y.to_string()),
+                            )),
+                            year_of_manufacture: match year {
+                                Some(y) => names.intern(&y.to_string()),
+                                None => 0,
+                            },
                             age_band: match (seizure_year, year) {
-                                (Some(s), Some(m)) => age_band(s - m).into(),
-                                _ => UNKNOWN.into(),
+                                (Some(s), Some(m)) => names.intern(age_band(s - m)),
+                                _ => 0,
                             },
                             rounds,
                         }
@@ -233,76 +324,79 @@ impl Fact {
                     .collect()
             })
             .unwrap_or_default();
-        let lots = record
-            .get("items")
-            .and_then(Value::as_array)
+        let lots = items_json
             .map(|items| {
                 items
                     .iter()
                     .filter_map(|i| {
                         let d = i.pointer("/lot/derived")?;
-                        let (key, kind) = match d.get("identity_key").and_then(Value::as_str) {
+                        let (key, kind) = match str_of(d.get("identity_key")) {
                             Some(k) => (k.to_owned(), "exact"),
-                            None => (d.get("key")?.as_str()?.to_owned(), "folded"),
+                            None => (str_of(d.get("key"))?.to_owned(), "folded"),
                         };
-                        (!key.is_empty()).then(|| (key, kind.to_owned()))
+                        (!key.is_empty()).then_some((key, kind))
                     })
                     .collect()
             })
             .unwrap_or_default();
+        let quarter = match (
+            date.get(..4),
+            date.get(5..7).and_then(|m| m.parse::<u32>().ok()),
+        ) {
+            (Some(y), Some(m)) if (1..=12).contains(&m) => {
+                names.intern(&format!("{y}-Q{}", (m - 1) / 3 + 1))
+            }
+            _ => 0,
+        };
         Fact {
             seizure,
-            origin: text(record.get("originating_state")),
-            seizing_country: text(event.and_then(|e| e.pointer("/location/country"))),
-            quarter: match (
-                date.get(..4),
-                date.get(5..7).and_then(|m| m.parse::<u32>().ok()),
-            ) {
-                (Some(y), Some(m)) if (1..=12).contains(&m) => format!("{y}-Q{}", (m - 1) / 3 + 1),
-                _ => UNKNOWN.into(),
-            },
+            origin: names.intern_or_unknown(str_of(record.get("originating_state"))),
+            seizing_country: names
+                .intern_or_unknown(str_of(event.and_then(|e| e.pointer("/location/country")))),
+            year: names.intern_or_unknown(date.get(..4)),
+            month: names.intern_or_unknown(date.get(..7).filter(|m| m.len() == 7)),
+            quarter,
             date,
-            contexts: list(event.and_then(|e| e.get("context"))),
-            route_segments: if route_segments.is_empty() {
-                vec![UNKNOWN.into()]
-            } else {
-                route_segments
-            },
-            shipment_method: text(chain.and_then(|c| c.pointer("/shipment/method"))),
-            concealment: list(chain.and_then(|c| c.pointer("/concealment/method"))),
+            contexts,
+            route_segments,
+            shipment_method: names
+                .intern_or_unknown(str_of(chain.and_then(|c| c.pointer("/shipment/method")))),
+            concealment,
             items,
             lots,
         }
     }
-
-    /// The values of a seizure-level dimension.
-    fn seizure_values(&self, dim: Dim) -> Vec<&str> {
-        let d = &self.date;
-        match dim {
-            Dim::SeizingCountry => vec![self.seizing_country.as_str()],
-            Dim::Context => self.contexts.iter().map(String::as_str).collect(),
-            Dim::RouteSegment => self.route_segments.iter().map(String::as_str).collect(),
-            Dim::ShipmentMethod => vec![self.shipment_method.as_str()],
-            Dim::Concealment => self.concealment.iter().map(String::as_str).collect(),
-            Dim::Year => vec![d.get(..4).unwrap_or(UNKNOWN)],
-            Dim::Month => vec![d.get(..7).filter(|m| m.len() == 7).unwrap_or(UNKNOWN)],
-            Dim::Quarter => vec![self.quarter.as_str()],
-            _ => Vec::new(),
-        }
-    }
 }
 
-fn item_value(item: &ItemFact, dim: Dim) -> &str {
+fn item_value(item: &ItemFact, dim: Dim) -> u32 {
     match dim {
-        Dim::Calibre => &item.calibre,
-        Dim::Maker => &item.maker,
-        Dim::CountryOfManufacture => &item.country_of_manufacture,
-        Dim::YearOfManufacture => &item.year_of_manufacture,
-        Dim::AgeAtSeizure => &item.age_band,
-        _ => UNKNOWN,
+        Dim::Calibre => item.calibre,
+        Dim::Maker => item.maker,
+        Dim::CountryOfManufacture => item.country_of_manufacture,
+        Dim::YearOfManufacture => item.year_of_manufacture,
+        Dim::AgeAtSeizure => item.age_band,
+        _ => 0,
     }
 }
 
+/// The codes of dimension `d` for one unit: an item (item dimensions) or the whole seizure.
+fn push_values(f: &Fact, d: Dim, item: Option<&ItemFact>, out: &mut Vec<u32>) {
+    if d.per_item() {
+        out.extend(item.map(|i| item_value(i, d)));
+        return;
+    }
+    match d {
+        Dim::SeizingCountry => out.push(f.seizing_country),
+        Dim::Context => out.extend_from_slice(&f.contexts),
+        Dim::RouteSegment => out.extend_from_slice(&f.route_segments),
+        Dim::ShipmentMethod => out.push(f.shipment_method),
+        Dim::Concealment => out.extend_from_slice(&f.concealment),
+        Dim::Year => out.push(f.year),
+        Dim::Month => out.push(f.month),
+        Dim::Quarter => out.push(f.quarter),
+        _ => {}
+    }
+}
 /// The parameters of `GET /api/v1/stats`.
 #[derive(Debug, Clone, Default)]
 pub struct Params {
@@ -395,42 +489,70 @@ impl Cell {
     }
 }
 
-/// Cached facts, keyed by the store's change sequence they were read at.
+/// Facts cached per store change sequence. After writes, only the records changed since are
+/// read again (from the change log); the first call reads every head.
 #[derive(Default)]
 pub struct FactCache {
-    cached: Mutex<Option<(u64, std::sync::Arc<Vec<Fact>>)>>,
+    cached: Mutex<Option<(u64, Arc<Facts>)>>,
 }
 
+/// Changes read per page when bringing the cache up to date.
+const CHANGE_PAGE: usize = 4096;
+
 impl FactCache {
-    /// The facts of every visible record (latest versions, retractions excluded).
-    pub fn facts(
-        &self,
-        store: &crate::store::Store,
-    ) -> Result<(u64, std::sync::Arc<Vec<Fact>>), crate::store::StoreError> {
+    /// The facts of every visible record (latest versions, retractions excluded), with the
+    /// change sequence they are current at.
+    pub fn facts(&self, store: &Store) -> Result<(u64, Arc<Facts>), StoreError> {
         let last = store.last_seq()?;
         let mut cached = self
             .cached
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((seq, facts)) = cached.as_ref()
-            && *seq == last
-        {
-            return Ok((last, facts.clone()));
-        }
-        let mut facts = Vec::new();
-        for head in store.heads() {
-            let (id, head) = head?;
-            if head.retracted {
-                continue;
+        match cached.as_mut() {
+            Some((seq, facts)) if *seq >= last => Ok((*seq, facts.clone())),
+            Some((seq, facts)) => {
+                // Copy-on-write: a table still being computed keeps the old facts.
+                let target = Arc::make_mut(facts);
+                let mut at = *seq;
+                while at < last {
+                    let page = store.changes_after(at, CHANGE_PAGE)?;
+                    let Some(end) = page.last().map(|c| c.seq) else {
+                        break;
+                    };
+                    let ids: BTreeSet<RecordId> = page.iter().map(|c| c.id).collect();
+                    for id in ids {
+                        apply(target, store, id)?;
+                    }
+                    at = end;
+                }
+                *seq = at;
+                Ok((at, facts.clone()))
             }
-            if let Some(record) = store.get(&id, Some(head.version))? {
-                facts.push(Fact::from_record(facts.len() as u32, &record));
+            None => {
+                let mut facts = Facts::default();
+                for head in store.heads() {
+                    let (id, head) = head?;
+                    if !head.retracted {
+                        let record = store.get(&id, Some(head.version))?;
+                        facts.set(id, record.as_ref());
+                    }
+                }
+                let facts = Arc::new(facts);
+                *cached = Some((last, facts.clone()));
+                Ok((last, facts))
             }
         }
-        let facts = std::sync::Arc::new(facts);
-        *cached = Some((last, facts.clone()));
-        Ok((last, facts))
     }
+}
+
+/// Brings one record's facts up to its current head.
+fn apply(facts: &mut Facts, store: &Store, id: RecordId) -> Result<(), StoreError> {
+    let record = match store.head(&id)? {
+        Some(head) if !head.retracted => store.get(&id, Some(head.version))?,
+        _ => None,
+    };
+    facts.set(id, record.as_ref());
+    Ok(())
 }
 
 fn in_period(f: &Fact, p: &Params) -> bool {
@@ -452,79 +574,78 @@ pub struct Table {
     pub suppressed: usize,
 }
 
-/// Computes a table over `facts`.
-fn push_values<'a>(f: &'a Fact, d: Dim, item: Option<&'a ItemFact>, out: &mut Vec<&'a str>) {
-    if d.per_item() {
-        out.extend(item.map(|i| item_value(i, d)));
-        return;
-    }
-    match d {
-        Dim::SeizingCountry => out.push(&f.seizing_country),
-        Dim::Context => out.extend(f.contexts.iter().map(String::as_str)),
-        Dim::RouteSegment => out.extend(f.route_segments.iter().map(String::as_str)),
-        Dim::ShipmentMethod => out.push(&f.shipment_method),
-        Dim::Concealment => out.extend(f.concealment.iter().map(String::as_str)),
-        Dim::Year => out.push(f.date.get(..4).unwrap_or(UNKNOWN)),
-        Dim::Month => out.push(f.date.get(..7).filter(|m| m.len() == 7).unwrap_or(UNKNOWN)),
-        Dim::Quarter => out.push(&f.quarter),
-        _ => {}
+/// Adds `(n_items, rounds)` to the entry of `key` in a seizure's contributions (a short list:
+/// a seizure touches few cells).
+fn contribute<K: PartialEq>(list: &mut Vec<(K, u64, u64)>, key: K, n_items: u64, rounds: u64) {
+    match list.iter_mut().find(|(k, _, _)| *k == key) {
+        Some(e) => {
+            e.1 += n_items;
+            e.2 += rounds;
+        }
+        None => list.push((key, n_items, rounds)),
     }
 }
 
+/// Computes a table over `facts`.
 // The grouping loop indexes `items` by unit number because a unit is either one item or
 // (for seizure-level dimensions) the whole seizure; an iterator would need a second loop body.
 #[allow(clippy::needless_range_loop)]
-pub fn table<'a>(facts: &'a [Fact], p: &Params) -> Table {
+pub fn table(facts: &Facts, p: &Params) -> Table {
     let measure = p.measure.unwrap_or(Measure::Seizures);
     let dims = &p.group_by;
-    // Values are interned per table (borrowed from the facts), so grouping works on integers.
-    let mut ids: HashMap<&'a str, u32> = HashMap::new();
-    let mut names: Vec<&'a str> = Vec::new();
     let mut raw_cells: HashMap<[u32; 2], Cell> = HashMap::new();
     let mut raw_margins: Vec<HashMap<u32, Cell>> = vec![HashMap::new(); dims.len()];
     let mut grand = Cell::default();
     let mut contributions: Vec<([u32; 2], u64, u64)> = Vec::new();
     let mut margin_contrib: Vec<Vec<(u32, u64, u64)>> = vec![Vec::new(); dims.len()];
     // Buffers reused across facts: the loop allocates nothing once they have grown.
-    let mut items: Vec<&'a ItemFact> = Vec::new();
-    let mut vals: Vec<&'a str> = Vec::new();
+    let mut items: Vec<&ItemFact> = Vec::new();
+    let mut vals: Vec<u32> = Vec::new();
     let mut first: Vec<u32> = Vec::new();
     let mut second: Vec<u32> = Vec::new();
-    let item_filters: Vec<&(Dim, String)> =
-        p.filters.iter().filter(|(d, _)| d.per_item()).collect();
+    // Filters as codes; a value no record holds matches nothing.
+    let filter_codes: Option<Vec<(Dim, u32)>> = p
+        .filters
+        .iter()
+        .map(|(d, v)| facts.names.code(v).map(|c| (*d, c)))
+        .collect();
+    let filter_codes = filter_codes.unwrap_or_default();
+    let no_match = filter_codes.len() < p.filters.len();
+    let own = p.own_only.as_deref().map(|o| facts.names.code(o));
+    let item_filters: Vec<(Dim, u32)> = filter_codes
+        .iter()
+        .copied()
+        .filter(|(d, _)| d.per_item())
+        .collect();
+    let seizure_filters: Vec<(Dim, u32)> = filter_codes
+        .iter()
+        .copied()
+        .filter(|(d, _)| !d.per_item())
+        .collect();
     let per_item = dims.iter().any(|d| d.per_item());
-    for f in facts.iter().filter(|f| in_period(f, p)) {
-        if let Some(own) = &p.own_only
-            && &f.origin != own
+    let everything = facts.iter().filter(|_| !no_match && own != Some(None));
+    for f in everything.filter(|f| in_period(f, p)) {
+        if let Some(Some(own)) = own
+            && f.origin != own
         {
             continue;
         }
-        if !p
-            .filters
-            .iter()
-            .filter(|(d, _)| !d.per_item())
-            .all(|(d, v)| f.seizure_values(*d).contains(&v.as_str()))
-        {
+        if !seizure_filters.iter().all(|(d, v)| {
+            vals.clear();
+            push_values(f, *d, None, &mut vals);
+            vals.contains(v)
+        }) {
             continue;
         }
         items.clear();
         items.extend(
             f.items
                 .iter()
-                .filter(|i| item_filters.iter().all(|(d, v)| item_value(i, *d) == v)),
+                .filter(|i| item_filters.iter().all(|(d, v)| item_value(i, *d) == *v)),
         );
         if items.is_empty() && !item_filters.is_empty() {
             continue;
         }
-        let mut id_of = |v: &'a str| -> u32 {
-            if let Some(id) = ids.get(v) {
-                return *id;
-            }
-            let id = names.len() as u32;
-            names.push(v);
-            ids.insert(v, id);
-            id
-        };
         let all_items = items.len() as u64;
         let all_rounds: u64 = items.iter().map(|i| i.rounds).sum();
         // Every combination of values this seizure contributes, with its items.
@@ -536,29 +657,16 @@ pub fn table<'a>(facts: &'a [Fact], p: &Params) -> Table {
                 Some(i) => (1, i.rounds),
                 None => (all_items, all_rounds),
             };
-            vals.clear();
-            push_values(f, dims[0], unit, &mut vals);
             first.clear();
-            first.extend(vals.iter().map(|v| id_of(v)));
+            push_values(f, dims[0], unit, &mut first);
             second.clear();
             match dims.get(1) {
-                Some(d) => {
-                    vals.clear();
-                    push_values(f, *d, unit, &mut vals);
-                    second.extend(vals.iter().map(|v| id_of(v)));
-                }
+                Some(d) => push_values(f, *d, unit, &mut second),
                 None => second.push(u32::MAX),
             }
             for a in &first {
                 for b in &second {
-                    let key = [*a, *b];
-                    match contributions.iter_mut().find(|(k, _, _)| *k == key) {
-                        Some(e) => {
-                            e.1 += n_items;
-                            e.2 += rounds;
-                        }
-                        None => contributions.push((key, n_items, rounds)),
-                    }
+                    contribute(&mut contributions, [*a, *b], n_items, rounds);
                 }
             }
         }
@@ -576,14 +684,7 @@ pub fn table<'a>(facts: &'a [Fact], p: &Params) -> Table {
                 vals.clear();
                 push_values(f, *d, unit, &mut vals);
                 for v in &vals {
-                    let v = id_of(v);
-                    match margin_contrib[i].iter_mut().find(|(k, _, _)| *k == v) {
-                        Some(e) => {
-                            e.1 += n_items;
-                            e.2 += rounds;
-                        }
-                        None => margin_contrib[i].push((v, n_items, rounds)),
-                    }
+                    contribute(&mut margin_contrib[i], *v, n_items, rounds);
                 }
             }
         }
@@ -598,13 +699,7 @@ pub fn table<'a>(facts: &'a [Fact], p: &Params) -> Table {
         grand.add(all_items, all_rounds);
     }
     // Back to names, in order.
-    let name = |id: u32| {
-        names
-            .get(id as usize)
-            .copied()
-            .unwrap_or(UNKNOWN)
-            .to_owned()
-    };
+    let name = |id: u32| facts.names.name(id).to_owned();
     let cells: BTreeMap<Vec<String>, Cell> = raw_cells
         .into_iter()
         .map(|(k, c)| {
@@ -840,28 +935,28 @@ fn first_determined(
 }
 
 /// Lot identities seen in two or more seizing countries.
-pub fn cross_border_lots(facts: &[Fact], k: usize, unsuppressed: bool) -> (Vec<Value>, usize) {
+pub fn cross_border_lots(facts: &Facts, k: usize, unsuppressed: bool) -> (Vec<Value>, usize) {
     #[derive(Default)]
-    struct Seen {
-        countries: BTreeSet<String>,
+    struct Seen<'a> {
+        countries: BTreeSet<&'a str>,
         seizures: BTreeSet<u32>,
-        first: String,
-        last: String,
-        kinds: BTreeSet<String>,
+        first: &'a str,
+        last: &'a str,
+        kinds: BTreeSet<&'static str>,
     }
-    let mut lots: BTreeMap<String, Seen> = BTreeMap::new();
-    for f in facts {
+    let mut lots: BTreeMap<&str, Seen> = BTreeMap::new();
+    for f in facts.iter() {
         for (key, kind) in &f.lots {
-            let s = lots.entry(key.clone()).or_default();
-            s.countries.insert(f.seizing_country.clone());
+            let s = lots.entry(key).or_default();
+            s.countries.insert(facts.names.name(f.seizing_country));
             s.seizures.insert(f.seizure);
-            s.kinds.insert(kind.clone());
+            s.kinds.insert(kind);
             if !f.date.is_empty() {
-                if s.first.is_empty() || f.date < s.first {
-                    s.first = f.date.clone();
+                if s.first.is_empty() || f.date.as_str() < s.first {
+                    s.first = &f.date;
                 }
-                if f.date > s.last {
-                    s.last = f.date.clone();
+                if f.date.as_str() > s.last {
+                    s.last = &f.date;
                 }
             }
         }
@@ -967,27 +1062,55 @@ pub fn to_csv(table: &Table) -> String {
 mod tests {
     use super::*;
 
-    fn facts(rows: &[(&str, &str, u64)]) -> Vec<Fact> {
-        rows.iter()
-            .enumerate()
-            .map(|(n, (country, calibre, rounds))| Fact {
-                seizure: n as u32,
-                origin: (*country).into(),
-                seizing_country: (*country).into(),
-                date: "2024-03-01".into(),
-                quarter: "2024-Q1".into(),
-                contexts: vec!["unknown".into()],
-                route_segments: vec!["unknown".into()],
-                shipment_method: "unknown".into(),
-                concealment: vec!["unknown".into()],
-                items: vec![ItemFact {
-                    calibre: (*calibre).into(),
-                    rounds: *rounds,
-                    ..ItemFact::default()
-                }],
-                lots: Vec::new(),
-            })
-            .collect()
+    fn record(country: &str, calibre: &str, rounds: u64) -> Value {
+        json!({
+            "originating_state": country,
+            "event": { "date": { "start": "2024-03-01" }, "location": { "country": country } },
+            "items": [{
+                "calibre": { "raw": calibre, "derived": { "canonical_id": calibre } },
+                "quantity": { "count": rounds, "unit": "rounds" },
+            }],
+        })
+    }
+
+    fn facts(rows: &[(&str, &str, u64)]) -> Facts {
+        let mut facts = Facts::default();
+        for (country, calibre, rounds) in rows {
+            let id = RecordId(uuid::Uuid::now_v7());
+            facts.set(id, Some(&record(country, calibre, *rounds)));
+        }
+        facts
+    }
+
+    #[test]
+    fn facts_are_replaced_and_removed_in_place() {
+        let mut facts = Facts::default();
+        let (a, b) = (
+            RecordId(uuid::Uuid::now_v7()),
+            RecordId(uuid::Uuid::now_v7()),
+        );
+        facts.set(a, Some(&record("XAA", "7.62x39", 10)));
+        facts.set(b, Some(&record("XBB", "7.62x39", 20)));
+        facts.set(a, Some(&record("XCC", "5.56x45", 30)));
+        let p = Params {
+            unsuppressed: true,
+            ..params(&[Dim::SeizingCountry], 5)
+        };
+        let t = table(&facts, &p);
+        assert_eq!(value(&t, &[("seizing_country", "XAA")]), None);
+        assert_eq!(value(&t, &[("seizing_country", "XCC")]), Some(1));
+        assert_eq!(value(&t, &[]), Some(2));
+        facts.set(b, None);
+        assert_eq!(facts.len(), 1);
+        let t = table(
+            &facts,
+            &Params {
+                measure: Some(Measure::Rounds),
+                ..p
+            },
+        );
+        assert_eq!(value(&t, &[]), Some(30));
+        assert_eq!(value(&t, &[("seizing_country", "XBB")]), None);
     }
 
     fn params(dims: &[Dim], k: usize) -> Params {

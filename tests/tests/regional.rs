@@ -298,6 +298,52 @@ async fn a_regional_node_publishes_patterns_without_exposing_single_cases() {
         .unwrap();
     assert_eq!(unknown.status, 400);
 
+    // The cached facts follow later writes (only the changed records are read again): XBB
+    // retracts its 5.56 seizure and records a new 7.62 one; its own figures follow at once,
+    // REG's once the retraction and the new record have crossed.
+    let xbb_records = fed.node("XBB").export_lines().await.unwrap();
+    let retracted = xbb_records
+        .iter()
+        .find(|r| r["items"][0]["calibre"]["raw"] == "5.56x45 NATO")
+        .and_then(|r| r["record_id"].as_str())
+        .unwrap()
+        .to_owned();
+    let gone = fed.node("XBB").delete_record(&retracted).await.unwrap();
+    assert!(gone.status < 300, "{:?}", gone.body);
+    import(
+        fed.node("XBB"),
+        &[record("XBB", "B-3", "7.62x39", 3, "2024-09-01")],
+    )
+    .await;
+    let own = stats(
+        fed.node("XBB"),
+        &[("group_by", "calibre"), ("unsuppressed", "true")],
+    )
+    .await;
+    assert_eq!(cell(&own, json!({"calibre": "7.62x39"}))["value"], 8);
+    assert_eq!(cell(&own, json!({}))["value"], 8);
+    assert!(
+        own["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["key"]["calibre"] != "5.56x45-nato"),
+        "{own}"
+    );
+    eventually(
+        Duration::from_secs(60),
+        "REG's figures to follow XBB's retraction and new seizure",
+        || async {
+            let t = stats(reg, &[("group_by", "calibre")]).await;
+            Ok((cell(&t, json!({"calibre": "5.56x45-nato"}))["value"] == 5
+                && cell(&t, json!({"calibre": "7.62x39"}))["value"] == 19
+                && cell(&t, json!({}))["value"] == 24)
+                .then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+
     // Bad parameters are refused with a pointer.
     let bad = reg
         .send(
