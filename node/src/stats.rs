@@ -146,7 +146,7 @@ impl Names {
 }
 
 /// One item of one seizure, as the statistics see it (values are [`Names`] codes).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 struct ItemFact {
     calibre: u32,
     maker: u32,
@@ -156,30 +156,73 @@ struct ItemFact {
     rounds: u64,
 }
 
-/// One seizure (a record's latest, non-retracted version); values are [`Names`] codes.
-#[derive(Debug, Clone, Default)]
+/// A run of entries in one of the pools of [`Facts`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..(self.start + self.len) as usize
+    }
+}
+
+/// One seizure (a record's latest, non-retracted version): fixed-size, values as [`Names`]
+/// codes, lists as spans of the pools of [`Facts`], so the grouping loop reads memory in order.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Fact {
     /// Distinct per seizure within its [`Facts`].
     seizure: u32,
     origin: u32,
     seizing_country: u32,
-    /// `YYYY-MM-DD` or a prefix of it, for the period filter and lot sightings.
-    date: String,
+    /// The event's start date as `YYYYMMDD` (00 for a missing month or day; 0: no date).
+    date: u32,
     year: u32,
     month: u32,
     quarter: u32,
-    contexts: Vec<u32>,
-    route_segments: Vec<u32>,
     shipment_method: u32,
-    concealment: Vec<u32>,
-    items: Vec<ItemFact>,
-    lots: Vec<(String, &'static str)>,
+    contexts: Span,
+    route_segments: Span,
+    concealment: Span,
+    items: Span,
 }
 
 const UNKNOWN: &str = "unknown";
 
 fn str_of(v: Option<&Value>) -> Option<&str> {
     v.and_then(Value::as_str)
+}
+
+/// `YYYY`, `YYYY-MM` or `YYYY-MM-DD` as `YYYYMMDD`, missing parts as `fill`.
+fn date_code(date: &str, fill: u32) -> Option<u32> {
+    let part = |r: std::ops::Range<usize>| -> Option<u32> {
+        let s = date.get(r)?;
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    let year = part(0..4)?;
+    let (month, day) = match date.len() {
+        4 => (fill, fill),
+        7 if date.as_bytes()[4] == b'-' => (part(5..7)?, fill),
+        10 if date.as_bytes()[4] == b'-' && date.as_bytes()[7] == b'-' => {
+            (part(5..7)?, part(8..10)?)
+        }
+        _ => return None,
+    };
+    Some(year * 10_000 + month * 100 + day)
+}
+
+/// A date code back as the text it was read from.
+fn date_text(code: u32) -> String {
+    match (code / 10_000, code / 100 % 100, code % 100) {
+        (0, _, _) => String::new(),
+        (y, 0, _) => format!("{y:04}"),
+        (y, m, 0) => format!("{y:04}-{m:02}"),
+        (y, m, d) => format!("{y:04}-{m:02}-{d:02}"),
+    }
 }
 
 fn age_band(age: i64) -> &'static str {
@@ -194,11 +237,18 @@ fn age_band(age: i64) -> &'static str {
 }
 
 /// The facts of every visible record, with the names their codes stand for. Slots of
-/// retracted records are emptied, so a record's facts can be replaced in place.
+/// retracted records are emptied, so a record's facts can be replaced in place; the pools
+/// are compacted when replaced entries outnumber live ones.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
     names: Names,
     slots: Vec<Option<Fact>>,
+    /// Lot identities per slot, for cross-border lots (not read by the grouping loop).
+    lots: Vec<Vec<(String, &'static str)>>,
+    codes: Vec<u32>,
+    items: Vec<ItemFact>,
+    /// Pool entries no live fact points at.
+    garbage: usize,
     by_id: HashMap<RecordId, u32>,
 }
 
@@ -217,34 +267,87 @@ impl Facts {
         self.by_id.is_empty()
     }
 
+    fn codes(&self, span: Span) -> &[u32] {
+        &self.codes[span.range()]
+    }
+
+    fn items_of(&self, f: &Fact) -> &[ItemFact] {
+        &self.items[f.items.range()]
+    }
+
     /// Adds or replaces the facts of record `id` (`None`: the record is retracted).
     pub fn set(&mut self, id: RecordId, record: Option<&Value>) {
-        match (self.by_id.get(&id).copied(), record) {
+        let slot = self.by_id.get(&id).copied();
+        if let Some(old) = slot.and_then(|s| self.slots[s as usize]) {
+            self.garbage +=
+                (old.contexts.len + old.route_segments.len + old.concealment.len + old.items.len)
+                    as usize;
+        }
+        match (slot, record) {
             (Some(slot), Some(record)) => {
-                let fact = self.fact(slot, record);
+                let (fact, lots) = self.fact(slot, record);
                 self.slots[slot as usize] = Some(fact);
+                self.lots[slot as usize] = lots;
             }
             (Some(slot), None) => {
                 self.slots[slot as usize] = None;
+                self.lots[slot as usize] = Vec::new();
                 self.by_id.remove(&id);
             }
             (None, Some(record)) => {
                 let slot = self.slots.len() as u32;
-                let fact = self.fact(slot, record);
+                let (fact, lots) = self.fact(slot, record);
                 self.slots.push(Some(fact));
+                self.lots.push(lots);
                 self.by_id.insert(id, slot);
             }
             (None, None) => {}
         }
+        if self.garbage > 4096 && self.garbage > self.codes.len() + self.items.len() - self.garbage
+        {
+            self.compact();
+        }
     }
 
-    /// The facts of one stored record version.
-    fn fact(&mut self, seizure: u32, record: &Value) -> Fact {
-        let names = &mut self.names;
+    /// Rewrites the pools with only what live facts point at.
+    fn compact(&mut self) {
+        let (mut codes, mut items) = (Vec::new(), Vec::new());
+        let mut copy = |span: Span, from: &[u32]| {
+            let start = codes.len() as u32;
+            codes.extend_from_slice(&from[span.range()]);
+            Span {
+                start,
+                len: span.len,
+            }
+        };
+        for f in self.slots.iter_mut().flatten() {
+            f.contexts = copy(f.contexts, &self.codes);
+            f.route_segments = copy(f.route_segments, &self.codes);
+            f.concealment = copy(f.concealment, &self.codes);
+            let start = items.len() as u32;
+            items.extend_from_slice(&self.items[f.items.range()]);
+            f.items.start = start;
+        }
+        (self.codes, self.items, self.garbage) = (codes, items, 0);
+    }
+
+    /// Appends codes to the pool (at least `unknown`).
+    fn push_codes(&mut self, codes: impl IntoIterator<Item = u32>) -> Span {
+        let start = self.codes.len() as u32;
+        self.codes.extend(codes);
+        if self.codes.len() as u32 == start {
+            self.codes.push(0);
+        }
+        Span {
+            start,
+            len: self.codes.len() as u32 - start,
+        }
+    }
+
+    /// The facts of one stored record version, and its lot identities.
+    fn fact(&mut self, seizure: u32, record: &Value) -> (Fact, Vec<(String, &'static str)>) {
         let event = record.get("event");
-        let date = str_of(event.and_then(|e| e.pointer("/date/start")))
-            .unwrap_or("")
-            .to_owned();
+        let date = str_of(event.and_then(|e| e.pointer("/date/start"))).unwrap_or("");
         let seizure_year: Option<i64> = date.get(..4).and_then(|y| y.parse().ok());
         let chain = record.get("supply_chain");
         let mut route: Vec<(i64, &str)> = chain
@@ -261,84 +364,75 @@ impl Facts {
             })
             .unwrap_or_default();
         route.sort();
-        let mut route_segments: Vec<u32> = route
+        let segments: Vec<u32> = route
             .windows(2)
-            .map(|w| names.intern(&format!("{}>{}", w[0].1, w[1].1)))
+            .map(|w| self.names.intern(&format!("{}>{}", w[0].1, w[1].1)))
             .collect();
-        if route_segments.is_empty() {
-            route_segments.push(0);
-        }
-        let mut list = |v: Option<&Value>| -> Vec<u32> {
+        let route_segments = self.push_codes(segments);
+        let list = |facts: &mut Facts, v: Option<&Value>| -> Span {
             let codes: Vec<u32> = v
                 .and_then(Value::as_array)
                 .map(|a| {
                     a.iter()
                         .filter_map(Value::as_str)
-                        .map(|s| names.intern(s))
+                        .map(|s| facts.names.intern(s))
                         .collect()
                 })
                 .unwrap_or_default();
-            if codes.is_empty() { vec![0] } else { codes }
+            facts.push_codes(codes)
         };
-        let contexts = list(event.and_then(|e| e.get("context")));
-        let concealment = list(chain.and_then(|c| c.pointer("/concealment/method")));
+        let contexts = list(self, event.and_then(|e| e.get("context")));
+        let concealment = list(self, chain.and_then(|c| c.pointer("/concealment/method")));
         let items_json = record.get("items").and_then(Value::as_array);
-        let items = items_json
-            .map(|items| {
-                items
-                    .iter()
-                    .map(|item| {
-                        let reading = item.pointer("/headstamp/derived/readings/0");
-                        let year = item
-                            .pointer("/manufacture/year")
-                            .and_then(Value::as_i64)
-                            .or_else(|| reading.and_then(|r| r["year_gregorian"].as_i64()));
-                        let rounds = if str_of(item.pointer("/quantity/unit")) == Some("rounds") {
-                            item.pointer("/quantity/count")
-                                .and_then(Value::as_u64)
-                                .unwrap_or(0)
-                        } else {
-                            0
-                        };
-                        ItemFact {
-                            calibre: names.intern_or_unknown(str_of(
-                                item.pointer("/calibre/derived/canonical_id"),
-                            )),
-                            maker: names.intern_or_unknown(str_of(
-                                reading.and_then(|r| r.get("manufacturer_code")),
-                            )),
-                            country_of_manufacture: names.intern_or_unknown(str_of(
-                                reading.and_then(|r| r.get("country_iso3")),
-                            )),
-                            year_of_manufacture: match year {
-                                Some(y) => names.intern(&y.to_string()),
-                                None => 0,
-                            },
-                            age_band: match (seizure_year, year) {
-                                (Some(s), Some(m)) => names.intern(age_band(s - m)),
-                                _ => 0,
-                            },
-                            rounds,
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let names = &mut self.names;
+        let items_start = self.items.len() as u32;
+        for item in items_json.into_iter().flatten() {
+            let reading = item.pointer("/headstamp/derived/readings/0");
+            let year = item
+                .pointer("/manufacture/year")
+                .and_then(Value::as_i64)
+                .or_else(|| reading.and_then(|r| r["year_gregorian"].as_i64()));
+            let rounds = if str_of(item.pointer("/quantity/unit")) == Some("rounds") {
+                item.pointer("/quantity/count")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+            } else {
+                0
+            };
+            self.items.push(ItemFact {
+                calibre: names
+                    .intern_or_unknown(str_of(item.pointer("/calibre/derived/canonical_id"))),
+                maker: names
+                    .intern_or_unknown(str_of(reading.and_then(|r| r.get("manufacturer_code")))),
+                country_of_manufacture: names
+                    .intern_or_unknown(str_of(reading.and_then(|r| r.get("country_iso3")))),
+                year_of_manufacture: match year {
+                    Some(y) => names.intern(&y.to_string()),
+                    None => 0,
+                },
+                age_band: match (seizure_year, year) {
+                    (Some(s), Some(m)) => names.intern(age_band(s - m)),
+                    _ => 0,
+                },
+                rounds,
+            });
+        }
+        let items = Span {
+            start: items_start,
+            len: self.items.len() as u32 - items_start,
+        };
         let lots = items_json
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(|i| {
-                        let d = i.pointer("/lot/derived")?;
-                        let (key, kind) = match str_of(d.get("identity_key")) {
-                            Some(k) => (k.to_owned(), "exact"),
-                            None => (str_of(d.get("key"))?.to_owned(), "folded"),
-                        };
-                        (!key.is_empty()).then_some((key, kind))
-                    })
-                    .collect()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| {
+                let d = i.pointer("/lot/derived")?;
+                let (key, kind) = match str_of(d.get("identity_key")) {
+                    Some(k) => (k.to_owned(), "exact"),
+                    None => (str_of(d.get("key"))?.to_owned(), "folded"),
+                };
+                (!key.is_empty()).then_some((key, kind))
             })
-            .unwrap_or_default();
+            .collect();
         let quarter = match (
             date.get(..4),
             date.get(5..7).and_then(|m| m.parse::<u32>().ok()),
@@ -348,22 +442,42 @@ impl Facts {
             }
             _ => 0,
         };
-        Fact {
+        let fact = Fact {
             seizure,
             origin: names.intern_or_unknown(str_of(record.get("originating_state"))),
             seizing_country: names
                 .intern_or_unknown(str_of(event.and_then(|e| e.pointer("/location/country")))),
+            date: date_code(date, 0).unwrap_or(0),
             year: names.intern_or_unknown(date.get(..4)),
             month: names.intern_or_unknown(date.get(..7).filter(|m| m.len() == 7)),
             quarter,
-            date,
-            contexts,
-            route_segments,
             shipment_method: names
                 .intern_or_unknown(str_of(chain.and_then(|c| c.pointer("/shipment/method")))),
+            contexts,
+            route_segments,
             concealment,
             items,
-            lots,
+        };
+        (fact, lots)
+    }
+
+    /// The codes of dimension `d` for one unit: an item (item dimensions) or the whole
+    /// seizure.
+    fn push_values(&self, f: &Fact, d: Dim, item: Option<&ItemFact>, out: &mut Vec<u32>) {
+        if d.per_item() {
+            out.extend(item.map(|i| item_value(i, d)));
+            return;
+        }
+        match d {
+            Dim::SeizingCountry => out.push(f.seizing_country),
+            Dim::Context => out.extend_from_slice(self.codes(f.contexts)),
+            Dim::RouteSegment => out.extend_from_slice(self.codes(f.route_segments)),
+            Dim::ShipmentMethod => out.push(f.shipment_method),
+            Dim::Concealment => out.extend_from_slice(self.codes(f.concealment)),
+            Dim::Year => out.push(f.year),
+            Dim::Month => out.push(f.month),
+            Dim::Quarter => out.push(f.quarter),
+            _ => {}
         }
     }
 }
@@ -376,25 +490,6 @@ fn item_value(item: &ItemFact, dim: Dim) -> u32 {
         Dim::YearOfManufacture => item.year_of_manufacture,
         Dim::AgeAtSeizure => item.age_band,
         _ => 0,
-    }
-}
-
-/// The codes of dimension `d` for one unit: an item (item dimensions) or the whole seizure.
-fn push_values(f: &Fact, d: Dim, item: Option<&ItemFact>, out: &mut Vec<u32>) {
-    if d.per_item() {
-        out.extend(item.map(|i| item_value(i, d)));
-        return;
-    }
-    match d {
-        Dim::SeizingCountry => out.push(f.seizing_country),
-        Dim::Context => out.extend_from_slice(&f.contexts),
-        Dim::RouteSegment => out.extend_from_slice(&f.route_segments),
-        Dim::ShipmentMethod => out.push(f.shipment_method),
-        Dim::Concealment => out.extend_from_slice(&f.concealment),
-        Dim::Year => out.push(f.year),
-        Dim::Month => out.push(f.month),
-        Dim::Quarter => out.push(f.quarter),
-        _ => {}
     }
 }
 /// The parameters of `GET /api/v1/stats`.
@@ -437,8 +532,18 @@ impl Params {
                     Ok(m) => p.measure = Some(m),
                     Err(_) => errors.push(FieldError::new("/measure", "seizures, items or rounds")),
                 },
-                "from" => p.from = Some(value.clone()),
-                "to" => p.to = Some(value.clone()),
+                "from" | "to" => {
+                    if date_code(value, 0).is_none() {
+                        errors.push(FieldError::new(
+                            format!("/{key}"),
+                            "a date: YYYY, YYYY-MM or YYYY-MM-DD",
+                        ));
+                    } else if key == "from" {
+                        p.from = Some(value.clone());
+                    } else {
+                        p.to = Some(value.clone());
+                    }
+                }
                 "unsuppressed" => p.unsuppressed = value == "true",
                 "format" => {}
                 other => match Dim::parse(other) {
@@ -555,12 +660,16 @@ fn apply(facts: &mut Facts, store: &Store, id: RecordId) -> Result<(), StoreErro
     Ok(())
 }
 
-fn in_period(f: &Fact, p: &Params) -> bool {
-    let d = f.date.as_str();
-    p.from.as_deref().is_none_or(|from| d >= from)
-        && p.to
-            .as_deref()
-            .is_none_or(|to| d.is_empty() || d <= to || d.starts_with(to))
+/// The period bounds as date codes: a date on or after `from`; on or before `to`, where a
+/// truncated `to` (`2024`, `2024-06`) includes its whole year or month. Undated seizures fall
+/// outside any `from` but inside any `to` alone.
+fn period(p: &Params) -> (u32, u32) {
+    let from = p.from.as_deref().and_then(|d| date_code(d, 0)).unwrap_or(0);
+    let to =
+        p.to.as_deref()
+            .and_then(|d| date_code(d, 99))
+            .unwrap_or(u32::MAX);
+    (from, to)
 }
 
 /// A computed table.
@@ -623,8 +732,9 @@ pub fn table(facts: &Facts, p: &Params) -> Table {
         .filter(|(d, _)| !d.per_item())
         .collect();
     let per_item = dims.iter().any(|d| d.per_item());
+    let (from, to) = period(p);
     let everything = facts.iter().filter(|_| !no_match && own != Some(None));
-    for f in everything.filter(|f| in_period(f, p)) {
+    for f in everything.filter(|f| f.date >= from && (f.date == 0 || f.date <= to)) {
         if let Some(Some(own)) = own
             && f.origin != own
         {
@@ -632,14 +742,15 @@ pub fn table(facts: &Facts, p: &Params) -> Table {
         }
         if !seizure_filters.iter().all(|(d, v)| {
             vals.clear();
-            push_values(f, *d, None, &mut vals);
+            facts.push_values(f, *d, None, &mut vals);
             vals.contains(v)
         }) {
             continue;
         }
         items.clear();
         items.extend(
-            f.items
+            facts
+                .items_of(f)
                 .iter()
                 .filter(|i| item_filters.iter().all(|(d, v)| item_value(i, *d) == *v)),
         );
@@ -658,10 +769,10 @@ pub fn table(facts: &Facts, p: &Params) -> Table {
                 None => (all_items, all_rounds),
             };
             first.clear();
-            push_values(f, dims[0], unit, &mut first);
+            facts.push_values(f, dims[0], unit, &mut first);
             second.clear();
             match dims.get(1) {
-                Some(d) => push_values(f, *d, unit, &mut second),
+                Some(d) => facts.push_values(f, *d, unit, &mut second),
                 None => second.push(u32::MAX),
             }
             for a in &first {
@@ -682,7 +793,7 @@ pub fn table(facts: &Facts, p: &Params) -> Table {
                     None => (all_items, all_rounds),
                 };
                 vals.clear();
-                push_values(f, *d, unit, &mut vals);
+                facts.push_values(f, *d, unit, &mut vals);
                 for v in &vals {
                     contribute(&mut margin_contrib[i], *v, n_items, rounds);
                 }
@@ -940,24 +1051,23 @@ pub fn cross_border_lots(facts: &Facts, k: usize, unsuppressed: bool) -> (Vec<Va
     struct Seen<'a> {
         countries: BTreeSet<&'a str>,
         seizures: BTreeSet<u32>,
-        first: &'a str,
-        last: &'a str,
+        first: u32,
+        last: u32,
         kinds: BTreeSet<&'static str>,
     }
     let mut lots: BTreeMap<&str, Seen> = BTreeMap::new();
-    for f in facts.iter() {
-        for (key, kind) in &f.lots {
+    for (f, keys) in facts.slots.iter().zip(&facts.lots) {
+        let Some(f) = f else { continue };
+        for (key, kind) in keys {
             let s = lots.entry(key).or_default();
             s.countries.insert(facts.names.name(f.seizing_country));
             s.seizures.insert(f.seizure);
             s.kinds.insert(kind);
-            if !f.date.is_empty() {
-                if s.first.is_empty() || f.date.as_str() < s.first {
-                    s.first = &f.date;
+            if f.date != 0 {
+                if s.first == 0 || f.date < s.first {
+                    s.first = f.date;
                 }
-                if f.date.as_str() > s.last {
-                    s.last = &f.date;
-                }
+                s.last = s.last.max(f.date);
             }
         }
     }
@@ -973,7 +1083,7 @@ pub fn cross_border_lots(facts: &Facts, k: usize, unsuppressed: bool) -> (Vec<Va
         .map(|(lot, s)| {
             json!({
                 "lot": lot, "countries": s.countries, "seizures": s.seizures.len(),
-                "first_seen": s.first, "last_seen": s.last, "match_kinds": s.kinds,
+                "first_seen": date_text(s.first), "last_seen": date_text(s.last), "match_kinds": s.kinds,
             })
         })
         .collect();
@@ -1080,6 +1190,70 @@ mod tests {
             facts.set(id, Some(&record(country, calibre, *rounds)));
         }
         facts
+    }
+
+    #[test]
+    fn partial_dates_keep_their_order_and_text() {
+        for d in ["2024", "2024-03", "2024-03-05", "1999-12-31"] {
+            assert_eq!(date_text(date_code(d, 0).unwrap()), d);
+        }
+        for bad in [
+            "",
+            "24",
+            "2024-3",
+            "2024/03/05",
+            "２０２４",
+            "2024-03-05T00",
+        ] {
+            assert_eq!(date_code(bad, 0), None, "{bad}");
+        }
+        let mut facts = Facts::default();
+        for date in ["2023-12-24", "2024", "2024-03", "2024-03-05", "2025-01-01"] {
+            let mut r = record("XAA", "7.62x39", 1);
+            r["event"]["date"]["start"] = json!(date);
+            facts.set(RecordId(uuid::Uuid::now_v7()), Some(&r));
+        }
+        let count = |from: Option<&str>, to: Option<&str>| {
+            let p = Params {
+                from: from.map(str::to_owned),
+                to: to.map(str::to_owned),
+                unsuppressed: true,
+                ..params(&[Dim::Year], 5)
+            };
+            value(&table(&facts, &p), &[]).unwrap_or(0)
+        };
+        assert_eq!(count(Some("2024"), Some("2024")), 3);
+        assert_eq!(count(Some("2024-03"), None), 3, "2024-03, 2024-03-05, 2025");
+        assert_eq!(
+            count(None, Some("2024-03")),
+            4,
+            "a truncated `to` takes its month"
+        );
+        assert_eq!(count(Some("2024-03-06"), Some("2024-12-31")), 0);
+    }
+
+    #[test]
+    fn replacing_facts_many_times_compacts_without_changing_tables() {
+        let mut facts = Facts::default();
+        let ids: Vec<RecordId> = (0..50).map(|_| RecordId(uuid::Uuid::now_v7())).collect();
+        for round in 0..200u64 {
+            for (n, id) in ids.iter().enumerate() {
+                let calibre = if n % 2 == 0 { "7.62x39" } else { "5.56x45" };
+                facts.set(*id, Some(&record("XAA", calibre, round + n as u64)));
+            }
+        }
+        assert!(facts.items.len() < 50 * 200, "the pools were compacted");
+        let p = Params {
+            measure: Some(Measure::Rounds),
+            unsuppressed: true,
+            ..params(&[Dim::Calibre], 5)
+        };
+        let t = table(&facts, &p);
+        // Last round: rounds = 199 + n.
+        let even: u64 = (0..50).filter(|n| n % 2 == 0).map(|n| 199 + n).sum();
+        let odd: u64 = (0..50).filter(|n| n % 2 == 1).map(|n| 199 + n).sum();
+        assert_eq!(value(&t, &[("calibre", "7.62x39")]), Some(even));
+        assert_eq!(value(&t, &[("calibre", "5.56x45")]), Some(odd));
     }
 
     #[test]

@@ -354,6 +354,15 @@ async fn a_regional_node_publishes_patterns_without_exposing_single_cases() {
         .unwrap();
     assert_eq!(bad.status, 400);
     assert_eq!(bad.pointer(), Some("/group_by"));
+    let bad = reg
+        .send(
+            reg.request(reqwest::Method::GET, "/api/v1/stats")
+                .query(&[("group_by", "calibre"), ("from", "last week")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.pointer(), Some("/from"));
 }
 
 async fn reg_last_seq(node: &TestNode) -> Value {
