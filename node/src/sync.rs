@@ -357,7 +357,15 @@ pub struct Pulled {
     pub applied: usize,
 }
 
-/// Pulls `peer`'s feed until caught up.
+/// A page being written, and when its fetch started.
+type Writing = (
+    tokio::task::JoinHandle<Result<(Vec<Applied>, Cursor), SyncError>>,
+    std::time::Instant,
+);
+
+/// Pulls `peer`'s feed until caught up. Three pages are in flight: the next one is fetched
+/// while this one is verified and prepared, and the previous one is written and flushed
+/// meanwhile; writes stay in order, each with its cursor.
 pub async fn pull(node: &Arc<Node>, peer: &Arc<Peer>) -> Result<Pulled, SyncError> {
     refresh_keys(node, peer).await?;
     let mut pulled = Pulled::default();
@@ -368,18 +376,18 @@ pub async fn pull(node: &Arc<Node>, peer: &Arc<Peer>) -> Result<Pulled, SyncErro
         .await
         .map_err(anyhow::Error::from)?
         .map_err(anyhow::Error::from)?;
-    // The next page is fetched while this one is verified and stored.
     let mut prefetched: Option<tokio::task::JoinHandle<Result<FeedPage, SyncError>>> = None;
+    let mut writing: Option<Writing> = None;
     loop {
         let started = std::time::Instant::now();
         let page = match prefetched.take() {
             Some(handle) => handle.await.map_err(anyhow::Error::from)??,
             None => fetch_page(node.clone(), peer.clone(), cursor.after, limit).await?,
         };
-        let fetched = started.elapsed();
         if page.policy != cursor.policy && cursor.after > 0 {
             // The partner changed what it shares with us: replay its feed from the start, so
             // a widened policy reaches back (held versions are merged, never lost).
+            finish_write(node, peer, writing.take(), &mut pulled).await?;
             tracing::info!(peer = %peer.id, "partner's policy changed: replaying its feed");
             cursor = Cursor {
                 after: 0,
@@ -406,32 +414,51 @@ pub async fn pull(node: &Arc<Node>, peer: &Arc<Peer>) -> Result<Pulled, SyncErro
                 limit,
             )));
         }
-        let n = node.clone();
-        let p = peer.clone();
-        let c = cursor.clone();
-        let (applied, next) = tokio::task::spawn_blocking(move || apply_page(&n, &p, &c, page))
+        let (n, p, c) = (node.clone(), peer.clone(), cursor.clone());
+        let prepared = tokio::task::spawn_blocking(move || prepare_page(&n, &p, &c, page))
             .await
-            .map_err(anyhow::Error::from)??;
-        cursor = next;
-        let stored = started.elapsed();
-        pulled.pages += 1;
-        pulled.applied += applied.len();
-        if !applied.is_empty() {
-            node.index().notify();
-            let (n, p) = (node.clone(), peer.clone());
-            tokio::spawn(async move { send_receipt(&n, &p, applied).await });
-        }
-        tracing::debug!(
-            peer = %peer.id,
-            count,
-            fetch_ms = fetched.as_millis(),
-            verify_store_ms = (stored - fetched).as_millis(),
-            "page applied"
-        );
+            .map_err(anyhow::Error::from)?;
+        // Whatever happened to this page, the previous one is written first.
+        finish_write(node, peer, writing.take(), &mut pulled).await?;
+        let prepared = prepared?;
+        cursor = prepared.next.clone();
+        let (n, p) = (node.clone(), peer.clone());
+        writing = Some((
+            tokio::task::spawn_blocking(move || write_page(&n, &p, prepared)),
+            started,
+        ));
         if count < limit {
+            finish_write(node, peer, writing.take(), &mut pulled).await?;
             return Ok(pulled);
         }
     }
+}
+
+/// Waits for a page's write; then receipts and the indexer's wake-up.
+async fn finish_write(
+    node: &Arc<Node>,
+    peer: &Arc<Peer>,
+    writing: Option<Writing>,
+    pulled: &mut Pulled,
+) -> Result<(), SyncError> {
+    let Some((handle, started)) = writing else {
+        return Ok(());
+    };
+    let (applied, _) = handle.await.map_err(anyhow::Error::from)??;
+    pulled.pages += 1;
+    pulled.applied += applied.len();
+    tracing::debug!(
+        peer = %peer.id,
+        applied = applied.len(),
+        ms = started.elapsed().as_millis(),
+        "page applied"
+    );
+    if !applied.is_empty() {
+        node.index().notify();
+        let (n, p) = (node.clone(), peer.clone());
+        tokio::spawn(async move { send_receipt(&n, &p, applied).await });
+    }
+    Ok(())
 }
 
 async fn fetch_page(
@@ -454,13 +481,21 @@ async fn fetch_page(
     })
 }
 
-/// Verifies and stores one page (blocking). Returns what was applied, for the receipt.
-fn apply_page(
+/// A verified page, ready to store.
+struct Prepared {
+    replicas: Vec<Replica>,
+    applied: Vec<Applied>,
+    after: u64,
+    next: Cursor,
+}
+
+/// Verifies one page and builds what will be stored (blocking; writes nothing).
+fn prepare_page(
     node: &Node,
     peer: &Peer,
     cursor: &Cursor,
     page: FeedPage,
-) -> Result<(Vec<Applied>, Cursor), SyncError> {
+) -> Result<Prepared, SyncError> {
     let next = verify_page(peer, cursor, &page).map_err(|reason| {
         node.audit().record(
             "feed_page_refused",
@@ -475,16 +510,16 @@ fn apply_page(
     })?;
     let mut replicas = Vec::new();
     let mut applied = Vec::new();
+    let store = node.store();
     for entry in page.entries {
         let Some(mut envelope) = entry.envelope else {
             continue;
         };
-        let c = envelope.claims.clone();
+        let c = &envelope.claims;
         let Some(id) = RecordId::parse(&c.record_id) else {
             continue;
         };
         // Only the origin changes its records: an own record never takes a partner's version.
-        let store = node.store();
         if store.head(&id).map_err(anyhow::Error::from)?.is_some()
             && store.is_own(&id).map_err(anyhow::Error::from)?
         {
@@ -493,6 +528,11 @@ fn apply_page(
                 reason: format!("change {} names this node's own record {id}", entry.seq),
             });
         }
+        applied.push(Applied {
+            record_id: c.record_id.clone(),
+            version: c.version,
+            retracted: c.retracted,
+        });
         // A version already held (a replay after a policy change): keep the union of views.
         if let Some(held) = store
             .envelope(&id, c.version)
@@ -502,13 +542,47 @@ fn apply_page(
         {
             envelope = merged;
         }
-        applied.push(Applied {
-            record_id: c.record_id.clone(),
-            version: c.version,
-            retracted: c.retracted,
-        });
-        replicas.push(replica_from(id, &envelope).map_err(anyhow::Error::from)?);
+        replicas.push((id, envelope));
     }
+    let replicas = build_replicas(replicas).map_err(anyhow::Error::from)?;
+    Ok(Prepared {
+        replicas,
+        applied,
+        after: cursor.after,
+        next,
+    })
+}
+
+/// Builds the stored form of verified envelopes, on two threads for a full page.
+fn build_replicas(envelopes: Vec<(RecordId, Envelope)>) -> Result<Vec<Replica>, serde_json::Error> {
+    let build = |part: &[(RecordId, Envelope)]| -> Result<Vec<Replica>, serde_json::Error> {
+        part.iter().map(|(id, e)| replica_from(*id, e)).collect()
+    };
+    if envelopes.len() < 32 {
+        return build(&envelopes);
+    }
+    let (a, b) = envelopes.split_at(envelopes.len() / 2);
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| build(b));
+        let mut first = build(a)?;
+        first.extend(second.join().unwrap_or_else(|_| Ok(Vec::new()))?);
+        Ok(first)
+    })
+}
+
+/// Stores a prepared page with its cursor in one transaction and flushes (blocking).
+/// Returns what was applied, for the receipt.
+fn write_page(
+    node: &Node,
+    peer: &Peer,
+    prepared: Prepared,
+) -> Result<(Vec<Applied>, Cursor), SyncError> {
+    let Prepared {
+        replicas,
+        applied,
+        after,
+        next,
+    } = prepared;
     node.store()
         .apply_replicas(&peer.id, &replicas, &next)
         .map_err(anyhow::Error::from)?;
@@ -516,7 +590,7 @@ fn apply_page(
     if !applied.is_empty() {
         node.audit().record(
             "received",
-            json!({ "partner": peer.id, "after": cursor.after, "to": next.after, "versions": applied.len() }),
+            json!({ "partner": peer.id, "after": after, "to": next.after, "versions": applied.len() }),
             false,
         );
     }
