@@ -3,8 +3,9 @@
 //! This is the only module that imports tantivy. The indexer thread tails the change log from
 //! its watermark (the sequence number of the last change it committed, kept in the tantivy
 //! commit payload), so after a crash it replays what it missed; `ammotrace reindex` rebuilds
-//! the whole index from the store. Keys are recomputed from each item's raw text by the
-//! current normaliser, never read from the stored `derived` objects.
+//! the whole index from the store. Keys are read from each item's stored `derived` objects
+//! only when the current normaliser wrote them, else recomputed from the raw text
+//! ([`IndexKeys::of`]), so a normaliser upgrade takes effect on `reindex`.
 //!
 //! Search callers describe what they want with [`CandidateQuery`]; this module turns it into
 //! tantivy queries and returns [`Candidate`]s with the stored keys the ranker needs.
@@ -28,7 +29,7 @@ use tantivy::schema::{
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term, doc};
 use tokio::sync::watch;
 
-use crate::record::{EventKeys, ItemKeys, RecordId, event_summary};
+use crate::record::{EventKeys, IndexKeys, RecordId, event_summary};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -197,46 +198,42 @@ fn add_item_docs(
     };
     let summary = event_summary(record);
     for item in items.iter().filter_map(|i| i.as_object()) {
-        let keys = ItemKeys::from_item(item);
+        let keys = IndexKeys::of(item);
         let hit = serde_json::to_vec(&serde_json::json!({ "item": item, "event": summary }))
             .unwrap_or_default();
         let mut d = doc!(
             fields.record_id => id.to_string(),
-            fields.item_id => keys.item_id.clone(),
+            fields.item_id => keys.item_id,
             fields.origin => event.origin.clone(),
             fields.version => u64::from(version),
-            fields.category => keys.category.clone(),
+            fields.category => keys.category,
             fields.country => event.country.clone(),
             fields.date => event.date_key,
             fields.hit => hit,
         );
-        if let Some(lot) = &keys.lot {
-            d.add_text(fields.lot_folded, &lot.folded);
-            d.add_text(fields.lot_key, &lot.key);
-            d.add_text(fields.lot_skel, &lot.skeleton);
-            if lot.skeleton.contains('?') {
-                d.add_text(fields.lot_worn, &lot.skeleton);
+        if let Some((folded, key, skeleton)) = &keys.lot {
+            d.add_text(fields.lot_folded, folded);
+            d.add_text(fields.lot_key, key);
+            d.add_text(fields.lot_skel, skeleton);
+            if skeleton.contains('?') {
+                d.add_text(fields.lot_worn, skeleton);
             }
         }
         for token in &keys.headstamp_tokens {
             d.add_text(fields.hs, token);
             d.add_text(fields.hs_skel, crate::normalise::fold::skeleton(token));
         }
-        if let Some(calibre) = &keys.calibre {
-            for c in &calibre.candidates {
-                d.add_text(fields.calibre, c);
-            }
-            for f in &calibre.families {
-                d.add_text(fields.family, f);
-            }
+        for c in &keys.calibres {
+            d.add_text(fields.calibre, c);
         }
-        if let Some(reading) = keys.readings.first() {
-            if let Some(maker) = &reading.manufacturer_code {
-                d.add_text(fields.maker, maker);
-            }
-            if let Some(year) = reading.year_gregorian {
-                d.add_i64(fields.year, i64::from(year));
-            }
+        for f in &keys.families {
+            d.add_text(fields.family, f);
+        }
+        if let Some(maker) = &keys.maker {
+            d.add_text(fields.maker, maker);
+        }
+        if let Some(year) = keys.year {
+            d.add_i64(fields.year, year);
         }
         writer.add_document(d)?;
     }

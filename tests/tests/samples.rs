@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use ammotrace_e2e::{TestNode, shared_data};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Removes what the node added to `stored` relative to `submitted`.
 fn as_submitted(stored: &Value, submitted: &Value) -> Value {
@@ -100,4 +100,45 @@ async fn dev_set_imports_and_exports_unchanged() {
         seen += records.len();
     }
     assert_eq!(seen, total);
+}
+
+/// The index reads an item's keys from its stored `derived` objects (written by the same
+/// normaliser) instead of normalising again: for every item of the dev set and the samples,
+/// both ways give the same keys.
+#[test]
+fn index_keys_from_derived_equal_recomputed_keys() {
+    use ammotrace::record::{IndexKeys, ItemKeys, derive};
+    let text =
+        std::fs::read_to_string(shared_data().join("dev-set/records.jsonl")).expect("dev set");
+    let mut checked = 0;
+    let mut with_lot = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut record: Value = serde_json::from_str(line).unwrap();
+        // Shorthand strings as the node reads them.
+        for item in record["items"].as_array_mut().unwrap() {
+            for key in ["calibre", "lot"] {
+                if let Some(raw) = item[key].as_str().map(str::to_owned) {
+                    item[key] = json!({ "raw": raw });
+                }
+            }
+            if let Some(raw) = item["headstamp"].as_str().map(str::to_owned) {
+                item["headstamp"] = json!({ "present": true, "raw_transcription": raw });
+            }
+        }
+        derive(&mut record);
+        for item in record["items"].as_array().unwrap() {
+            let item = item.as_object().unwrap();
+            let recomputed = IndexKeys::from(ItemKeys::from_item(item));
+            if let Some(read) = IndexKeys::from_derived(item) {
+                assert_eq!(read, recomputed, "{item:?}");
+                checked += 1;
+                with_lot += usize::from(read.lot.is_some());
+            }
+            assert_eq!(IndexKeys::of(item), recomputed);
+        }
+    }
+    assert!(
+        checked > 6000 && with_lot > 5000,
+        "{checked} items read, {with_lot} with a lot"
+    );
 }

@@ -473,6 +473,100 @@ impl ItemKeys {
     }
 }
 
+/// What the search index needs of one item: the keys of its lot, headstamp and calibre.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IndexKeys {
+    pub item_id: String,
+    pub category: String,
+    /// `(folded, key, skeleton)`.
+    pub lot: Option<(String, String, String)>,
+    pub headstamp_tokens: Vec<String>,
+    pub calibres: Vec<String>,
+    pub families: Vec<String>,
+    pub maker: Option<String>,
+    pub year: Option<i64>,
+}
+
+impl IndexKeys {
+    /// The item's keys: read from its stored `derived` objects when the current normaliser
+    /// wrote them (every write and every received replica is derived on arrival, so this is
+    /// the common case and saves normalising twice), else recomputed from the raw text.
+    pub fn of(item: &Map<String, Value>) -> IndexKeys {
+        IndexKeys::from_derived(item).unwrap_or_else(|| IndexKeys::from(ItemKeys::from_item(item)))
+    }
+
+    /// `None` unless every raw field present has a `derived` of the current normaliser.
+    pub fn from_derived(item: &Map<String, Value>) -> Option<IndexKeys> {
+        let derived = |key: &str, raw: &str| -> Option<Option<&Map<String, Value>>> {
+            let Some(field) = item.get(key) else {
+                return Some(None);
+            };
+            if field.get(raw).and_then(Value::as_str).is_none() {
+                return Some(None);
+            }
+            let d = field.get("derived")?.as_object()?;
+            (d.get("normaliser_version")?.as_str()? == NORMALISER_VERSION).then_some(Some(d))
+        };
+        let strings = |v: Option<&Value>| -> Option<Vec<String>> {
+            v?.as_array()?
+                .iter()
+                .map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        };
+        let text = |d: &Map<String, Value>, k: &str| d.get(k)?.as_str().map(str::to_owned);
+        let lot = match derived("lot", "raw")? {
+            Some(d) => Some((text(d, "folded")?, text(d, "key")?, text(d, "skeleton")?)),
+            None => None,
+        };
+        let (headstamp_tokens, maker, year) = match derived("headstamp", "raw_transcription")? {
+            Some(d) => {
+                let first = d.get("readings")?.as_array()?.first();
+                (
+                    strings(d.get("tokens"))?,
+                    first.and_then(|r| text(r.as_object()?, "manufacturer_code")),
+                    first.and_then(|r| r.get("year_gregorian")?.as_i64()),
+                )
+            }
+            None => (Vec::new(), None, None),
+        };
+        let (calibres, families) = match derived("calibre", "raw")? {
+            Some(d) => (strings(d.get("candidates"))?, strings(d.get("families"))?),
+            None => (Vec::new(), Vec::new()),
+        };
+        let field = |k: &str| item.get(k).and_then(Value::as_str).unwrap_or_default();
+        Some(IndexKeys {
+            item_id: field("item_id").to_owned(),
+            category: field("item_category").to_owned(),
+            lot,
+            headstamp_tokens,
+            calibres,
+            families,
+            maker,
+            year,
+        })
+    }
+}
+
+impl From<ItemKeys> for IndexKeys {
+    fn from(k: ItemKeys) -> IndexKeys {
+        let first = k.readings.first();
+        IndexKeys {
+            maker: first.and_then(|r| r.manufacturer_code.clone()),
+            year: first.and_then(|r| r.year_gregorian).map(i64::from),
+            lot: k.lot.map(|l| (l.folded, l.key, l.skeleton)),
+            headstamp_tokens: k.headstamp_tokens,
+            calibres: k
+                .calibre
+                .as_ref()
+                .map(|c| c.candidates.clone())
+                .unwrap_or_default(),
+            families: k.calibre.map(|c| c.families).unwrap_or_default(),
+            item_id: k.item_id,
+            category: k.category,
+        }
+    }
+}
+
 /// Record-level facts every item of a record shares, for the index and for hit summaries.
 #[derive(Debug, Clone, Default)]
 pub struct EventKeys {
