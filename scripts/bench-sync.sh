@@ -91,7 +91,8 @@ section = f"""## Sync between two nodes (issue 3)
 - XAA holds {n:,} one-item records (signed at import); XBB, stopped meanwhile, starts and pulls
   XAA's feed over HTTPS (pages of 500, `replicate` policy sharing every field). Each page is
   verified (chain, signature of every envelope, every disclosure digest), stored with the
-  cursor in one sled transaction, flushed, acknowledged by a signed receipt, then indexed.
+  cursor in one sled transaction, flushed, acknowledged by a signed receipt, then indexed;
+  page N+1 is fetched and verified while page N is written.
 
 | records | verified + stored (records/s) | … + indexed (records/s) | records at XBB | XBB peak RSS | ed25519 sign (same run) | ed25519 verify (same run) |
 |---|---|---|---|---|---|---|
