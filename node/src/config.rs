@@ -95,11 +95,17 @@ impl Default for IndexConfig {
 pub struct StatsConfig {
     /// Cells with fewer distinct seizures are suppressed.
     pub k: usize,
+    /// Read every record into the statistics cache when the node starts (in the background),
+    /// so the first statistics request does not wait for it: for regional nodes.
+    pub warm_on_start: bool,
 }
 
 impl Default for StatsConfig {
     fn default() -> Self {
-        StatsConfig { k: 5 }
+        StatsConfig {
+            k: 5,
+            warm_on_start: false,
+        }
     }
 }
 

@@ -272,6 +272,21 @@ impl Node {
             );
             crate::sync::start(self.clone(), stop_rx.clone());
         }
+        if self.config.stats.warm_on_start {
+            let node = self.clone();
+            tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                match node.stats_cache.facts(&node.store) {
+                    Ok((seq, facts)) => tracing::info!(
+                        seizures = facts.len(),
+                        watermark = seq,
+                        ms = started.elapsed().as_millis(),
+                        "statistics cache warmed"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "could not warm the statistics cache"),
+                }
+            });
+        }
         let router = crate::api::router(self.clone());
         let mut api_stop = stop_rx.clone();
         let api = axum::serve(listener, router).with_graceful_shutdown(async move {

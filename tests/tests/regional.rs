@@ -372,3 +372,29 @@ async fn reg_last_seq(node: &TestNode) -> Value {
         .unwrap();
     h.body["last_seq"].clone()
 }
+
+/// With `warm_on_start`, a restarted node reads its records into the statistics cache in the
+/// background; tables then count what was there before the restart and what came after.
+#[tokio::test]
+async fn statistics_cache_warmed_at_start_follows_later_writes() {
+    let node = TestNode::spawn_with_config("XAA", |c| {
+        c.replace("warm_on_start = false", "warm_on_start = true")
+    })
+    .await
+    .unwrap();
+    let before: Vec<Value> = (0..6)
+        .map(|n| record("XAA", &format!("A-{n}"), "7.62x39", 10, "2024-02-10"))
+        .collect();
+    import(&node, &before).await;
+    let mut node = node.restart().await.unwrap();
+    import(
+        &node,
+        &[record("XAA", "A-9", "5.56x45 NATO", 10, "2024-03-10")],
+    )
+    .await;
+    let t = stats(&node, &[("group_by", "calibre"), ("unsuppressed", "true")]).await;
+    assert_eq!(cell(&t, json!({"calibre": "7.62x39"}))["value"], 6);
+    assert_eq!(cell(&t, json!({"calibre": "5.56x45-nato"}))["value"], 1);
+    assert_eq!(cell(&t, json!({}))["value"], 7);
+    node.stop().unwrap();
+}
