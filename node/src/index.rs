@@ -3,9 +3,10 @@
 //! This is the only module that imports tantivy. The indexer thread tails the change log from
 //! its watermark (the sequence number of the last change it committed, kept in the tantivy
 //! commit payload), so after a crash it replays what it missed; `ammotrace reindex` rebuilds
-//! the whole index from the store. Keys are read from each item's stored `derived` objects
-//! only when the current normaliser wrote them, else recomputed from the raw text
-//! ([`IndexKeys::of`]), so a normaliser upgrade takes effect on `reindex`.
+//! the whole index from the store. While tailing, keys are read from each item's stored
+//! `derived` objects when the current normaliser version wrote them, else recomputed from the
+//! raw text ([`IndexKeys::of`]); `reindex` always recomputes them from the raw text, so new
+//! rules and tables take effect whether or not the version was bumped.
 //!
 //! Search callers describe what they want with [`CandidateQuery`]; this module turns it into
 //! tantivy queries and returns [`Candidate`]s with the stored keys the ranker needs.
@@ -29,7 +30,7 @@ use tantivy::schema::{
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term, doc};
 use tokio::sync::watch;
 
-use crate::record::{EventKeys, IndexKeys, RecordId, event_summary};
+use crate::record::{EventKeys, IndexKeys, ItemKeys, RecordId, event_summary};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -185,12 +186,15 @@ fn watermark_of(index: &Index) -> Result<u64, IndexError> {
         .unwrap_or(0))
 }
 
+/// `recompute`: normalise the raw text again even where the stored `derived` objects carry
+/// the current normaliser version (what `reindex` does, so new rules always take effect).
 fn add_item_docs(
     writer: &IndexWriter,
     fields: &Fields,
     id: &RecordId,
     version: u32,
     record: &serde_json::Value,
+    recompute: bool,
 ) -> Result<(), IndexError> {
     let event = EventKeys::from_record(record);
     let Some(items) = record.get("items").and_then(|v| v.as_array()) else {
@@ -198,7 +202,11 @@ fn add_item_docs(
     };
     let summary = event_summary(record);
     for item in items.iter().filter_map(|i| i.as_object()) {
-        let keys = IndexKeys::of(item);
+        let keys = if recompute {
+            IndexKeys::from(ItemKeys::from_item(item))
+        } else {
+            IndexKeys::of(item)
+        };
         let hit = serde_json::to_vec(&serde_json::json!({ "item": item, "event": summary }))
             .unwrap_or_default();
         let mut d = doc!(
@@ -260,7 +268,14 @@ fn catch_up(
         if !change.retracted
             && let Some(record) = store.get(&change.id, Some(change.version))?
         {
-            add_item_docs(writer, &shared.fields, &change.id, change.version, &record)?;
+            add_item_docs(
+                writer,
+                &shared.fields,
+                &change.id,
+                change.version,
+                &record,
+                false,
+            )?;
         }
         watermark = change.seq;
     }
@@ -578,7 +593,7 @@ pub fn rebuild(
         if !head.retracted
             && let Some(record) = store.get(&id, Some(head.version))?
         {
-            add_item_docs(&writer, &fields, &id, head.version, &record)?;
+            add_item_docs(&writer, &fields, &id, head.version, &record, true)?;
         }
         records += 1;
         if records.is_multiple_of(1000) {
