@@ -7,6 +7,7 @@
 #
 # usage: scripts/bench-sync.sh            (100,000 records)
 #        SYNC_N=20000 scripts/bench-sync.sh
+#        SYNC_PAGE=2000 scripts/bench-sync.sh   (feed page size; default 500)
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 n="${SYNC_N:-100000}"
@@ -52,6 +53,8 @@ echo '{"mode":"replicate","categories":["*"],"fields":["*"],"location_precision"
 "$bin" peers add --data-dir "$a" --card "$work/b.card" --policy "$work/share-all.json" --no-pull >/dev/null
 "$bin" peers add --data-dir "$b" --card "$work/a.card" >/dev/null
 sed -i 's/^pull_interval_ms = 5000/pull_interval_ms = 200/' "$b/config.toml"
+page="${SYNC_PAGE:-500}" # feed page size on both nodes (the server caps at its own)
+sed -i "s/^page_size = 500/page_size = $page/" "$a/config.toml" "$b/config.toml"
 
 "$bench" gen "$n" "$work/records.jsonl"
 start_node "$a" "$pa"; url_a="$url"
@@ -80,16 +83,16 @@ if [ -n "${PERF_OUT:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true;
 count="$(curl -sf -H "Authorization: Bearer $tok_b" "$url_b/api/v1/export" | wc -l)"
 rss_kb="$(awk '/VmHWM/ {print $2}' /proc/${pids[1]}/status)"
 
-python3 - "$out" "$limits" "$n" "$t0" "$stored" "$t2" "$count" "$rss_kb" <<'PY' | python3 "$here/scripts/bench_section.py" "$out" sync
+python3 - "$out" "$limits" "$n" "$t0" "$stored" "$t2" "$count" "$rss_kb" "$page" <<'PY' | python3 "$here/scripts/bench_section.py" "$out" sync
 import datetime, json, re, subprocess, sys
-out, limits, n, t0, stored, t2, count, rss = sys.argv[1], json.loads(sys.argv[2]), *map(int, sys.argv[3:9])
+out, limits, n, t0, stored, t2, count, rss, page = sys.argv[1], json.loads(sys.argv[2]), *map(int, sys.argv[3:10])
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 section = f"""## Sync between two nodes (issue 3)
 
 - date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {cpu}, both nodes and the client on the same 2 cores
-- command: `SYNC_N={n} scripts/bench-sync.sh`
+- command: `SYNC_N={n} SYNC_PAGE={page} scripts/bench-sync.sh`
 - XAA holds {n:,} one-item records (signed at import); XBB, stopped meanwhile, starts and pulls
-  XAA's feed over HTTPS (pages of 500, `replicate` policy sharing every field). Each page is
+  XAA's feed over HTTPS (pages of {page}, `replicate` policy sharing every field). Each page is
   verified (chain, signature of every envelope, every disclosure digest), stored with the
   cursor in one sled transaction, flushed, acknowledged by a signed receipt, then indexed;
   page N+1 is fetched and verified while page N is written.
