@@ -414,12 +414,22 @@ pub async fn pull(node: &Arc<Node>, peer: &Arc<Peer>) -> Result<Pulled, SyncErro
                 limit,
             )));
         }
+        let fetched = started.elapsed();
         let (n, p, c) = (node.clone(), peer.clone(), cursor.clone());
         let prepared = tokio::task::spawn_blocking(move || prepare_page(&n, &p, &c, page))
             .await
             .map_err(anyhow::Error::from)?;
+        let verified = started.elapsed();
         // Whatever happened to this page, the previous one is written first.
         finish_write(node, peer, writing.take(), &mut pulled).await?;
+        tracing::debug!(
+            peer = %peer.id,
+            count,
+            fetch_wait_ms = fetched.as_millis(),
+            verify_prepare_ms = (verified - fetched).as_millis(),
+            previous_write_wait_ms = (started.elapsed() - verified).as_millis(),
+            "page verified"
+        );
         let prepared = prepared?;
         cursor = prepared.next.clone();
         let (n, p) = (node.clone(), peer.clone());
@@ -484,6 +494,8 @@ async fn fetch_page(
 /// A verified page, ready to store.
 struct Prepared {
     replicas: Vec<Replica>,
+    /// The change sequence number of each replica.
+    seqs: Vec<u64>,
     applied: Vec<Applied>,
     after: u64,
     next: Cursor,
@@ -508,49 +520,71 @@ fn prepare_page(
             reason,
         }
     })?;
-    let mut replicas = Vec::new();
+    let mut envelopes = Vec::new();
+    let mut seqs = Vec::new();
     let mut applied = Vec::new();
-    let store = node.store();
     for entry in page.entries {
-        let Some(mut envelope) = entry.envelope else {
+        let Some(envelope) = entry.envelope else {
             continue;
         };
         let c = &envelope.claims;
         let Some(id) = RecordId::parse(&c.record_id) else {
             continue;
         };
-        // Only the origin changes its records: an own record never takes a partner's version.
-        if store.head(&id).map_err(anyhow::Error::from)?.is_some()
-            && store.is_own(&id).map_err(anyhow::Error::from)?
-        {
-            return Err(SyncError::BadPage {
-                peer: peer.id.clone(),
-                reason: format!("change {} names this node's own record {id}", entry.seq),
-            });
-        }
         applied.push(Applied {
             record_id: c.record_id.clone(),
             version: c.version,
             retracted: c.retracted,
         });
-        // A version already held (a replay after a policy change): keep the union of views.
-        if let Some(held) = store
-            .envelope(&id, c.version)
-            .map_err(anyhow::Error::from)?
-            .and_then(|b| serde_json::from_slice::<Envelope>(&b).ok())
-            && let Some(merged) = held.merge(&envelope)
-        {
-            envelope = merged;
-        }
-        replicas.push((id, envelope));
+        seqs.push(entry.seq);
+        envelopes.push((id, envelope));
     }
-    let replicas = build_replicas(replicas).map_err(anyhow::Error::from)?;
+    // Built as received; what the store already holds is checked by the writer, in order.
+    let replicas = build_replicas(envelopes).map_err(anyhow::Error::from)?;
     Ok(Prepared {
         replicas,
+        seqs,
         applied,
         after: cursor.after,
         next,
     })
+}
+
+/// Checks replicas against what the store holds (called by the only writer, so no other
+/// write interleaves): a change naming one of this node's own records refuses the page; a
+/// version already held (a replay after a policy change) keeps the union of both views.
+fn reconcile(
+    store: &crate::store::Store,
+    peer: &Peer,
+    replicas: &mut [Replica],
+    seqs: &[u64],
+) -> Result<(), SyncError> {
+    for (replica, seq) in replicas.iter_mut().zip(seqs) {
+        let id = replica.id;
+        // A record this node has never seen (the common case) needs no further lookup.
+        if store.head(&id).map_err(anyhow::Error::from)?.is_none() {
+            continue;
+        }
+        // Only the origin changes its records: an own record never takes a partner's version.
+        if store.is_own(&id).map_err(anyhow::Error::from)? {
+            return Err(SyncError::BadPage {
+                peer: peer.id.clone(),
+                reason: format!("change {seq} names this node's own record {id}"),
+            });
+        }
+        if let Some(held) = store
+            .envelope(&id, replica.version)
+            .map_err(anyhow::Error::from)?
+            .and_then(|b| serde_json::from_slice::<Envelope>(&b).ok())
+        {
+            let received: Envelope =
+                serde_json::from_slice(&replica.envelope).map_err(anyhow::Error::from)?;
+            if let Some(merged) = held.merge(&received) {
+                *replica = replica_from(id, &merged).map_err(anyhow::Error::from)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Builds the stored form of verified envelopes, on two threads for a full page.
@@ -578,11 +612,13 @@ fn write_page(
     prepared: Prepared,
 ) -> Result<(Vec<Applied>, Cursor), SyncError> {
     let Prepared {
-        replicas,
+        mut replicas,
+        seqs,
         applied,
         after,
         next,
     } = prepared;
+    reconcile(node.store(), peer, &mut replicas, &seqs)?;
     node.store()
         .apply_replicas(&peer.id, &replicas, &next)
         .map_err(anyhow::Error::from)?;
