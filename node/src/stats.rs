@@ -195,24 +195,10 @@ fn str_of(v: Option<&Value>) -> Option<&str> {
     v.and_then(Value::as_str)
 }
 
-/// `YYYY`, `YYYY-MM` or `YYYY-MM-DD` as `YYYYMMDD`, missing parts as `fill`.
-fn date_code(date: &str, fill: u32) -> Option<u32> {
-    let part = |r: std::ops::Range<usize>| -> Option<u32> {
-        let s = date.get(r)?;
-        s.bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| s.parse().ok())?
-    };
-    let year = part(0..4)?;
-    let (month, day) = match date.len() {
-        4 => (fill, fill),
-        7 if date.as_bytes()[4] == b'-' => (part(5..7)?, fill),
-        10 if date.as_bytes()[4] == b'-' && date.as_bytes()[7] == b'-' => {
-            (part(5..7)?, part(8..10)?)
-        }
-        _ => return None,
-    };
-    Some(year * 10_000 + month * 100 + day)
+/// `YYYY`, `YYYY-MM` or `YYYY-MM-DD` as `YYYYMMDD` ([`crate::record::date_key`]: missing
+/// parts 00, or 99 when `upper`).
+fn date_code(date: &str, upper: bool) -> Option<u32> {
+    crate::record::date_key(date, upper).and_then(|k| u32::try_from(k).ok())
 }
 
 /// A date code back as the text it was read from.
@@ -447,7 +433,7 @@ impl Facts {
             origin: names.intern_or_unknown(str_of(record.get("originating_state"))),
             seizing_country: names
                 .intern_or_unknown(str_of(event.and_then(|e| e.pointer("/location/country")))),
-            date: date_code(date, 0).unwrap_or(0),
+            date: date_code(date, false).unwrap_or(0),
             year: names.intern_or_unknown(date.get(..4)),
             month: names.intern_or_unknown(date.get(..7).filter(|m| m.len() == 7)),
             quarter,
@@ -533,7 +519,7 @@ impl Params {
                     Err(_) => errors.push(FieldError::new("/measure", "seizures, items or rounds")),
                 },
                 "from" | "to" => {
-                    if date_code(value, 0).is_none() {
+                    if date_code(value, false).is_none() {
                         errors.push(FieldError::new(
                             format!("/{key}"),
                             "a date: YYYY, YYYY-MM or YYYY-MM-DD",
@@ -664,10 +650,14 @@ fn apply(facts: &mut Facts, store: &Store, id: RecordId) -> Result<(), StoreErro
 /// truncated `to` (`2024`, `2024-06`) includes its whole year or month. Undated seizures fall
 /// outside any `from` but inside any `to` alone.
 fn period(p: &Params) -> (u32, u32) {
-    let from = p.from.as_deref().and_then(|d| date_code(d, 0)).unwrap_or(0);
+    let from = p
+        .from
+        .as_deref()
+        .and_then(|d| date_code(d, false))
+        .unwrap_or(0);
     let to =
         p.to.as_deref()
-            .and_then(|d| date_code(d, 99))
+            .and_then(|d| date_code(d, true))
             .unwrap_or(u32::MAX);
     (from, to)
 }
@@ -1195,7 +1185,7 @@ mod tests {
     #[test]
     fn partial_dates_keep_their_order_and_text() {
         for d in ["2024", "2024-03", "2024-03-05", "1999-12-31"] {
-            assert_eq!(date_text(date_code(d, 0).unwrap()), d);
+            assert_eq!(date_text(date_code(d, false).unwrap()), d);
         }
         for bad in [
             "",
@@ -1205,7 +1195,7 @@ mod tests {
             "２０２４",
             "2024-03-05T00",
         ] {
-            assert_eq!(date_code(bad, 0), None, "{bad}");
+            assert_eq!(date_code(bad, false), None, "{bad}");
         }
         let mut facts = Facts::default();
         for date in ["2023-12-24", "2024", "2024-03", "2024-03-05", "2025-01-01"] {
