@@ -11,8 +11,9 @@
 //! Search callers describe what they want with [`CandidateQuery`]; this module turns it into
 //! tantivy queries and returns [`Candidate`]s with the stored keys the ranker needs.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -149,7 +150,37 @@ pub struct CandidateQuery {
 struct Shared {
     reader: IndexReader,
     fields: Fields,
+    /// Item documents built by writers while the record was still in memory, by record
+    /// version, waiting for the indexer (see [`SearchIndex::offer`]).
+    prebuilt: Mutex<HashMap<(RecordId, u32), Prebuilt>>,
+    /// Numbers the offers, so a writer withdraws only what it offered.
+    tickets: AtomicU64,
 }
+
+/// The item documents of one record version, built by its writer (see
+/// [`SearchIndex::documents`]).
+pub struct Documents {
+    id: RecordId,
+    version: u32,
+    docs: Vec<TantivyDocument>,
+}
+
+/// Documents waiting for the indexer.
+struct Prebuilt {
+    ticket: u64,
+    docs: Vec<TantivyDocument>,
+}
+
+/// What one [`SearchIndex::offer`] put in place, to withdraw if the write fails.
+#[must_use = "withdraw the offer if the write fails"]
+pub struct Offered {
+    ticket: u64,
+    keys: Vec<(RecordId, u32)>,
+}
+
+/// At most this many changes wait in [`Shared::prebuilt`]; beyond it, offers are dropped and
+/// the indexer reads those records back from the store (bounds memory when it falls behind).
+const MAX_PREBUILT: usize = 50_000;
 
 /// The index: a reader for searches and a background indexer thread.
 pub struct SearchIndex {
@@ -196,11 +227,26 @@ fn add_item_docs(
     record: &serde_json::Value,
     recompute: bool,
 ) -> Result<(), IndexError> {
+    for d in item_docs(fields, id, version, record, recompute) {
+        writer.add_document(d)?;
+    }
+    Ok(())
+}
+
+/// One document per item of a record version.
+fn item_docs(
+    fields: &Fields,
+    id: &RecordId,
+    version: u32,
+    record: &serde_json::Value,
+    recompute: bool,
+) -> Vec<TantivyDocument> {
     let event = EventKeys::from_record(record);
     let Some(items) = record.get("items").and_then(|v| v.as_array()) else {
-        return Ok(());
+        return Vec::new();
     };
     let summary = event_summary(record);
+    let mut docs = Vec::with_capacity(items.len());
     for item in items.iter().filter_map(|i| i.as_object()) {
         let keys = if recompute {
             IndexKeys::from(ItemKeys::from_item(item))
@@ -243,9 +289,9 @@ fn add_item_docs(
         if let Some(year) = keys.year {
             d.add_i64(fields.year, year);
         }
-        writer.add_document(d)?;
+        docs.push(d);
     }
-    Ok(())
+    docs
 }
 
 /// Applies changes after the index's watermark; returns the new watermark.
@@ -260,14 +306,33 @@ fn catch_up(
     if changes.is_empty() {
         return Ok((watermark, false));
     }
+    let mut prebuilt = {
+        let mut waiting = shared
+            .prebuilt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        changes
+            .iter()
+            .filter_map(|c| Some((c.seq, waiting.remove(&(c.id, c.version))?)))
+            .collect::<HashMap<u64, Prebuilt>>()
+    };
+    let (mut built, mut read) = (0usize, 0usize);
     for change in &changes {
         writer.delete_term(Term::from_field_text(
             shared.fields.record_id,
             &change.id.to_string(),
         ));
-        if !change.retracted
-            && let Some(record) = store.get(&change.id, Some(change.version))?
-        {
+        if change.retracted {
+            watermark = change.seq;
+            continue;
+        }
+        if let Some(p) = prebuilt.remove(&change.seq) {
+            built += 1;
+            for d in p.docs {
+                writer.add_document(d)?;
+            }
+        } else if let Some(record) = store.get(&change.id, Some(change.version))? {
+            read += 1;
             add_item_docs(
                 writer,
                 &shared.fields,
@@ -279,6 +344,7 @@ fn catch_up(
         }
         watermark = change.seq;
     }
+    tracing::debug!(changes = changes.len(), built, read, "indexing");
     let mut commit = writer.prepare_commit()?;
     commit.set_payload(&watermark.to_string());
     commit.commit()?;
@@ -302,7 +368,12 @@ impl SearchIndex {
             .try_into()?;
         let mut writer: IndexWriter = index.writer(writer_memory_mib.max(16) * 1024 * 1024)?;
         let start = watermark_of(&index)?;
-        let shared = Arc::new(Shared { reader, fields });
+        let shared = Arc::new(Shared {
+            reader,
+            fields,
+            prebuilt: Mutex::new(HashMap::new()),
+            tickets: AtomicU64::new(0),
+        });
         let (tx_mark, rx_mark) = watch::channel(start);
         let (wake_tx, wake_rx) = mpsc::channel::<()>();
         let stop = Arc::new(AtomicBool::new(false));
@@ -350,6 +421,62 @@ impl SearchIndex {
             stop,
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// The documents of a record version about to be written, built while the record is in
+    /// memory (see [`SearchIndex::offer`]).
+    pub fn documents(&self, id: RecordId, version: u32, record: &serde_json::Value) -> Documents {
+        Documents {
+            id,
+            version,
+            docs: item_docs(&self.shared.fields, &id, version, record, false),
+        }
+    }
+
+    /// Hands the indexer the documents of record versions about to be written, so it need
+    /// not read and parse them back from the store. Offer before writing (the indexer may
+    /// reach a change as soon as it commits); if the write fails, [`SearchIndex::withdraw`]
+    /// the offer. The store stays the source of truth: a change whose documents are not
+    /// waiting (never offered, or dropped because too many wait) is read from the store.
+    /// A version already on offer keeps its first offer.
+    pub fn offer(&self, documents: impl IntoIterator<Item = Documents>) -> Offered {
+        let ticket = self.shared.tickets.fetch_add(1, Ordering::Relaxed);
+        let mut keys = Vec::new();
+        let mut waiting = self
+            .shared
+            .prebuilt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for d in documents {
+            if waiting.len() >= MAX_PREBUILT {
+                break;
+            }
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                waiting.entry((d.id, d.version))
+            {
+                slot.insert(Prebuilt {
+                    ticket,
+                    docs: d.docs,
+                });
+                keys.push((d.id, d.version));
+            }
+        }
+        Offered { ticket, keys }
+    }
+
+    /// Takes back what [`SearchIndex::offer`] put in place and the indexer has not used: the
+    /// write failed, so those versions will never appear in the change log.
+    pub fn withdraw(&self, offered: Offered) {
+        let mut waiting = self
+            .shared
+            .prebuilt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for key in &offered.keys {
+            if waiting.get(key).is_some_and(|p| p.ticket == offered.ticket) {
+                waiting.remove(key);
+            }
+        }
     }
 
     /// Tells the indexer that the change log grew.
@@ -630,4 +757,95 @@ pub fn size_on_disk(path: &Path) -> u64 {
             .unwrap_or(0)
     }
     walk(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Prepared, Validator};
+    use serde_json::json;
+
+    fn sealer() -> crate::envelope::NodeSealer {
+        crate::envelope::NodeSealer {
+            origin: "XAA".into(),
+            key: ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]),
+        }
+    }
+
+    fn prepared(id: &str, lot: &str) -> Prepared {
+        let record = json!({
+            "record_id": id,
+            "originating_state": "XAA",
+            "event": {"event_type": "seizure", "date": {"start": "2024"},
+                      "location": {"country": "XAA", "precision": "country"}},
+            "items": [{"item_id": "i1", "item_category": "small_arms_ammunition", "lot": lot}],
+            "sharing": {"tlp": "GREEN"}
+        });
+        Validator::new("XAA")
+            .prepare(record, "2026-01-01T00:00:00Z")
+            .unwrap()
+    }
+
+    fn lots(index: &SearchIndex, key: &str) -> Vec<String> {
+        let q = CandidateQuery {
+            lot_key: Some(key.into()),
+            limit: 10,
+            ..CandidateQuery::default()
+        };
+        let mut found: Vec<String> = index
+            .candidates(&q)
+            .unwrap()
+            .into_iter()
+            .map(|c| format!("{} {}", c.record_id, c.lot_key))
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// Offered documents are what the indexer uses for that version; withdrawn ones are never
+    /// used, even when the same record version is written later with other content; and a
+    /// version offered nothing is read from the store.
+    #[test]
+    fn offered_documents_are_used_and_withdrawn_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let index = SearchIndex::open(
+            &dir.path().join("index"),
+            store.clone(),
+            16,
+            Duration::from_millis(20),
+        )
+        .unwrap();
+        let a = "urn:uuid:019ad2f0-0000-7000-8000-00000000a001";
+        let b = "urn:uuid:019ad2f0-0000-7000-8000-00000000b002";
+
+        // A write that failed: offered, then withdrawn.
+        let refused = prepared(a, "REFUSED-1");
+        let offered = index.offer([index.documents(refused.id, 1, &refused.record)]);
+        index.withdraw(offered);
+
+        // The same version written with other content, offered; and one not offered.
+        let mut batch = vec![prepared(a, "KEPT-2")];
+        let offered = index.offer([index.documents(batch[0].id, 1, &batch[0].record)]);
+        assert_eq!(offered.keys.len(), 1);
+        let written = store.create_batch(&mut batch, &sealer()).unwrap();
+        let mut plain = vec![prepared(b, "PLAIN-3")];
+        store.create_batch(&mut plain, &sealer()).unwrap();
+        index.notify();
+        let last = store.last_seq().unwrap();
+        assert!(last > written[0].seq);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while index.watermark() < last {
+            assert!(std::time::Instant::now() < deadline, "indexer stuck");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(lots(&index, "REFUSED1").is_empty());
+        assert_eq!(lots(&index, "KEPT2"), vec![format!("{a} KEPT2")]);
+        assert_eq!(lots(&index, "PLAIN3"), vec![format!("{b} PLAIN3")]);
+        assert!(
+            index.shared.prebuilt.lock().unwrap().is_empty(),
+            "used offers are removed"
+        );
+        index.shutdown();
+    }
 }

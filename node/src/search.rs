@@ -439,7 +439,7 @@ mod tests {
 
     fn cand(lot: &str, hs: &str, calibre: &str) -> Candidate {
         let l = lot::normalise(lot);
-        let r = CalibreTable::embedded().resolve(calibre);
+        let r = CalibreTable::resolve_embedded(calibre);
         Candidate {
             record_id: format!("{lot}/{hs}/{calibre}"),
             lot_folded: l.folded,

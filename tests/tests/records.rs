@@ -366,3 +366,41 @@ async fn imports_and_restart_keep_everything() {
         .unwrap();
     assert_eq!(h.body["hits"][0]["item"]["calibre"]["raw"], "7.62x39");
 }
+
+/// Writers hand the indexer the documents of what they are about to write; a write the store
+/// refuses must take its documents back, or a later write of the same record version would be
+/// indexed with the refused content.
+#[tokio::test]
+async fn a_refused_write_leaves_nothing_in_the_index() {
+    let node = TestNode::spawn("XAA").await.unwrap();
+    let id = create(&node, &record("WCC17K001-004", "WCC 17", "7.62x51")).await;
+
+    let mut again = record("ZZZ99Q123-777", "LC 19", "5.56x45");
+    again["record_id"] = json!(id);
+    let a = node.post_record(&again).await.unwrap();
+    assert_eq!(a.status, 409, "{:?}", a.body);
+    // All or nothing: the new record in this batch is refused with the duplicate.
+    let fresh = "urn:uuid:019ad2f0-0000-7000-8000-00000000a001";
+    let mut refused = record("YYY11A222-333", "LC 19", "5.56x45");
+    refused["record_id"] = json!(fresh);
+    let body = serde_json::to_vec(&json!([refused, again])).unwrap();
+    let a = node.import("application/json", body, "").await.unwrap();
+    assert!(a.status >= 400, "{:?}", a.body);
+
+    // The same record id and version, written now with other content.
+    let mut accepted = record("MEN21B555-666", "MEN 21", "9x19");
+    accepted["record_id"] = json!(fresh);
+    assert_eq!(create(&node, &accepted).await, fresh);
+    assert_eq!(
+        node.search_ids(&[("lot", "MEN21B555-666")]).await.unwrap(),
+        vec![fresh.to_owned()]
+    );
+    for lot in ["ZZZ99Q123-777", "YYY11A222-333"] {
+        let ids = node.search_ids(&[("lot", lot)]).await.unwrap();
+        assert!(ids.is_empty(), "{lot}: {ids:?}");
+    }
+    assert_eq!(
+        node.search_ids(&[("lot", "WCC17K001-004")]).await.unwrap(),
+        vec![id]
+    );
+}

@@ -126,7 +126,9 @@ pub async fn import(
         if !params.dry_run {
             // One transaction: every accepted record is stored, or none is.
             let (rows, mut batch): (Vec<usize>, Vec<Prepared>) = accepted.into_iter().unzip();
-            let written = node.store().create_batch(&mut batch, node.sealer())?;
+            let index = node.index();
+            let offered = index.offer(batch.iter().map(|p| index.documents(p.id, p.declared_version.unwrap_or(1), &p.record)));
+            let written = node.store().create_batch(&mut batch, node.sealer()).inspect_err(|_| index.withdraw(offered))?;
             for (row, w) in rows.into_iter().zip(written) {
                 last_seq = w.seq;
                 records.push(json!({ "row": row, "record_id": w.id.to_string(), "record_version": w.version }));

@@ -47,9 +47,16 @@ pub async fn create(
             .validator()
             .prepare(body, &now_rfc3339())
             .map_err(ApiError::invalid)?;
+        let index = node.index();
+        let offered = index.offer([index.documents(
+            prepared.id,
+            prepared.declared_version.unwrap_or(1),
+            &prepared.record,
+        )]);
         let written = node
             .store()
-            .create_batch(std::slice::from_mut(&mut prepared), node.sealer())?;
+            .create_batch(std::slice::from_mut(&mut prepared), node.sealer())
+            .inspect_err(|_| index.withdraw(offered))?;
         node.store().flush()?;
         node.written();
         let written = written

@@ -1488,6 +1488,14 @@ impl CalibreTable {
     // Resolution
     // -----------------------------------------------------------------------------------------
 
+    /// Resolves a raw calibre string with the embedded table, remembering recent strings
+    /// (see [`super::Memo`]).
+    pub fn resolve_embedded(raw: &str) -> CalibreResolution {
+        static MEMO: LazyLock<super::Memo<CalibreResolution>> =
+            LazyLock::new(|| super::Memo::new(4096));
+        CalibreResolution::clone(&MEMO.get(raw, |raw| EMBEDDED.resolve(raw)))
+    }
+
     /// Resolves a raw calibre string. Total and deterministic on any input.
     pub fn resolve(&self, raw: &str) -> CalibreResolution {
         let prepared = prepare(raw);

@@ -71,6 +71,13 @@ pub fn tokenise(raw: &str) -> (Vec<String>, Vec<String>) {
 
 /// Tokenises and reads a transcription.
 pub fn normalise(raw: &str) -> HeadstampNorm {
+    static MEMO: std::sync::LazyLock<super::Memo<HeadstampNorm>> =
+        std::sync::LazyLock::new(|| super::Memo::new(4096));
+    HeadstampNorm::clone(&MEMO.get(raw, read))
+}
+
+/// [`normalise`] without the memo.
+pub(crate) fn read(raw: &str) -> HeadstampNorm {
     let (tokens, symbols) = tokenise(raw);
     let readings = MakerTable::embedded().interpret(&tokens);
     HeadstampNorm {

@@ -453,7 +453,7 @@ impl ItemKeys {
             }
             None => (Vec::new(), Vec::new()),
         };
-        let calibre = text("calibre", "raw").map(|raw| CalibreTable::embedded().resolve(raw));
+        let calibre = text("calibre", "raw").map(CalibreTable::resolve_embedded);
         ItemKeys {
             item_id: item
                 .get("item_id")
