@@ -233,6 +233,13 @@ fn add_item_docs(
     Ok(())
 }
 
+/// The stored `hit` field: `{"item": …, "event": …}`, written without copying the item.
+#[derive(serde::Serialize)]
+struct Hit<'a> {
+    item: &'a serde_json::Map<String, serde_json::Value>,
+    event: &'a serde_json::Value,
+}
+
 /// One document per item of a record version.
 fn item_docs(
     fields: &Fields,
@@ -253,8 +260,11 @@ fn item_docs(
         } else {
             IndexKeys::of(item)
         };
-        let hit = serde_json::to_vec(&serde_json::json!({ "item": item, "event": summary }))
-            .unwrap_or_default();
+        let hit = serde_json::to_vec(&Hit {
+            item,
+            event: &summary,
+        })
+        .unwrap_or_default();
         let mut d = doc!(
             fields.record_id => id.to_string(),
             fields.item_id => keys.item_id,
@@ -467,12 +477,19 @@ impl SearchIndex {
     /// Takes back what [`SearchIndex::offer`] put in place and the indexer has not used: the
     /// write failed, so those versions will never appear in the change log.
     pub fn withdraw(&self, offered: Offered) {
+        self.settle(offered, &[]);
+    }
+
+    /// After a write that stored only some of the offered versions (`written`), takes back
+    /// the others' documents, which the indexer would never use.
+    pub fn settle(&self, offered: Offered, written: &[(RecordId, u32)]) {
+        let written: std::collections::HashSet<&(RecordId, u32)> = written.iter().collect();
         let mut waiting = self
             .shared
             .prebuilt
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for key in &offered.keys {
+        for key in offered.keys.iter().filter(|k| !written.contains(k)) {
             if waiting.get(key).is_some_and(|p| p.ticket == offered.ticket) {
                 waiting.remove(key);
             }
@@ -842,10 +859,18 @@ mod tests {
         assert!(lots(&index, "REFUSED1").is_empty());
         assert_eq!(lots(&index, "KEPT2"), vec![format!("{a} KEPT2")]);
         assert_eq!(lots(&index, "PLAIN3"), vec![format!("{b} PLAIN3")]);
-        assert!(
-            index.shared.prebuilt.lock().unwrap().is_empty(),
-            "used offers are removed"
-        );
+        let waiting = || index.shared.prebuilt.lock().unwrap().len();
+        assert_eq!(waiting(), 0, "used offers are removed");
+
+        // A write that stored only some of what was offered: the rest is taken back.
+        let (c, d) = (prepared(b, "SKIPPED-4"), prepared(a, "LATER-5"));
+        let offered = index.offer([
+            index.documents(c.id, 1, &c.record),
+            index.documents(d.id, 2, &d.record),
+        ]);
+        assert_eq!(waiting(), 2);
+        index.settle(offered, &[(d.id, 2)]);
+        assert_eq!(waiting(), 1);
         index.shutdown();
     }
 }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::envelope::Envelope;
+use crate::index::{Documents, SearchIndex};
 use crate::identity::KeyHistory;
 use crate::node::Node;
 use crate::peer::{self, Peer};
@@ -494,6 +495,8 @@ async fn fetch_page(
 /// A verified page, ready to store.
 struct Prepared {
     replicas: Vec<Replica>,
+    /// The search documents of each replica (none for retractions), for the indexer.
+    docs: Vec<Option<Documents>>,
     /// The change sequence number of each replica.
     seqs: Vec<u64>,
     applied: Vec<Applied>,
@@ -540,9 +543,13 @@ fn prepare_page(
         envelopes.push((id, envelope));
     }
     // Built as received; what the store already holds is checked by the writer, in order.
-    let replicas = build_replicas(envelopes).map_err(anyhow::Error::from)?;
+    let (replicas, docs) = build_replicas(node.index(), envelopes)
+        .map_err(anyhow::Error::from)?
+        .into_iter()
+        .unzip();
     Ok(Prepared {
         replicas,
+        docs,
         seqs,
         applied,
         after: cursor.after,
@@ -557,9 +564,10 @@ fn reconcile(
     store: &crate::store::Store,
     peer: &Peer,
     replicas: &mut [Replica],
+    docs: &mut [Option<Documents>],
     seqs: &[u64],
 ) -> Result<(), SyncError> {
-    for (replica, seq) in replicas.iter_mut().zip(seqs) {
+    for ((replica, doc), seq) in replicas.iter_mut().zip(docs).zip(seqs) {
         let id = replica.id;
         // A record this node has never seen (the common case) needs no further lookup.
         if store.head(&id).map_err(anyhow::Error::from)?.is_none() {
@@ -581,16 +589,30 @@ fn reconcile(
                 serde_json::from_slice(&replica.envelope).map_err(anyhow::Error::from)?;
             if let Some(merged) = held.merge(&received) {
                 *replica = replica_from(id, &merged).map_err(anyhow::Error::from)?;
+                // Rare (a replay after a policy change): the indexer reads it from the store.
+                *doc = None;
             }
         }
     }
     Ok(())
 }
 
-/// Builds the stored form of verified envelopes, on two threads for a full page.
-fn build_replicas(envelopes: Vec<(RecordId, Envelope)>) -> Result<Vec<Replica>, serde_json::Error> {
-    let build = |part: &[(RecordId, Envelope)]| -> Result<Vec<Replica>, serde_json::Error> {
-        part.iter().map(|(id, e)| replica_from(*id, e)).collect()
+/// Builds the stored form of verified envelopes and their search documents, on two threads
+/// for a full page.
+fn build_replicas(
+    index: &SearchIndex,
+    envelopes: Vec<(RecordId, Envelope)>,
+) -> Result<Vec<(Replica, Option<Documents>)>, serde_json::Error> {
+    type Built = Vec<(Replica, Option<Documents>)>;
+    let build = |part: &[(RecordId, Envelope)]| -> Result<Built, serde_json::Error> {
+        part.iter()
+            .map(|(id, e)| {
+                let replica = replica_from(*id, e)?;
+                let docs = (!replica.retracted)
+                    .then(|| index.documents(replica.id, replica.version, &replica.record));
+                Ok((replica, docs))
+            })
+            .collect()
     };
     if envelopes.len() < 32 {
         return build(&envelopes);
@@ -613,15 +635,24 @@ fn write_page(
 ) -> Result<(Vec<Applied>, Cursor), SyncError> {
     let Prepared {
         mut replicas,
+        mut docs,
         seqs,
         applied,
         after,
         next,
     } = prepared;
-    reconcile(node.store(), peer, &mut replicas, &seqs)?;
-    node.store()
-        .apply_replicas(&peer.id, &replicas, &next)
-        .map_err(anyhow::Error::from)?;
+    reconcile(node.store(), peer, &mut replicas, &mut docs, &seqs)?;
+    let index = node.index();
+    let offered = index.offer(docs.into_iter().flatten());
+    let written = match node.store().apply_replicas(&peer.id, &replicas, &next) {
+        Ok(written) => written,
+        Err(e) => {
+            index.withdraw(offered);
+            return Err(anyhow::Error::from(e).into());
+        }
+    };
+    let written: Vec<(RecordId, u32)> = written.iter().map(|w| (w.id, w.version)).collect();
+    index.settle(offered, &written);
     node.store().flush().map_err(anyhow::Error::from)?;
     if !applied.is_empty() {
         node.audit().record(

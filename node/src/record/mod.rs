@@ -349,7 +349,30 @@ fn strip_derived(record: &mut Map<String, Value>) {
 /// Removes what the node adds to a record, leaving what the submitter wrote (used to compare a
 /// stored record with its submission).
 pub fn without_node_fields(record: &Value) -> Value {
-    let mut copy = record.clone();
+    // Copy all but the `derived` values (the bulk of a stored record), then remove their keys
+    // exactly as before.
+    fn shallow(value: &Value, depth: u8) -> Value {
+        let Some(object) = value.as_object() else {
+            return match (value, depth) {
+                (Value::Array(items), 1) => {
+                    Value::Array(items.iter().map(|i| shallow(i, 2)).collect())
+                }
+                _ => value.clone(),
+            };
+        };
+        let mut out = Map::with_capacity(object.len());
+        for (key, child) in object {
+            let copy = match (depth, key.as_str()) {
+                (0, "items") => shallow(child, 1),
+                (2, "calibre" | "lot" | "headstamp") => shallow(child, 3),
+                (3, "derived") => Value::Null,
+                _ => child.clone(),
+            };
+            out.insert(key.clone(), copy);
+        }
+        Value::Object(out)
+    }
+    let mut copy = shallow(record, 0);
     if let Some(object) = copy.as_object_mut() {
         strip_derived(object);
     }
