@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::envelope::Envelope;
-use crate::index::{Documents, SearchIndex};
 use crate::identity::KeyHistory;
+use crate::index::{Documents, SearchIndex};
 use crate::node::Node;
 use crate::peer::{self, Peer};
 use crate::policy::{self, Mode};
