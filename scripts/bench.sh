@@ -46,6 +46,15 @@ wait_indexed() { # waits until the index has caught up with the store
   done
 }
 
+wait_quiet() { # waits (at most 120 s) until the node uses under 5% of a core over a second:
+  # background index merges after a bulk import would otherwise compete with the searches.
+  local tck; tck="$(getconf CLK_TCK)"
+  for _ in $(seq 1 120); do
+    a="$(awk '{print $14+$15}' /proc/$pid/stat)"; sleep 1; b="$(awk '{print $14+$15}' /proc/$pid/stat)"
+    [ $(( (b - a) * 100 )) -lt $(( 5 * tck )) ] && return 0
+  done
+}
+
 echo "measuring physical limits…" >&2
 limits="$("$bench" limits)"
 rows=""
@@ -62,6 +71,7 @@ for n in $sizes; do
   t1=$(now_ms)
   wait_indexed
   t2=$(now_ms)
+  wait_quiet
   latency="$("$bench" latency "$url" "$token" "$queries" "$n")"
   rss_kb="$(awk '/VmHWM/ {print $2}' /proc/$pid/status)"
   kill -TERM "$pid"; wait "$pid" || true; pid=""
@@ -122,7 +132,8 @@ imported with `ammotrace import --batch 5000 --partial --jobs 2` through
 two requests in flight; `--partial` sends each batch once — every row is valid, so nothing is
 skipped — where the default all-or-nothing mode first checks every batch with `dry_run`). "durable" counts until the last import answer; "indexed" until
 the index watermark reached the store's last change. Latency: `GET /api/v1/search?lot=…` over
-HTTP, sequential, one client on the same 2 cores, after 400 warm-up queries on other lots,
+HTTP, sequential, one client on the same 2 cores, once the node is idle (background index merges
+done), after 400 warm-up queries on other lots,
 p50 / p99 in ms, with the share of queries whose true lot was among the ten hits (the
 synthetic lots are dense: a `?` or a dropped character often matches ten other lots exactly as
 well, so a share below 100% there is the query's ambiguity, not a miss). Queries: exact = the lot as stored; confusable = one digit

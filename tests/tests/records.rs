@@ -262,6 +262,10 @@ async fn bad_input_gets_problem_json_and_changes_nothing() {
         .unwrap();
     assert_eq!(a.status, 413);
     assert!(a.is_problem());
+    assert_eq!(
+        a.headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
     // A CSV with one broken row: the whole import is refused, with the row and column.
     let csv = "date,country,event_type,location_precision,tlp,item_category,lot,quantity\n\
                2024-01-01,XAA,seizure,country,GREEN,small_arms_ammunition,5-55,10\n\
