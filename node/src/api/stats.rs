@@ -119,7 +119,9 @@ pub async fn snapshot(
     let document = json!({
         "v": 1,
         "node": state.node.config().node_id,
-        "published_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        // Milliseconds, as key validity is recorded: a snapshot signed in a key's first second
+        // would otherwise date from before the key.
+        "published_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "parameters": query.iter().filter(|(k, _)| k != "format").map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
         "k": table.k,
         "watermark": watermark,
