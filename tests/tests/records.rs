@@ -405,6 +405,13 @@ async fn a_refused_write_leaves_nothing_in_the_index() {
     }
     assert_eq!(
         node.search_ids(&[("lot", "WCC17K001-004")]).await.unwrap(),
-        vec![id]
+        vec![id.clone()]
     );
+    // A hit shows the stored item (with its derived readings) and an event summary.
+    let found = node.search(&[("lot", "WCC17K001-004")]).await.unwrap();
+    let stored = node.get_record(&id).await.unwrap().body;
+    let hit = &found.body["hits"][0];
+    assert_eq!(hit["item"], stored["items"][0], "{hit}");
+    assert_eq!(hit["event"]["country"], "XAA", "{hit}");
+    assert_eq!(hit["match"]["kind"], "exact", "{hit}");
 }

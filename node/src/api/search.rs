@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -95,7 +96,7 @@ pub async fn search(
         );
         tokio::spawn(async move { crate::query::fan_out(&node, &query, deadline).await })
     });
-    let hits = tokio::task::spawn_blocking(move || {
+    let ranked = tokio::task::spawn_blocking(move || {
         let t0 = Instant::now();
         let candidates = node.index().candidates(&plan.candidates)?;
         let t1 = Instant::now();
@@ -105,30 +106,22 @@ pub async fn search(
             rank_us = t1.elapsed().as_micros() as u64,
             "search"
         );
-        let mut hits = Vec::with_capacity(ranked.len());
-        for r in ranked {
-            let shown: Value = serde_json::from_slice(&r.candidate.hit).unwrap_or(Value::Null);
-            hits.push(json!({
-                "record_id": r.candidate.record_id,
-                "record_version": r.candidate.version,
-                "item_id": r.candidate.item_id,
-                "origin": r.candidate.origin,
-                "match": r.matched,
-                "item": shown.get("item"),
-                "event": shown.get("event"),
-            }));
-        }
-        Ok::<_, ApiError>(hits)
+        Ok::<_, ApiError>(ranked)
     })
     .await??;
     let Some(fan_out) = fan_out else {
-        return Ok(Json(json!({
-            "hits": hits,
-            "index_seq": state.node.index().watermark(),
-            "took_ms": started.elapsed().as_secs_f64() * 1000.0,
-        }))
-        .into_response());
+        let hits: Vec<LocalHit<'_>> = ranked.iter().map(LocalHit::of).collect();
+        let answer = LocalAnswer {
+            hits,
+            index_seq: state.node.index().watermark(),
+            took_ms: started.elapsed().as_secs_f64() * 1000.0,
+        };
+        return Ok(Json(answer).into_response());
     };
+    let hits: Vec<Value> = ranked
+        .iter()
+        .map(|r| serde_json::to_value(LocalHit::of(r)).unwrap_or(Value::Null))
+        .collect();
     let (partners, partner_hits) = fan_out.await?;
     Ok(Json(json!({
         "hits": crate::query::merge(hits, partner_hits, limit),
@@ -137,4 +130,51 @@ pub async fn search(
         "took_ms": started.elapsed().as_secs_f64() * 1000.0,
     }))
     .into_response())
+}
+
+/// The item and event summary a hit shows, as the index stored them (see `index::Hit`).
+#[derive(serde::Deserialize)]
+struct Shown<'a> {
+    #[serde(borrow)]
+    item: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event: Option<&'a RawValue>,
+}
+
+/// One local hit as answered. The item and its event summary are copied from the index's
+/// stored `hit` field as they are, not parsed into a tree and written out again.
+#[derive(serde::Serialize)]
+struct LocalHit<'a> {
+    record_id: &'a str,
+    record_version: u64,
+    item_id: &'a str,
+    origin: &'a str,
+    #[serde(rename = "match")]
+    matched: &'a search::MatchInfo,
+    item: Option<&'a RawValue>,
+    event: Option<&'a RawValue>,
+}
+
+impl<'a> LocalHit<'a> {
+    fn of(r: &'a search::Ranked) -> LocalHit<'a> {
+        let c = &r.candidate;
+        let shown = serde_json::from_slice::<Shown<'_>>(&c.hit).ok();
+        LocalHit {
+            record_id: &c.record_id,
+            record_version: c.version,
+            item_id: &c.item_id,
+            origin: &c.origin,
+            matched: &r.matched,
+            item: shown.as_ref().and_then(|s| s.item),
+            event: shown.as_ref().and_then(|s| s.event),
+        }
+    }
+}
+
+/// The answer to a local search.
+#[derive(serde::Serialize)]
+struct LocalAnswer<'a> {
+    hits: Vec<LocalHit<'a>>,
+    index_seq: u64,
+    took_ms: f64,
 }
