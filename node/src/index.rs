@@ -328,10 +328,15 @@ fn catch_up(
     };
     let (mut built, mut read) = (0usize, 0usize);
     for change in &changes {
-        writer.delete_term(Term::from_field_text(
-            shared.fields.record_id,
-            &change.id.to_string(),
-        ));
+        // A record's first version has nothing in the index to replace (the index holds no
+        // change after its watermark), and each delete is resolved at commit against every
+        // segment's term dictionary.
+        if !change.created {
+            writer.delete_term(Term::from_field_text(
+                shared.fields.record_id,
+                &change.id.to_string(),
+            ));
+        }
         if change.retracted {
             watermark = change.seq;
             continue;
