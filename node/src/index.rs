@@ -784,28 +784,11 @@ pub fn size_on_disk(path: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Prepared, Validator};
-    use serde_json::json;
-
-    fn sealer() -> crate::envelope::NodeSealer {
-        crate::envelope::NodeSealer {
-            origin: "XAA".into(),
-            key: ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]),
-        }
-    }
+    use crate::record::Prepared;
+    use crate::store::tests::{prepared_as, sealer};
 
     fn prepared(id: &str, lot: &str) -> Prepared {
-        let record = json!({
-            "record_id": id,
-            "originating_state": "XAA",
-            "event": {"event_type": "seizure", "date": {"start": "2024"},
-                      "location": {"country": "XAA", "precision": "country"}},
-            "items": [{"item_id": "i1", "item_category": "small_arms_ammunition", "lot": lot}],
-            "sharing": {"tlp": "GREEN"}
-        });
-        Validator::new("XAA")
-            .prepare(record, "2026-01-01T00:00:00Z")
-            .unwrap()
+        prepared_as(Some(id), lot)
     }
 
     fn lots(index: &SearchIndex, key: &str) -> Vec<String> {

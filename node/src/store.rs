@@ -903,12 +903,13 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::record::Validator;
     use serde_json::json;
 
-    fn sealer() -> crate::envelope::NodeSealer {
+    /// A sealer with a fixed key, for tests that write own records.
+    pub(crate) fn sealer() -> crate::envelope::NodeSealer {
         crate::envelope::NodeSealer {
             origin: "XAA".into(),
             key: ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]),
@@ -916,13 +917,21 @@ mod tests {
     }
 
     fn prepared(lot: &str) -> Prepared {
-        let record = json!({
+        prepared_as(None, lot)
+    }
+
+    /// A minimal one-item XAA record with `lot`, validated; `id` sets its `record_id`.
+    pub(crate) fn prepared_as(id: Option<&str>, lot: &str) -> Prepared {
+        let mut record = json!({
             "originating_state": "XAA",
             "event": {"event_type": "seizure", "date": {"start": "2024"},
                       "location": {"country": "XAA", "precision": "country"}},
             "items": [{"item_id": "i1", "item_category": "small_arms_ammunition", "lot": lot}],
             "sharing": {"tlp": "GREEN"}
         });
+        if let Some(id) = id {
+            record["record_id"] = json!(id);
+        }
         Validator::new("XAA")
             .prepare(record, "2026-01-01T00:00:00Z")
             .unwrap()
