@@ -820,6 +820,58 @@ mod tests {
         found
     }
 
+    /// An index left by a node whose schema differed (this happens when a release changes a
+    /// field, as the stored `hit` did) is replaced on open and rebuilt from the store's
+    /// change log, and its hits carry the item as stored.
+    #[test]
+    fn an_index_with_another_schema_is_rebuilt_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let a = "urn:uuid:019ad2f0-0000-7000-8000-00000000c003";
+        store
+            .create_batch(&mut [prepared(a, "OLD-SCHEMA-7")], &sealer())
+            .unwrap();
+
+        // An index of the previous layout: `hit` as a bytes field, one stale document.
+        let path = dir.path().join("index");
+        std::fs::create_dir_all(&path).unwrap();
+        {
+            let mut b = Schema::builder();
+            let record_id = b.add_text_field("record_id", STRING | STORED);
+            let hit = b.add_bytes_field("hit", STORED);
+            let old = Index::create_in_dir(&path, b.build()).unwrap();
+            let mut writer: IndexWriter = old.writer_with_num_threads(1, 15_000_000).unwrap();
+            writer
+                .add_document(doc!(record_id => "stale", hit => b"{}".to_vec()))
+                .unwrap();
+            let mut commit = writer.prepare_commit().unwrap();
+            commit.set_payload("1");
+            commit.commit().unwrap();
+        }
+
+        let index = SearchIndex::open(&path, store.clone(), 16, Duration::from_millis(20)).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while index.watermark() < store.last_seq().unwrap() {
+            assert!(std::time::Instant::now() < deadline, "indexer stuck");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(lots(&index, "OLDSCHEMA7"), vec![format!("{a} OLDSCHEMA7")]);
+        assert_eq!(index.num_docs(), 1, "the stale document is gone");
+        let q = CandidateQuery {
+            lot_key: Some("OLDSCHEMA7".into()),
+            limit: 10,
+            ..CandidateQuery::default()
+        };
+        let hit: serde_json::Value =
+            serde_json::from_slice(&index.candidates(&q).unwrap()[0].hit).unwrap();
+        let stored = store
+            .get(&RecordId::parse(a).unwrap(), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(hit["item"], stored["items"][0]);
+        index.shutdown();
+    }
+
     /// Offered documents are what the indexer uses for that version; withdrawn ones are never
     /// used, even when the same record version is written later with other content; and a
     /// version offered nothing is read from the store.
