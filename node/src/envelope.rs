@@ -6,6 +6,7 @@
 //! the sorted digests of all disclosures. A view keeps the claims and signature and drops
 //! disclosures; a receiver checks the signature and that every disclosure it got is listed.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 
 use base64::Engine;
@@ -192,8 +193,14 @@ fn escape_segment(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
-fn unescape_segment(segment: &str) -> String {
-    segment.replace("~1", "/").replace("~0", "~")
+/// A JSON Pointer segment unescaped (RFC 6901); borrowed when it has nothing to unescape,
+/// which is nearly always.
+fn unescape_segment(segment: &str) -> Cow<'_, str> {
+    if segment.contains('~') {
+        Cow::Owned(segment.replace("~1", "/").replace("~0", "~"))
+    } else {
+        Cow::Borrowed(segment)
+    }
 }
 
 fn is_index(segment: &str) -> bool {
@@ -567,7 +574,7 @@ pub fn rebuild<'a>(pairs: impl Iterator<Item = (&'a str, &'a Value)>) -> Value {
         Object(Vec<(String, Node)>),
         Array(BTreeMap<u64, Node>),
     }
-    fn insert(node: &mut Node, segments: &[String], value: &Value) {
+    fn insert(node: &mut Node, segments: &[Cow<'_, str>], value: &Value) {
         let Some((first, rest)) = segments.split_first() else {
             *node = Node::Leaf(value.clone());
             return;
@@ -589,7 +596,7 @@ pub fn rebuild<'a>(pairs: impl Iterator<Item = (&'a str, &'a Value)>) -> Value {
                 let position = match entries.iter().position(|(k, _)| k == first) {
                     Some(p) => p,
                     None => {
-                        entries.push((first.clone(), Node::Leaf(Value::Null)));
+                        entries.push((first.to_string(), Node::Leaf(Value::Null)));
                         entries.len() - 1
                     }
                 };
@@ -612,7 +619,7 @@ pub fn rebuild<'a>(pairs: impl Iterator<Item = (&'a str, &'a Value)>) -> Value {
     }
     let mut root = Node::Object(Vec::new());
     for (path, value) in pairs {
-        let segments: Vec<String> = path.split('/').skip(1).map(unescape_segment).collect();
+        let segments: Vec<Cow<'_, str>> = path.split('/').skip(1).map(unescape_segment).collect();
         insert(&mut root, &segments, value);
     }
     finish(root)
