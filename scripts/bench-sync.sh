@@ -7,7 +7,7 @@
 #
 # usage: scripts/bench-sync.sh            (100,000 records)
 #        SYNC_N=20000 scripts/bench-sync.sh
-#        SYNC_PAGE=2000 scripts/bench-sync.sh   (feed page size; default 500)
+#        SYNC_PAGE=2000 scripts/bench-sync.sh   (feed page size; default 1000, the nodes' default)
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 n="${SYNC_N:-100000}"
@@ -53,8 +53,8 @@ echo '{"mode":"replicate","categories":["*"],"fields":["*"],"location_precision"
 "$bin" peers add --data-dir "$a" --card "$work/b.card" --policy "$work/share-all.json" --no-pull >/dev/null
 "$bin" peers add --data-dir "$b" --card "$work/a.card" >/dev/null
 sed -i 's/^pull_interval_ms = 5000/pull_interval_ms = 200/' "$b/config.toml"
-page="${SYNC_PAGE:-500}" # feed page size on both nodes (the server caps at its own)
-sed -i "s/^page_size = 500/page_size = $page/" "$a/config.toml" "$b/config.toml"
+page="${SYNC_PAGE:-1000}" # feed page size on both nodes (the server caps at its own)
+sed -i "s/^page_size = [0-9]*/page_size = $page/" "$a/config.toml" "$b/config.toml"
 
 "$bench" gen "$n" "$work/records.jsonl"
 start_node "$a" "$pa"; url_a="$url"

@@ -141,7 +141,7 @@ impl Default for FederationConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8601)),
             enabled: true,
             pull_interval_ms: 5000,
-            page_size: 500,
+            page_size: 1000,
             max_clock_skew_secs: 300,
             request_timeout_ms: 10_000,
             search_deadline_ms: 3000,
