@@ -804,20 +804,32 @@ mod tests {
         prepared_as(Some(id), lot)
     }
 
-    fn lots(index: &SearchIndex, key: &str) -> Vec<String> {
+    fn by_lot_key(index: &SearchIndex, key: &str) -> Vec<Candidate> {
         let q = CandidateQuery {
             lot_key: Some(key.into()),
             limit: 10,
             ..CandidateQuery::default()
         };
-        let mut found: Vec<String> = index
-            .candidates(&q)
-            .unwrap()
+        index.candidates(&q).unwrap()
+    }
+
+    fn lots(index: &SearchIndex, key: &str) -> Vec<String> {
+        let mut found: Vec<String> = by_lot_key(index, key)
             .into_iter()
             .map(|c| format!("{} {}", c.record_id, c.lot_key))
             .collect();
         found.sort();
         found
+    }
+
+    /// Waits until the indexer has committed the store's last change.
+    fn wait_indexed(index: &SearchIndex, store: &Store) {
+        let last = store.last_seq().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while index.watermark() < last {
+            assert!(std::time::Instant::now() < deadline, "indexer stuck");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// An index left by a node whose schema differed (this happens when a release changes a
@@ -850,20 +862,11 @@ mod tests {
         }
 
         let index = SearchIndex::open(&path, store.clone(), 16, Duration::from_millis(20)).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while index.watermark() < store.last_seq().unwrap() {
-            assert!(std::time::Instant::now() < deadline, "indexer stuck");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_indexed(&index, &store);
         assert_eq!(lots(&index, "OLDSCHEMA7"), vec![format!("{a} OLDSCHEMA7")]);
         assert_eq!(index.num_docs(), 1, "the stale document is gone");
-        let q = CandidateQuery {
-            lot_key: Some("OLDSCHEMA7".into()),
-            limit: 10,
-            ..CandidateQuery::default()
-        };
         let hit: serde_json::Value =
-            serde_json::from_slice(&index.candidates(&q).unwrap()[0].hit).unwrap();
+            serde_json::from_slice(&by_lot_key(&index, "OLDSCHEMA7")[0].hit).unwrap();
         let stored = store
             .get(&RecordId::parse(a).unwrap(), None)
             .unwrap()
@@ -902,13 +905,8 @@ mod tests {
         let mut plain = vec![prepared(b, "PLAIN-3")];
         store.create_batch(&mut plain, &sealer()).unwrap();
         index.notify();
-        let last = store.last_seq().unwrap();
-        assert!(last > written[0].seq);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while index.watermark() < last {
-            assert!(std::time::Instant::now() < deadline, "indexer stuck");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        assert!(store.last_seq().unwrap() > written[0].seq);
+        wait_indexed(&index, &store);
         assert!(lots(&index, "REFUSED1").is_empty());
         assert_eq!(lots(&index, "KEPT2"), vec![format!("{a} KEPT2")]);
         assert_eq!(lots(&index, "PLAIN3"), vec![format!("{b} PLAIN3")]);
