@@ -152,8 +152,14 @@ pub struct ClientArgs {
     /// Base URL of the node's API, e.g. http://127.0.0.1:8600.
     #[arg(long, env = "AMMOTRACE_URL")]
     pub url: Option<String>,
-    /// API token (default: the data directory's admin token).
-    #[arg(long, env = "AMMOTRACE_TOKEN", hide_env_values = true)]
+    /// API token (default: the data directory's admin token). A base64url token may begin
+    /// with `-`, so the value is taken as it is.
+    #[arg(
+        long,
+        env = "AMMOTRACE_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub token: Option<String>,
 }
 
@@ -772,5 +778,24 @@ mod tests {
             Command::Search { siblings: true, .. }
         ));
         assert!(Cli::try_parse_from(["ammotrace", "serve", "--listen", "nowhere"]).is_err());
+    }
+
+    /// Tokens are base64url: one in 64 begins with `-`, and must still be taken as a value.
+    #[test]
+    fn a_token_beginning_with_a_hyphen_is_a_value() {
+        let cli = Cli::try_parse_from([
+            "ammotrace",
+            "import",
+            "f.jsonl",
+            "--token",
+            "-Ab_9",
+            "--partial",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Import { ref client, partial: true, .. }
+                if client.token.as_deref() == Some("-Ab_9")
+        ));
     }
 }
