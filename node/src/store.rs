@@ -1007,7 +1007,18 @@ pub(crate) mod tests {
         assert!(store.changes_after(0, 1).unwrap()[0].created);
         store.flush().unwrap();
         drop(store);
-        let store = Store::open(dir.path()).unwrap();
+        // sled's background threads let go of the file lock a moment after the drop.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match Store::open(dir.path()) {
+                Ok(store) => break store,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("lock"), "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopening the store: {e}"),
+            }
+        };
         assert_eq!(store.last_seq().unwrap(), 5);
         // Every own version is signed and chained in the own log.
         let own = store.own_changes_after(0, 10).unwrap();
