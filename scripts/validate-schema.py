@@ -2,7 +2,7 @@
 """Check schemas/seizure-record.schema.json against the shared samples, the dev set and a list
 of records that must be rejected.
 
-Usage: scripts/validate-schema.py [--data DIR]   (default DIR: /work/shared/data)
+Usage: scripts/validate-schema.py [--data DIR]   (default DIR: ../shared/data beside the checkout)
 
 Validates with the `jsonschema` PyPI package (draft 2020-12). It also applies the two checks the
 node makes beyond the schema: no non-integer number anywhere, and every country code either in
@@ -121,7 +121,7 @@ def bad_cases(base):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("/work/shared/data"))
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     args = ap.parse_args()
 
     schema = json.loads(SCHEMA.read_text(encoding="utf-8"))

@@ -8,13 +8,15 @@
 //! separators, case and scripts are folded) > `confusable` (same skeleton: O/0, I/1, S/5…) >
 //! `wildcard` (`?`, `*`) > `fuzzy` (a dropped, added or swapped character, confined to the same
 //! calibre family). Headstamp agreement (tokens in any order, rotated reading) and calibre
-//! agreement raise the score; disagreement lowers it. Sibling lots (same maker and year, one
-//! digit apart) are a separate query, [`SearchParams::siblings`].
+//! agreement raise the score; disagreement lowers it. Sibling lots (one digit apart in the lot
+//! number, same maker, year and interfix as far as the lot and the headstamp tell) are a
+//! separate query, [`SearchParams::siblings`].
 
 use serde::{Deserialize, Serialize};
 
 use crate::index::{Candidate, CandidateQuery};
 use crate::normalise::calibre::{CalibreMatch, CalibreTable};
+use crate::normalise::maker::MakerTable;
 use crate::normalise::{fold, headstamp, lot};
 use crate::record::{FieldError, date_key};
 
@@ -80,8 +82,18 @@ pub struct Plan {
     calibres: Vec<String>,
     families: Vec<String>,
     related: Vec<String>,
-    siblings: bool,
+    /// A sibling-lot query, with the maker and year its headstamp reads as (when it has one).
+    siblings: Option<SiblingOf>,
     limit: usize,
+}
+
+/// What sibling lots must share with the queried lot besides their text: the maker and year
+/// read from the query's headstamp. The lot's own fixed parts (maker, year, interfix,
+/// factory, when its grammar is known) are compared on the lot itself.
+#[derive(Debug, Default)]
+struct SiblingOf {
+    maker: Option<String>,
+    year: Option<i64>,
 }
 
 /// A regular expression over index terms for a (skeleton) text: `?` is any one character, `*`
@@ -232,6 +244,16 @@ pub fn plan(
     }
     cq.calibres = calibres.iter().chain(related.iter()).cloned().collect();
     cq.families = families.clone();
+    let siblings = params.siblings.then(|| {
+        let reading = MakerTable::embedded()
+            .interpret(&headstamp)
+            .into_iter()
+            .next();
+        SiblingOf {
+            maker: reading.as_ref().and_then(|r| r.manufacturer_code.clone()),
+            year: reading.and_then(|r| r.year_gregorian).map(i64::from),
+        }
+    });
     Ok(Plan {
         candidates: cq,
         lot,
@@ -239,7 +261,7 @@ pub fn plan(
         calibres,
         families,
         related,
-        siblings: params.siblings,
+        siblings,
         limit,
     })
 }
@@ -344,8 +366,8 @@ pub fn rank(plan: &Plan, candidates: Vec<Candidate>) -> Vec<Ranked> {
         let mut lot_kind = None;
         let mut weak_key = false;
         if let Some(q) = &plan.lot {
-            let found = if plan.siblings {
-                sibling_match(q, &c)
+            let found = if let Some(of) = &plan.siblings {
+                sibling_match(q, of, &c)
             } else {
                 lot_match(q, &c)
             };
@@ -356,7 +378,8 @@ pub fn rank(plan: &Plan, candidates: Vec<Candidate>) -> Vec<Ranked> {
                     lot_kind = Some(k);
                     weak_key = c.maker.is_empty() || c.year == 0;
                 }
-                None if plan.headstamp.is_empty() => continue,
+                // A sibling query asks for sibling lots only.
+                None if plan.headstamp.is_empty() || plan.siblings.is_some() => continue,
                 None if headstamp::similarity(&plan.headstamp, &c.headstamp).0 <= 0.0 => continue,
                 None => {
                     // A headstamp-only match when the lot disagrees: kept, but far down.
@@ -421,16 +444,51 @@ pub fn rank(plan: &Plan, candidates: Vec<Candidate>) -> Vec<Ranked> {
     out
 }
 
-fn sibling_match(q: &lot::LotNorm, c: &Candidate) -> Option<(&'static str, f32)> {
+/// A sibling lot: same length, one digit different, and nothing else that tells the lots
+/// apart (domain §4.1: "same manufacturer, year and interfix, different sequence"):
+/// - when both lots parse in the same grammar (MIL-STD-1168, the old US system, the
+///   lot-year-factory style), the digit must lie in the sequence or lot number, and every other
+///   part (maker, year, month, interfix, factory, suffix) must be equal;
+/// - when the query reads as a maker or a year from its headstamp, a candidate whose own
+///   reading names another maker or another year is not a sibling.
+///
+/// The nearer the number, the higher the score (`22-85` ranks above `29-85` for `21-85`).
+fn sibling_match(q: &lot::LotNorm, of: &SiblingOf, c: &Candidate) -> Option<(&'static str, f32)> {
     let (a, b): (Vec<char>, Vec<char>) = (q.key.chars().collect(), c.lot_key.chars().collect());
     if a.len() != b.len() {
         return None;
     }
     let diffs: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
-    match diffs.as_slice() {
-        [i] if a[*i].is_ascii_digit() && b[*i].is_ascii_digit() => Some(("sibling", 0.7)),
-        _ => None,
+    let [i] = diffs.as_slice() else {
+        return None;
+    };
+    let (x, y) = (a[*i].to_digit(10)?, b[*i].to_digit(10)?);
+    let theirs = lot::normalise(&c.lot_folded);
+    if q.scheme != "unknown" && theirs.scheme == q.scheme {
+        let fixed = |l: &lot::LotNorm| {
+            l.components
+                .iter()
+                .filter(|(name, _)| !matches!(**name, "sequence" | "lot"))
+                .map(|(name, value)| (*name, value.clone()))
+                .collect::<Vec<_>>()
+        };
+        if fixed(q) != fixed(&theirs) {
+            return None;
+        }
     }
+    if let Some(maker) = &of.maker
+        && !c.maker.is_empty()
+        && c.maker != *maker
+    {
+        return None;
+    }
+    if let Some(year) = of.year
+        && c.year != 0
+        && c.year != year
+    {
+        return None;
+    }
+    Some(("sibling", 0.7 - 0.01 * (x.abs_diff(y) - 1) as f32))
 }
 
 #[cfg(test)]
@@ -511,6 +569,76 @@ mod tests {
         );
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].matched.kind, "sibling");
+    }
+
+    fn siblings(lot: &str, hs: &str, candidates: Vec<Candidate>) -> Vec<(String, f64)> {
+        let mut sp = params(lot, hs, "");
+        sp.siblings = true;
+        let p = plan(&sp, 10, 100).unwrap();
+        rank(&p, candidates)
+            .into_iter()
+            .map(|r| {
+                assert_eq!(r.matched.kind, "sibling");
+                (r.candidate.lot_folded, r.matched.score)
+            })
+            .collect()
+    }
+
+    /// A candidate whose headstamp has been read as a maker and a year, as the index does.
+    fn read_cand(lot: &str, hs: &str) -> Candidate {
+        let mut c = cand(lot, hs, "");
+        if let Some(r) = MakerTable::embedded().interpret(&c.headstamp).first() {
+            c.maker = r.manufacturer_code.clone().unwrap_or_default();
+            c.year = r.year_gregorian.map(i64::from).unwrap_or(0);
+        }
+        c
+    }
+
+    #[test]
+    fn siblings_differ_only_in_the_lot_number() {
+        // Lot-year-factory: the year and the factory are fixed; nearer numbers rank higher.
+        let found = siblings(
+            "21-85-539",
+            "",
+            vec![
+                cand("29-85-539", "", ""),
+                cand("21-86-539", "", ""),
+                cand("21-85-538", "", ""),
+                cand("22-85-539", "", ""),
+            ],
+        );
+        let lots: Vec<&str> = found.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(lots, vec!["22-85-539", "29-85-539"]);
+        assert!(found[0].1 > found[1].1);
+        // MIL-STD-1168: maker, year, month and interfix are fixed; the sequence advances.
+        let found = siblings(
+            "LC19L123-456",
+            "",
+            vec![
+                cand("LC19L123-457", "", ""),
+                cand("LC18L123-456", "", ""),
+                cand("LC19L124-456", "", ""),
+            ],
+        );
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "LC19L123-457");
+    }
+
+    #[test]
+    fn siblings_share_the_maker_and_year_of_the_headstamp() {
+        let found = siblings(
+            "21-85",
+            "539 85",
+            vec![
+                read_cand("22-85", "539 85"),
+                read_cand("23-85", "711 85"),
+                read_cand("24-85", "539 84"),
+                read_cand("25-85", ""),
+            ],
+        );
+        let lots: Vec<&str> = found.iter().map(|(l, _)| l.as_str()).collect();
+        // Same maker and year, or nothing read that says otherwise.
+        assert_eq!(lots, vec!["22-85", "25-85"]);
     }
 
     #[test]
