@@ -415,3 +415,58 @@ async fn a_refused_write_leaves_nothing_in_the_index() {
     assert_eq!(hit["event"]["country"], "XAA", "{hit}");
     assert_eq!(hit["match"]["kind"], "exact", "{hit}");
 }
+
+/// The OpenAPI document and the router agree on methods too: every documented method of every
+/// documented path reaches its handler (whatever the handler then answers to an empty request),
+/// and any other method is a 405 problem, not a 404.
+#[tokio::test]
+async fn every_documented_method_is_routed_and_others_are_405() {
+    let node = TestNode::spawn("XAA").await.unwrap();
+    let doc: Value = serde_json::from_slice(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../schemas/openapi.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let absent = "urn:uuid:019ad2f0-0000-7000-8000-0000000000ff";
+    let mut checked = 0;
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        let path = template
+            .replace("{record_id}", absent)
+            .replace("{format}", "misp")
+            .replace(
+                "{id}",
+                if template.contains("/records/") {
+                    absent
+                } else {
+                    "XZZ"
+                },
+            );
+        for method in ["get", "post", "put", "delete", "patch"] {
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let a = node
+                .send(
+                    node.request(m, &path)
+                        .header("content-type", "application/json")
+                        .body("{}"),
+                )
+                .await
+                .unwrap();
+            if item.get(method).is_some() {
+                assert!(
+                    a.status != 405 && a.body["detail"] != "no such endpoint",
+                    "{method} {path} is documented but not routed: {} {:?}",
+                    a.status,
+                    a.body
+                );
+                checked += 1;
+            } else {
+                assert_eq!(a.status, 405, "{method} {path}: {:?}", a.body);
+                assert!(a.is_problem(), "{method} {path}: {}", a.content_type);
+            }
+        }
+    }
+    assert!(checked >= 21, "only {checked} documented operations");
+}
