@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::Cursor;
 
-use calamine::{Data, Reader, Xlsx};
+use calamine::{DataRef, Reader, Xlsx};
 use serde_json::{Map, Value, json};
 
 use crate::record::FieldError;
@@ -90,42 +90,106 @@ pub fn parse(format: Format, body: &[u8], node_id: &str) -> Result<Vec<Row>, Fie
                 let record = record.map_err(|e| {
                     FieldError::new(format!("/rows/{}", i + 1), format!("unreadable CSV: {e}"))
                 })?;
-                rows.push(record.iter().map(str::to_owned).collect());
+                rows.push((i + 1, record.iter().map(str::to_owned).collect()));
+            }
+            // A quoted field left open runs to the end of the file, swallowing every row after
+            // it; the reader does not say so. Quotes inside a field are doubled, so a file
+            // whose quotes are all closed has an even number of them.
+            if body.iter().filter(|b| **b == b'"').count() % 2 == 1 {
+                let row = rows.last().map_or(1, |(n, _)| *n);
+                return Err(FieldError::new(
+                    format!("/rows/{row}"),
+                    format!(
+                        "unreadable CSV: a quoted field in row {row} is never closed (it runs to \
+                         the end of the file)"
+                    ),
+                ));
             }
             sheet_rows(rows, node_id)
         }
         Format::Xlsx => {
             let mut book = Xlsx::new(Cursor::new(body.to_vec()))
                 .map_err(|e| FieldError::new("", format!("not a readable XLSX workbook: {e}")))?;
-            let range = book
-                .worksheet_range_at(0)
-                .ok_or_else(|| FieldError::new("", "the workbook has no sheet"))?
+            let name = book
+                .sheet_names()
+                .first()
+                .cloned()
+                .ok_or_else(|| FieldError::new("", "the workbook has no sheet"))?;
+            let mut reader = book
+                .worksheet_cells_reader(&name)
                 .map_err(|e| FieldError::new("", format!("unreadable first sheet: {e}")))?;
-            let rows = range
-                .rows()
-                .map(|r| r.iter().map(cell_text).collect())
+            // Read cell by cell, keeping only the cells that hold something: a sheet's declared
+            // size (one cell at XFD1048576) says nothing about what it holds.
+            let max_cells = MIN_SHEET_CELLS.max(body.len().saturating_mul(4));
+            let mut rows: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+            let mut count = 0usize;
+            while let Some(cell) = reader
+                .next_cell()
+                .map_err(|e| FieldError::new("", format!("unreadable first sheet: {e}")))?
+            {
+                let (row, col) = cell.get_position();
+                let text = cell_text(cell.get_value());
+                if text.trim().is_empty() {
+                    continue;
+                }
+                if col as usize >= MAX_SHEET_COLUMNS {
+                    return Err(FieldError::new(
+                        format!("/rows/{}", row as usize + 1),
+                        format!(
+                            "row {} has a cell in column {}: a sheet of records has at most \
+                             {MAX_SHEET_COLUMNS} columns",
+                            row as usize + 1,
+                            col as usize + 1
+                        ),
+                    ));
+                }
+                count += 1;
+                if count > max_cells {
+                    return Err(FieldError::new(
+                        "",
+                        format!("the sheet holds more than {max_cells} cells"),
+                    ));
+                }
+                let cells = rows.entry(row).or_default();
+                if cells.len() <= col as usize {
+                    cells.resize(col as usize + 1, String::new());
+                }
+                cells[col as usize] = text;
+            }
+            let rows = rows
+                .into_iter()
+                .map(|(row, cells)| (row as usize + 1, cells))
                 .collect();
             sheet_rows(rows, node_id)
         }
     }
 }
 
-fn cell_text(cell: &Data) -> String {
+/// The most columns a sheet of records may use (the known columns are far fewer).
+const MAX_SHEET_COLUMNS: usize = 256;
+/// A sheet may always hold this many cells; a larger one at most 4 per byte of the file.
+const MIN_SHEET_CELLS: usize = 100_000;
+/// Marks the text of a cell that holds a spreadsheet error (`#DIV/0!`): the row is refused.
+/// XML cannot carry U+0000, so no sheet cell begins with it by accident.
+const SHEET_ERROR: char = '\u{0}';
+
+fn cell_text(cell: &DataRef<'_>) -> String {
     match cell {
-        Data::Empty => String::new(),
-        Data::String(s) => s.clone(),
-        Data::Int(i) => i.to_string(),
+        DataRef::Empty => String::new(),
+        DataRef::String(s) => s.clone(),
+        DataRef::SharedString(s) => (*s).to_owned(),
+        DataRef::Int(i) => i.to_string(),
         // Spreadsheets store numbers as floats: integral ones are written as integers, others
         // as the decimal text the sheet shows (never a float in a record).
-        Data::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", *f as i64),
-        Data::Float(f) => f.to_string(),
-        Data::Bool(b) => b.to_string(),
-        Data::DateTime(d) => {
+        DataRef::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", *f as i64),
+        DataRef::Float(f) => f.to_string(),
+        DataRef::Bool(b) => b.to_string(),
+        DataRef::DateTime(d) => {
             let (y, m, day, ..) = d.to_ymd_hms_milli();
             format!("{y:04}-{m:02}-{day:02}")
         }
-        Data::DateTimeIso(s) | Data::DurationIso(s) => s.chars().take(10).collect(),
-        Data::Error(e) => format!("#{e:?}"),
+        DataRef::DateTimeIso(s) | DataRef::DurationIso(s) => s.chars().take(10).collect(),
+        DataRef::Error(e) => format!("{SHEET_ERROR}{e}"),
     }
 }
 
@@ -215,14 +279,25 @@ fn set_path(root: &mut Map<String, Value>, path: &str, value: Value) {
     }
 }
 
-fn sheet_rows(rows: Vec<Vec<String>>, node_id: &str) -> Result<Vec<Row>, FieldError> {
+/// Turns sheet rows (1-based row number, cells) into records; the first row is the header.
+fn sheet_rows(rows: Vec<(usize, Vec<String>)>, node_id: &str) -> Result<Vec<Row>, FieldError> {
     let mut iter = rows.into_iter();
-    let Some(header) = iter.next() else {
+    let Some((_, header)) = iter.next() else {
         return Ok(Vec::new());
     };
-    let mut targets = Vec::with_capacity(header.len());
+    let mut targets: Vec<(String, &'static str)> = Vec::with_capacity(header.len());
     for (i, name) in header.iter().enumerate() {
         match column_target(name) {
+            Some(_)
+                if targets
+                    .iter()
+                    .any(|(n, _)| column_name(n) == column_name(name)) =>
+            {
+                return Err(FieldError::new(
+                    format!("/columns/{i}"),
+                    format!("column {:?} appears twice", name.trim()),
+                ));
+            }
             Some(t) => targets.push((name.trim().to_owned(), t)),
             None if name.trim().is_empty() => targets.push((String::new(), "")),
             None => {
@@ -239,8 +314,7 @@ fn sheet_rows(rows: Vec<Vec<String>>, node_id: &str) -> Result<Vec<Row>, FieldEr
     // Group rows into records by record_ref (or one record per row).
     let mut order: Vec<String> = Vec::new();
     let mut groups: BTreeMap<String, Vec<(usize, Vec<String>)>> = BTreeMap::new();
-    for (i, cells) in iter.enumerate() {
-        let row = i + 2;
+    for (row, cells) in iter {
         if cells.iter().all(|c| c.trim().is_empty()) {
             continue;
         }
@@ -297,6 +371,19 @@ fn sheet_record(
             if target.is_empty() || cell.is_empty() {
                 continue;
             }
+            if let Some(error) = cell.strip_prefix(SHEET_ERROR) {
+                let pointer = match target.strip_prefix('/') {
+                    Some(_) => (*target).to_owned(),
+                    None => format!("/items/{item_index}/{target}"),
+                };
+                errors.push(FieldError::new(
+                    pointer,
+                    format!(
+                        "row {row}, column {name}: the cell holds the spreadsheet error {error}"
+                    ),
+                ));
+                continue;
+            }
             if let Some(record_path) = target.strip_prefix('/') {
                 let pointer = format!("/{record_path}");
                 columns.insert(pointer.clone(), name.clone());
@@ -315,9 +402,14 @@ fn sheet_record(
                 let pointer = format!("/items/{item_index}/{target}");
                 columns.insert(pointer.clone(), name.clone());
                 let value = if *target == "quantity/count" {
-                    match cell.parse::<u64>() {
-                        Ok(n) => Value::from(n),
-                        Err(_) => {
+                    // Digits only: `+5`, ` 5 ` inside, `5.0` are not counts as written.
+                    match cell
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|_| cell.bytes().all(|b| b.is_ascii_digit()))
+                    {
+                        Some(n) => Value::from(n),
+                        None => {
                             errors.push(FieldError::new(
                                 pointer.clone(),
                                 format!("row {row}, column {name}: {cell:?} is not a whole number"),
@@ -400,6 +492,87 @@ mod tests {
     fn unknown_columns_refuse_the_file() {
         let e = parse(Format::Csv, b"lot,colour\n1,red\n", "XAA").unwrap_err();
         assert_eq!(e.pointer, "/columns/1");
+    }
+
+    #[test]
+    fn a_quote_left_open_refuses_the_file() {
+        let body = "record_ref,date,country,event_type,location_precision,tlp,item_category,lot,quantity\n\
+            A,2024-03-11,XAA,seizure,country,GREEN,small_arms_ammunition,\"QQ-01,100\n\
+            B,2024-03-11,XAA,seizure,country,GREEN,small_arms_ammunition,QQ-02,200\n\
+            C,2024-03-11,XAA,seizure,country,GREEN,small_arms_ammunition,QQ-03,300\n";
+        let e = parse(Format::Csv, body.as_bytes(), "XAA").unwrap_err();
+        assert_eq!(e.pointer, "/rows/2");
+        assert!(e.detail.contains("never closed"), "{}", e.detail);
+        // Doubled quotes inside a closed field are fine.
+        let body = "lot,notes\n21-85,\"said \"\"hello\"\"\"\n";
+        assert!(parse(Format::Csv, body.as_bytes(), "XAA").is_ok());
+    }
+
+    #[test]
+    fn a_column_named_twice_refuses_the_file() {
+        let e = parse(Format::Csv, b"lot,quantity,Lot\n1,2,3\n", "XAA").unwrap_err();
+        assert_eq!(e.pointer, "/columns/2");
+    }
+
+    #[test]
+    fn counts_are_digits_only() {
+        for count in ["+5", "5.0", "-1", "5 000"] {
+            let body = CSV.replace(",many", &format!(",{count}"));
+            let rows = parse(Format::Csv, body.as_bytes(), "XAA").unwrap();
+            let e = rows[1].record.as_ref().unwrap_err();
+            assert_eq!(e[0].pointer, "/items/0/quantity/count", "{count}");
+        }
+    }
+
+    #[test]
+    fn a_spreadsheet_error_refuses_its_row() {
+        assert!(cell_text(&DataRef::Error(calamine::CellErrorType::Div0)).starts_with(SHEET_ERROR));
+        let header: Vec<String> = ["record_ref", "lot", "quantity"].map(String::from).to_vec();
+        let row = |r: &str, lot: &str| vec![r.to_owned(), lot.to_owned(), "10".to_owned()];
+        let error = cell_text(&DataRef::Error(calamine::CellErrorType::Div0));
+        let rows = sheet_rows(
+            vec![(1, header), (2, row("A", "21-85")), (3, row("B", &error))],
+            "XAA",
+        )
+        .unwrap();
+        assert!(rows[0].record.is_ok());
+        let e = rows[1].record.as_ref().unwrap_err();
+        assert_eq!(e[0].pointer, "/items/0/lot/raw");
+        assert!(e[0].detail.contains("#DIV/0!"), "{}", e[0].detail);
+    }
+
+    fn xlsx(cells: &[(u32, u16, &str)]) -> Vec<u8> {
+        let mut book = rust_xlsxwriter::Workbook::new();
+        let sheet = book.add_worksheet();
+        for (row, col, text) in cells {
+            sheet.write_string(*row, *col, *text).unwrap();
+        }
+        book.save_to_buffer().unwrap()
+    }
+
+    #[test]
+    fn a_far_away_cell_is_refused_without_reading_the_empty_sheet() {
+        let head = [
+            (0, 0, "lot"),
+            (0, 1, "quantity"),
+            (1, 0, "21-85"),
+            (1, 1, "10"),
+        ];
+        let mut cells = head.to_vec();
+        cells.push((99_999, 16_383, "x"));
+        let started = std::time::Instant::now();
+        let e = parse(Format::Xlsx, &xlsx(&cells), "XAA").unwrap_err();
+        assert_eq!(e.pointer, "/rows/100000");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Far down but within the columns: read sparsely, numbered as in the sheet.
+        let mut cells = head.to_vec();
+        cells.push((199_999, 0, "77-98"));
+        cells.push((199_999, 1, "5"));
+        let rows = parse(Format::Xlsx, &xlsx(&cells), "XAA").unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.row).collect::<Vec<_>>(),
+            vec![2, 200_000]
+        );
     }
 
     #[test]

@@ -109,8 +109,15 @@ fn regex_escape(text: &str) -> String {
                 out.push(c);
                 out.push_str("?]");
             }
-            c => {
+            // ASCII punctuation may be special: escaped. Anything else (`★`, `€`) is literal
+            // inside a class, and escaping it would be a syntax error.
+            c if c.is_ascii() => {
                 out.push_str("[\\");
+                out.push(c);
+                out.push_str("?]");
+            }
+            c => {
+                out.push('[');
                 out.push(c);
                 out.push_str("?]");
             }
@@ -126,6 +133,11 @@ impl Plan {
     }
 }
 
+/// The longest text a search parameter may carry, in characters. Real lots, headstamps and
+/// calibres are tens of characters; the limit keeps the fuzzy, wildcard and sibling automata
+/// (whose size grows with the text) small whatever a caller sends.
+pub const MAX_TEXT_CHARS: usize = 200;
+
 /// Validates the parameters and builds the plan.
 pub fn plan(
     params: &SearchParams,
@@ -133,6 +145,31 @@ pub fn plan(
     max_limit: usize,
 ) -> Result<Plan, Vec<FieldError>> {
     let mut errors = Vec::new();
+    let texts = [
+        ("lot", &params.lot),
+        ("headstamp", &params.headstamp),
+        ("calibre", &params.calibre),
+        ("q", &params.q),
+        ("country", &params.country),
+        ("from", &params.from),
+        ("to", &params.to),
+        ("category", &params.category),
+    ];
+    for (name, value) in texts {
+        if value
+            .as_deref()
+            .is_some_and(|v| v.chars().nth(MAX_TEXT_CHARS).is_some())
+        {
+            errors.push(FieldError::new(
+                format!("/{name}"),
+                format!("at most {MAX_TEXT_CHARS} characters"),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        // Nothing else is looked at: the text is not even normalised.
+        return Err(errors);
+    }
     let limit = params.limit.unwrap_or(default_limit);
     if limit == 0 || limit > max_limit {
         errors.push(FieldError::new(
@@ -639,6 +676,35 @@ mod tests {
         let lots: Vec<&str> = found.iter().map(|(l, _)| l.as_str()).collect();
         // Same maker and year, or nothing read that says otherwise.
         assert_eq!(lots, vec!["22-85", "25-85"]);
+    }
+
+    #[test]
+    fn overlong_text_is_refused_before_it_is_read() {
+        let long = "A1".repeat(MAX_TEXT_CHARS);
+        for name in ["lot", "headstamp", "q", "calibre"] {
+            let mut p = SearchParams::default();
+            match name {
+                "lot" => p.lot = Some(long.clone()),
+                "headstamp" => p.headstamp = Some(long.clone()),
+                "q" => p.q = Some(long.clone()),
+                _ => p.calibre = Some(long.clone()),
+            }
+            p.siblings = name == "lot";
+            let errors = plan(&p, 10, 100).unwrap_err();
+            assert_eq!(errors[0].pointer, format!("/{name}"));
+        }
+        // At the limit it is still a query.
+        let mut p = params(&"7".repeat(MAX_TEXT_CHARS), "", "");
+        p.siblings = true;
+        assert!(plan(&p, 10, 100).is_ok());
+    }
+
+    #[test]
+    fn patterns_with_symbols_compile() {
+        for text in ["★?", "5*€", "21-8?", "Ш?-85", "a.b*(c)?[d]"] {
+            let pattern = regex_escape(&fold::skeleton(text));
+            regex::Regex::new(&pattern).unwrap_or_else(|e| panic!("{text}: {pattern}: {e}"));
+        }
     }
 
     #[test]
