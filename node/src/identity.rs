@@ -193,11 +193,9 @@ impl KeyHistory {
                     public_key,
                     at,
                 } => {
-                    let signer = trusted
-                        .key(from)
-                        .ok_or_else(|| KeyError::Unknown(from.clone()))?;
+                    let signer = trusted.current_signer(from)?;
                     let new_key = decode_key(public_key)
-                        .filter(|k| &key_id(k) == to)
+                        .filter(|k| &key_id(k) == to && trusted.key(to).is_none())
                         .ok_or_else(|| KeyError::BadStatement(format!("rotation to {to}")))?;
                     if node != &served.node_id || !verify_statement(signed, &signer) {
                         return Err(KeyError::BadStatement(format!("rotation from {from}")));
@@ -219,20 +217,44 @@ impl KeyHistory {
                     signer,
                     at,
                 } => {
-                    let signer_key = trusted
-                        .key(signer)
-                        .ok_or_else(|| KeyError::Unknown(signer.clone()))?;
+                    let signer_key = trusted.current_signer(signer)?;
                     if node != &served.node_id || !verify_statement(signed, &signer_key) {
                         return Err(KeyError::BadStatement(format!("revocation of {revoked}")));
                     }
+                    // A later statement can bring a revocation forward, never push it back.
                     if let Some(k) = trusted.keys.iter_mut().find(|k| &k.key_id == revoked) {
-                        k.revoked_at = Some(at.clone());
+                        let earlier = match (&k.revoked_at, parse_time(at)) {
+                            (Some(held), Some(new)) => parse_time(held).is_none_or(|h| new < h),
+                            (None, _) => true,
+                            (Some(_), None) => false,
+                        };
+                        if earlier {
+                            k.revoked_at = Some(at.clone());
+                        }
                     }
                 }
             }
         }
         trusted.statements = served.statements.clone();
         Ok(trusted)
+    }
+
+    /// The key that may sign the next statement of a history being replayed: the named key,
+    /// if it is known and neither rotated out nor revoked. A key that was replaced, or
+    /// revoked (perhaps because it was stolen), signs nothing more.
+    fn current_signer(&self, signer: &str) -> Result<VerifyingKey, KeyError> {
+        let record = self
+            .keys
+            .iter()
+            .find(|k| k.key_id == signer)
+            .ok_or_else(|| KeyError::Unknown(signer.to_owned()))?;
+        if record.rotated_at.is_some() || record.revoked_at.is_some() {
+            return Err(KeyError::BadStatement(format!(
+                "a statement signed by {signer}, which was already rotated out or revoked"
+            )));
+        }
+        self.key(signer)
+            .ok_or_else(|| KeyError::Unknown(signer.to_owned()))
     }
 
     /// The public key named `key_id`, whatever its validity.
@@ -565,5 +587,56 @@ mod tests {
             Identity::load(dir.path(), "XAA").unwrap().key_id(),
             second_id
         );
+    }
+
+    /// A stolen key that its owner has rotated out and revoked signs nothing more: neither a
+    /// rotation to the thief's key nor a revocation that would push its own revocation back.
+    #[test]
+    fn a_replaced_or_revoked_key_signs_no_further_statement() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), "XAA").unwrap();
+        let k0 = Identity::load(dir.path(), "XAA")
+            .unwrap()
+            .signing_key()
+            .clone();
+        let pinned = k0.verifying_key();
+        let k0_id = key_id(&pinned);
+        rotate(dir.path(), "XAA").unwrap();
+        revoke(dir.path(), "XAA", Some(&k0_id), "2000-01-01T00:00:00Z").unwrap();
+        let served = KeyHistory::load(dir.path(), "XAA", &pinned).unwrap();
+        let honest = KeyHistory::verified_from(&served, &pinned).unwrap();
+        assert!(honest.key_valid_at(&k0_id, &now()).is_err());
+
+        let thief = SigningKey::from_bytes(&[99u8; 32]);
+        let mut forged = served.clone();
+        forged.statements.push(
+            sign_statement(
+                Statement::Rotation {
+                    node: "XAA".into(),
+                    from: k0_id.clone(),
+                    to: key_id(&thief.verifying_key()),
+                    public_key: URL_SAFE_NO_PAD.encode(thief.verifying_key().as_bytes()),
+                    at: "2001-01-01T00:00:00Z".into(),
+                },
+                &k0,
+            )
+            .unwrap(),
+        );
+        assert!(KeyHistory::verified_from(&forged, &pinned).is_err());
+
+        let mut forged = served.clone();
+        forged.statements.push(
+            sign_statement(
+                Statement::Revocation {
+                    node: "XAA".into(),
+                    key_id: k0_id.clone(),
+                    signer: k0_id.clone(),
+                    at: "9999-01-01T00:00:00Z".into(),
+                },
+                &k0,
+            )
+            .unwrap(),
+        );
+        assert!(KeyHistory::verified_from(&forged, &pinned).is_err());
     }
 }

@@ -74,8 +74,15 @@ pub struct Peer {
     pub policy: Policy,
     pinned: VerifyingKey,
     keys: RwLock<KeyHistory>,
+    /// When a request with an unknown key last made us fetch this partner's key history
+    /// (unix seconds): such requests are not yet authenticated, so they may trigger it only
+    /// once per [`KEY_REFRESH_SECS`].
+    last_key_refresh: std::sync::atomic::AtomicI64,
     pub client: reqwest::Client,
 }
+
+/// How often a request signed with an unknown key may make us fetch the sender's key history.
+pub const KEY_REFRESH_SECS: i64 = 10;
 
 impl Peer {
     pub fn new(config: &PeerConfig, timeout: Duration) -> anyhow::Result<Peer> {
@@ -95,8 +102,21 @@ impl Peer {
             policy: config.policy.clone(),
             keys: RwLock::new(KeyHistory::new(&config.id, &pinned, "1970-01-01T00:00:00Z")),
             pinned,
+            last_key_refresh: std::sync::atomic::AtomicI64::new(i64::MIN),
             client,
         })
+    }
+
+    /// True (once per [`KEY_REFRESH_SECS`]) when an unauthenticated hint (a request signed
+    /// with a key we do not know) may make us fetch this partner's key history.
+    pub fn key_refresh_due(&self, now: i64) -> bool {
+        use std::sync::atomic::Ordering;
+        let last = self.last_key_refresh.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= KEY_REFRESH_SECS
+            && self
+                .last_key_refresh
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// The key history we trust for this partner.
@@ -317,8 +337,8 @@ pub fn verify_request(
     if headers.destination != me {
         return Err(Refusal::WrongDestination(headers.destination.to_owned()));
     }
-    let skew = now.timestamp() - time;
-    if skew.abs() > max_skew_secs {
+    let skew = now.timestamp().saturating_sub(time);
+    if now.timestamp().abs_diff(time) > max_skew_secs.unsigned_abs() {
         return Err(Refusal::Stale(skew));
     }
     Ok(peer.clone())
@@ -413,5 +433,23 @@ mod tests {
             verify_request(&peers, "XBB", 300, &headers, "GET", "/", b""),
             Err(Refusal::UnknownKey(_))
         ));
+        // Times at the ends of the range are stale, not an overflow.
+        let now = chrono::Utc::now().timestamp();
+        for time in [i64::MIN + now, i64::MIN, i64::MAX, now - 301, now + 301] {
+            let signed = sign_request_at(&key, "XAA", "XBB", "GET", "/", b"", time, "n1");
+            let headers = SignedHeaders::from(|name| lookup(&signed, name)).unwrap();
+            assert!(
+                matches!(
+                    verify_request(&peers, "XBB", 300, &headers, "GET", "/", b""),
+                    Err(Refusal::Stale(_))
+                ),
+                "{time}"
+            );
+        }
+        // A request signed with an unknown key may make us fetch the history once in a while.
+        let peer = peers.get("XAA").unwrap();
+        assert!(peer.key_refresh_due(now));
+        assert!(!peer.key_refresh_due(now + 1));
+        assert!(peer.key_refresh_due(now + KEY_REFRESH_SECS));
     }
 }

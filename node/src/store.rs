@@ -530,6 +530,14 @@ impl Store {
     }
 
     /// Whether a record is this node's own (partners' records are listed in `replicas`).
+    /// The partner a replicated record came from (`None` for own records and unknown ids).
+    pub fn replica_origin(&self, id: &RecordId) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .replicas
+            .get(id.as_bytes())?
+            .map(|o| String::from_utf8_lossy(&o).into_owned()))
+    }
+
     pub fn is_own(&self, id: &RecordId) -> Result<bool, StoreError> {
         Ok(!self.replicas.contains_key(id.as_bytes())?)
     }
@@ -722,17 +730,21 @@ impl Store {
     /// after a crash either the whole page and cursor are there or neither is. A version older
     /// than the one held is skipped; the same version replaces the held one (the caller has
     /// merged their disclosures).
+    ///
+    /// Only `origin` changes its records: a record held as another partner's, or as this
+    /// node's own, refuses the whole page (`Foreign`, `Exists`). `cursor` is `None` for a
+    /// version received outside the feed (a disclosure grant): the feed's cursor stays.
     pub fn apply_replicas(
         &self,
         origin: &str,
         page: &[Replica],
-        cursor: &Cursor,
+        cursor: Option<&Cursor>,
     ) -> Result<Vec<Written>, StoreError> {
         let encoded: Vec<(&Replica, Vec<u8>, Vec<u8>)> = page
             .iter()
             .map(|r| (r, record_bytes(&r.record), pack(&r.envelope)))
             .collect();
-        let cursor_bytes = serde_json::to_vec(cursor).unwrap_or_default();
+        let cursor_bytes = cursor.map(|c| serde_json::to_vec(c).unwrap_or_default());
         let trees = (
             &self.head,
             &self.versions,
@@ -746,12 +758,19 @@ impl Store {
             let mut written = Vec::new();
             for (r, bytes, envelope) in &encoded {
                 let current = t.0.get(r.id.as_bytes())?.as_deref().and_then(decode_head);
+                if current.is_some() {
+                    match t.5.get(r.id.as_bytes())? {
+                        // An own record with the same id: never overwritten by a partner.
+                        None => return abort(StoreError::Exists(r.id)),
+                        // Another partner's record: only its origin changes it.
+                        Some(held) if held.as_ref() != origin.as_bytes() => {
+                            return abort(StoreError::Foreign(r.id));
+                        }
+                        Some(_) => {}
+                    }
+                }
                 if current.is_some_and(|h| h.version > r.version) {
                     continue;
-                }
-                if current.is_some() && t.5.get(r.id.as_bytes())?.is_none() {
-                    // An own record with the same id: never overwritten by a partner.
-                    return abort(StoreError::Exists(r.id));
                 }
                 let seq = append(
                     (&t.0, &t.1, &t.2, &t.3),
@@ -769,7 +788,9 @@ impl Store {
                     seq,
                 });
             }
-            t.6.insert(origin.as_bytes(), cursor_bytes.as_slice())?;
+            if let Some(bytes) = &cursor_bytes {
+                t.6.insert(origin.as_bytes(), bytes.as_slice())?;
+            }
             Ok(written)
         }))
     }
@@ -876,8 +897,7 @@ impl Store {
 
     /// Stores one record version a partner disclosed under a one-off grant (no cursor moves).
     pub fn apply_granted(&self, origin: &str, replica: &Replica) -> Result<Written, StoreError> {
-        let cursor = self.cursor(origin)?;
-        self.apply_replicas(origin, std::slice::from_ref(replica), &cursor)?
+        self.apply_replicas(origin, std::slice::from_ref(replica), None)?
             .into_iter()
             .next()
             .ok_or(StoreError::Exists(replica.id))

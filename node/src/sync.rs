@@ -580,6 +580,15 @@ fn reconcile(
                 reason: format!("change {seq} names this node's own record {id}"),
             });
         }
+        // Nor does a partner change another partner's records.
+        if let Some(origin) = store.replica_origin(&id).map_err(anyhow::Error::from)?
+            && origin != peer.id
+        {
+            return Err(SyncError::BadPage {
+                peer: peer.id.clone(),
+                reason: format!("change {seq} names record {id}, which is {origin}'s"),
+            });
+        }
         if let Some(held) = store
             .envelope(&id, replica.version)
             .map_err(anyhow::Error::from)?
@@ -641,10 +650,23 @@ fn write_page(
         after,
         next,
     } = prepared;
-    reconcile(node.store(), peer, &mut replicas, &mut docs, &seqs)?;
+    if let Err(e) = reconcile(node.store(), peer, &mut replicas, &mut docs, &seqs) {
+        if let SyncError::BadPage { reason, .. } = &e {
+            node.audit().record(
+                "feed_page_refused",
+                json!({ "partner": peer.id, "after": after, "reason": reason }),
+                true,
+            );
+            tracing::warn!(peer = %peer.id, %reason, "refused a feed page");
+        }
+        return Err(e);
+    }
     let index = node.index();
     let offered = index.offer(docs.into_iter().flatten());
-    let written = match node.store().apply_replicas(&peer.id, &replicas, &next) {
+    let written = match node
+        .store()
+        .apply_replicas(&peer.id, &replicas, Some(&next))
+    {
         Ok(written) => written,
         Err(e) => {
             index.withdraw(offered);
@@ -844,5 +866,114 @@ impl Wakes {
             .entry(peer.to_owned())
             .or_default()
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Seal, seal};
+    use crate::peer::{PeerConfig, Peers};
+    use base64::Engine;
+    use ed25519_dalek::SigningKey;
+
+    /// A configured partner whose node key is `key` (its TLS certificate is a real one).
+    fn peer(id: &str, key: &SigningKey) -> Arc<Peer> {
+        let dir = tempfile::tempdir().unwrap();
+        crate::identity::init(dir.path(), id).unwrap();
+        let vk = key.verifying_key();
+        let config = PeerConfig {
+            id: id.into(),
+            url: "https://127.0.0.1:1".into(),
+            public_key: format!(
+                "{} {}",
+                crate::identity::key_id(&vk),
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(vk.as_bytes())
+            ),
+            certificate: std::fs::read_to_string(dir.path().join(crate::identity::TLS_CERT_FILE))
+                .unwrap(),
+            pull: true,
+            policy: Default::default(),
+        };
+        Peers::new(&[config], Duration::from_secs(1))
+            .unwrap()
+            .get(id)
+            .unwrap()
+            .clone()
+    }
+
+    /// A one-change feed page of `origin`, signed by `key`, carrying record `rid`.
+    fn page(origin: &str, key: &SigningKey, rid: &str, version: u32, lot: &str) -> FeedPage {
+        let record = json!({"record_id": rid, "record_version": version, "originating_state": origin,
+            "items": [{"item_id": "i1", "item_category": "small_arms_ammunition", "lot": {"raw": lot}}],
+            "sharing": {"tlp": "GREEN"}});
+        let seal_as = Seal {
+            origin,
+            seq: 1,
+            prev: "",
+            issued_at: "2026-01-01T00:00:00.000Z",
+            retracted: false,
+            normaliser: "1",
+        };
+        let env = seal(&record, &seal_as, key).unwrap();
+        FeedPage {
+            origin: origin.into(),
+            policy: "p".into(),
+            relay: false,
+            after: 0,
+            entries: vec![FeedEntry {
+                seq: 1,
+                digest: env.claims.digest().unwrap(),
+                envelope: Some(env),
+            }],
+            last_seq: 1,
+        }
+    }
+
+    fn replicas(p: &FeedPage) -> Vec<Replica> {
+        p.entries
+            .iter()
+            .filter_map(|e| e.envelope.as_ref())
+            .map(|e| replica_from(RecordId::parse(&e.claims.record_id).unwrap(), e).unwrap())
+            .collect()
+    }
+
+    /// XBB signs, as itself, a version of a record that came from XCC: its signature is good,
+    /// but only XCC changes XCC's records. The page is refused and the store keeps XCC's.
+    #[test]
+    fn a_partner_cannot_overwrite_another_partners_record() {
+        let (kc, kb) = (
+            SigningKey::from_bytes(&[11u8; 32]),
+            SigningKey::from_bytes(&[12u8; 32]),
+        );
+        let (xcc, xbb) = (peer("XCC", &kc), peer("XBB", &kb));
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let rid = "01900000-0000-7000-8000-00000000c001";
+        let id = RecordId::parse(rid).unwrap();
+
+        let genuine = page("XCC", &kc, rid, 1, "GENUINE");
+        let next = verify_page(&xcc, &Cursor::default(), &genuine).unwrap();
+        let mut reps = replicas(&genuine);
+        let mut docs: Vec<Option<Documents>> = reps.iter().map(|_| None).collect();
+        reconcile(&store, &xcc, &mut reps, &mut docs, &[1]).unwrap();
+        store.apply_replicas("XCC", &reps, Some(&next)).unwrap();
+
+        let hostile = page("XBB", &kb, rid, 9, "FORGED");
+        let next = verify_page(&xbb, &Cursor::default(), &hostile).unwrap();
+        let mut reps = replicas(&hostile);
+        let mut docs: Vec<Option<Documents>> = reps.iter().map(|_| None).collect();
+        let refused = reconcile(&store, &xbb, &mut reps, &mut docs, &[1]).unwrap_err();
+        assert!(refused.to_string().contains("XCC's"), "{refused}");
+        // The store refuses it too, whoever calls it (a disclosure grant does not reconcile).
+        let e = store.apply_replicas("XBB", &reps, Some(&next)).unwrap_err();
+        assert!(matches!(e, crate::store::StoreError::Foreign(_)), "{e}");
+        assert!(store.apply_granted("XBB", &reps[0]).is_err());
+        let head = store.get(&id, None).unwrap().unwrap();
+        assert_eq!(head["originating_state"], "XCC");
+        assert_eq!(head["record_version"], 1);
+        assert_eq!(head["items"][0]["lot"]["raw"], "GENUINE");
+        assert_eq!(store.replica_origin(&id).unwrap().as_deref(), Some("XCC"));
+        assert_eq!(store.cursor("XBB").unwrap().after, 0);
     }
 }

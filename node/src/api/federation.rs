@@ -125,7 +125,9 @@ impl FromRequest<FedState> for Signed {
         .map_err(|r| {
             if matches!(r, peer::Refusal::UnknownKey(_)) {
                 // The partner may have rotated its key: learn its history for next time.
-                if let Some(p) = node.peers().get(headers.sender).cloned() {
+                if let Some(p) = node.peers().get(headers.sender).cloned()
+                    && p.key_refresh_due(chrono::Utc::now().timestamp())
+                {
                     let node = node.clone();
                     tokio::spawn(async move {
                         let _ = sync::refresh_keys(&node, &p).await;
