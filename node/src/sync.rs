@@ -138,6 +138,12 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
         let record = envelope.record();
         let view = match view_for(peer, &envelope, &record) {
             View::Shown(view) => Some(*view),
+            // A retraction reaches every partner that holds the record, even when the policy
+            // has narrowed or the labels changed since: the signed claims alone (no field
+            // leaves), to a partner whose receipt shows it applied an earlier version.
+            View::Withheld if envelope.claims.retracted && holds(store, &peer.id, &change.id)? => {
+                Some(envelope.view(|_| false))
+            }
             View::Withheld => None,
             // The page stops here; the partner asks again later.
             View::Embargoed => break,
@@ -174,6 +180,11 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
         entries,
         last_seq: store.own_tail()?.0,
     })
+}
+
+/// True when `partner`'s receipts show it applied a version of own record `id`.
+fn holds(store: &crate::store::Store, partner: &str, id: &RecordId) -> anyhow::Result<bool> {
+    Ok(store.receipts(id)?.iter().any(|(p, _)| p == partner))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -410,3 +410,87 @@ async fn key_rotation_keeps_old_records_verifiable_and_a_widened_policy_replays_
         "XBB trusts the old and the new key: {keys:?}"
     );
 }
+
+/// A retraction reaches a partner that holds the record even after its policy narrowed so
+/// that the record would no longer be shared: the signed claims go, and no field with them.
+/// A partner that never received the record learns nothing of its retraction.
+#[tokio::test]
+async fn a_retraction_reaches_a_holder_after_its_policy_narrowed() {
+    let mut fed = TestFederation::start(
+        &["XAA", "XBB"],
+        &[("XAA", "XBB", policy("replicate", json!({})))],
+    )
+    .await
+    .unwrap();
+    let held = create(
+        fed.node("XAA"),
+        &record("NARROW-1", json!({"tlp": "GREEN"})),
+    )
+    .await;
+    fed.node("XBB")
+        .wait_for_version(&held, 1, WAIT)
+        .await
+        .unwrap();
+    let xaa = fed.node("XAA");
+    eventually(WAIT, "XBB's receipt", || async {
+        let a = xaa
+            .send(xaa.request(
+                reqwest::Method::GET,
+                &format!("/api/v1/records/{held}/receipts"),
+            ))
+            .await?;
+        let list = a.body["receipts"].as_array().cloned().unwrap_or_default();
+        Ok(list.iter().any(|r| r["partner"] == "XBB").then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // XBB may now receive only artillery ammunition: neither record qualifies.
+    fed.node_mut("XAA").stop().unwrap();
+    fed.set_policy(
+        "XAA",
+        "XBB",
+        &policy("replicate", json!({"categories": ["artillery_ammunition"]})),
+    )
+    .unwrap();
+    fed.node_mut("XAA").start_again().await.unwrap();
+    let xaa = fed.node("XAA");
+    let never = create(xaa, &record("NARROW-2", json!({"tlp": "GREEN"}))).await;
+    for id in [&held, &never] {
+        let a = xaa.delete_record(id).await.unwrap();
+        assert_eq!(a.status, 200, "{:?}", a.body);
+    }
+
+    let xbb = fed.node("XBB");
+    let retracted = xbb.wait_for_version(&held, 2, WAIT).await.unwrap();
+    assert_eq!(retracted["retracted"], true, "{retracted}");
+    assert!(
+        retracted
+            .get("items")
+            .is_none_or(|i| i.as_array().is_some_and(Vec::is_empty)),
+        "fields left with the retraction: {retracted}"
+    );
+    assert!(
+        xbb.search_ids(&[("lot", "NARROW-1")])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // XBB has pulled everything (its cursor is at XAA's last change) and knows nothing of
+    // the record it never held.
+    let last = xaa
+        .send(xaa.request(reqwest::Method::GET, "/healthz"))
+        .await
+        .unwrap();
+    // XAA holds only its own records, so its change log is its own-change sequence.
+    let own_last = last.body["last_seq"].as_u64();
+    eventually(WAIT, "XBB's cursor at XAA's last change", || async {
+        let a = xbb
+            .send(xbb.request(reqwest::Method::GET, "/api/v1/peers"))
+            .await?;
+        Ok((a.body["peers"][0]["pulled_after"].as_u64() >= own_last).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(xbb.get_record(&never).await.unwrap().status, 404);
+}
