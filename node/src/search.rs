@@ -187,6 +187,11 @@ pub fn plan(
             ));
         }
     }
+    if let (Some((_, Some(from))), Some((_, Some(to)))) = (from, to)
+        && from > to
+    {
+        errors.push(FieldError::new("/to", "to is before from"));
+    }
     if let Some(c) = &params.country
         && !crate::record::country::is_valid(c)
     {
@@ -716,5 +721,12 @@ mod tests {
         let pointers: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
         assert_eq!(pointers, vec!["/limit", "/from"]);
         assert!(plan(&SearchParams::default(), 10, 100).is_err());
+        let mut p = params("1", "", "");
+        (p.from, p.to) = (Some("2025".into()), Some("2020-12".into()));
+        assert_eq!(plan(&p, 10, 100).unwrap_err()[0].pointer, "/to");
+        (p.from, p.to) = (Some("2024-02-30".into()), Some("2024".into()));
+        assert_eq!(plan(&p, 10, 100).unwrap_err()[0].pointer, "/from");
+        (p.from, p.to) = (Some("2024-02".into()), Some("2024".into()));
+        assert!(plan(&p, 10, 100).is_ok());
     }
 }

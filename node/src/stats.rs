@@ -566,9 +566,10 @@ struct Cell {
 
 impl Cell {
     fn add(&mut self, items: u64, rounds: u64) {
+        // Counts come from submitted records: a total saturates rather than wrap.
         self.seizures += 1;
-        self.items += items;
-        self.rounds += rounds;
+        self.items = self.items.saturating_add(items);
+        self.rounds = self.rounds.saturating_add(rounds);
     }
 
     fn value(&self, m: Measure) -> u64 {
@@ -678,8 +679,8 @@ pub struct Table {
 fn contribute<K: PartialEq>(list: &mut Vec<(K, u64, u64)>, key: K, n_items: u64, rounds: u64) {
     match list.iter_mut().find(|(k, _, _)| *k == key) {
         Some(e) => {
-            e.1 += n_items;
-            e.2 += rounds;
+            e.1 = e.1.saturating_add(n_items);
+            e.2 = e.2.saturating_add(rounds);
         }
         None => list.push((key, n_items, rounds)),
     }
@@ -748,7 +749,7 @@ pub fn table(facts: &Facts, p: &Params) -> Table {
             continue;
         }
         let all_items = items.len() as u64;
-        let all_rounds: u64 = items.iter().map(|i| i.rounds).sum();
+        let all_rounds = items.iter().fold(0u64, |sum, i| sum.saturating_add(i.rounds));
         // Every combination of values this seizure contributes, with its items.
         contributions.clear();
         let n_units = if per_item { items.len() } else { 1 };

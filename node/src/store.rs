@@ -41,6 +41,8 @@ pub enum StoreError {
         current: u32,
         submitted: u32,
     },
+    #[error("record {0} is at the highest version number: it takes no further version")]
+    VersionLimit(RecordId),
     #[error("record {0} is retracted")]
     Retracted(RecordId),
     #[error("record {0} appears twice in one batch")]
@@ -474,7 +476,10 @@ impl Store {
         if head.retracted {
             return Err(StoreError::Retracted(id));
         }
-        let next = head.version + 1;
+        let next = head
+            .version
+            .checked_add(1)
+            .ok_or(StoreError::VersionLimit(id))?;
         if let Some(submitted) = prepared.declared_version.filter(|v| *v != head.version) {
             return Err(StoreError::VersionConflict {
                 id,
@@ -516,7 +521,10 @@ impl Store {
         let mut record = self
             .get(&id, Some(head.version))?
             .ok_or(StoreError::NotFound(id))?;
-        let next = head.version + 1;
+        let next = head
+            .version
+            .checked_add(1)
+            .ok_or(StoreError::VersionLimit(id))?;
         if let Some(o) = record.as_object_mut() {
             o.insert("record_version".into(), Value::from(next));
             o.insert("retracted".into(), Value::Bool(true));
@@ -529,7 +537,6 @@ impl Store {
         self.append_version(id, head.version, next, &record, true, sealer)
     }
 
-    /// Whether a record is this node's own (partners' records are listed in `replicas`).
     /// The partner a replicated record came from (`None` for own records and unknown ids).
     pub fn replica_origin(&self, id: &RecordId) -> Result<Option<String>, StoreError> {
         Ok(self
@@ -538,6 +545,7 @@ impl Store {
             .map(|o| String::from_utf8_lossy(&o).into_owned()))
     }
 
+    /// Whether a record is this node's own (partners' records are listed in `replicas`).
     pub fn is_own(&self, id: &RecordId) -> Result<bool, StoreError> {
         Ok(!self.replicas.contains_key(id.as_bytes())?)
     }
@@ -976,6 +984,27 @@ pub(crate) mod tests {
             unpack(truncated, &"x"),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn the_last_version_number_takes_no_further_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut batch = vec![prepared("1")];
+        batch[0].declared_version = Some(u32::MAX);
+        let id = store.create_batch(&mut batch, &sealer()).unwrap()[0].id;
+        let mut update = prepared("2");
+        update.id = id;
+        assert!(matches!(
+            store.update(update, &sealer()),
+            Err(StoreError::VersionLimit(_))
+        ));
+        assert!(matches!(
+            store.retract(id, "x", "2026-01-01T00:00:00Z", &sealer()),
+            Err(StoreError::VersionLimit(_))
+        ));
+        assert_eq!(store.head(&id).unwrap().unwrap().version, u32::MAX);
+        assert_eq!(store.versions(&id).unwrap().len(), 1);
     }
 
     #[test]

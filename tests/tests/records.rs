@@ -470,3 +470,86 @@ async fn every_documented_method_is_routed_and_others_are_405() {
     }
     assert!(checked >= 21, "only {checked} documented operations");
 }
+
+/// Query strings and paths that cannot be read are 400 problems that name the parameter;
+/// overlong search texts are refused before anything is computed; the `Bearer` scheme is
+/// case-insensitive.
+#[tokio::test]
+async fn bad_parameters_are_problems_that_point_at_the_parameter() {
+    let node = TestNode::spawn("XAA").await.unwrap();
+    let id = create(&node, &record("PARAM-1", "539 85", "7.62x39")).await;
+    let long = "A1".repeat(32_000);
+    let cases: Vec<(String, &str)> = vec![
+        ("/api/v1/search?lot=1&limit=ten".into(), "/limit"),
+        ("/api/v1/search?lot=1&siblings=yes".into(), "/siblings"),
+        ("/api/v1/search?lot=1&colour=red".into(), "/colour"),
+        (
+            "/api/v1/search?lot=1&min_seq=18446744073709551615".into(),
+            "/min_seq",
+        ),
+        (format!("/api/v1/search?lot={long}"), "/lot"),
+        (
+            format!("/api/v1/search?headstamp={long}&siblings=true"),
+            "/headstamp",
+        ),
+        (
+            "/api/v1/export?include_retracted=yes".into(),
+            "/include_retracted",
+        ),
+        (format!("/api/v1/records/{id}?version=abc"), "/version"),
+    ];
+    for (path, pointer) in cases {
+        let started = std::time::Instant::now();
+        let a = node
+            .send(node.request(reqwest::Method::GET, &path))
+            .await
+            .unwrap();
+        let shown: String = path.chars().take(60).collect();
+        assert_eq!(a.status, 400, "{shown}: {:?}", a.body);
+        assert!(a.is_problem(), "{shown}: {}", a.content_type);
+        assert_eq!(a.pointer(), Some(pointer), "{shown}: {:?}", a.body);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{shown} took {:?}",
+            started.elapsed()
+        );
+    }
+    // A symbol next to a wildcard is a pattern like any other.
+    let a = node
+        .send(node.request(
+            reqwest::Method::GET,
+            "/api/v1/search?headstamp=%E2%98%85%3F",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    // A path segment that is not UTF-8.
+    let a = node
+        .send(node.request(reqwest::Method::GET, "/api/v1/records/%FF"))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 400);
+    assert!(a.is_problem(), "{}", a.content_type);
+    // `bearer` in lower case is the same scheme.
+    let a = node
+        .http
+        .get(format!("{}/api/v1/records/{id}", node.url))
+        .header("authorization", format!("bearer {}", node.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.status(), 200);
+}
+
+/// `retracted` and `retraction` are the node's to write: a submitted flag is refused rather
+/// than hiding a live record from exports.
+#[tokio::test]
+async fn a_submitted_retraction_flag_is_refused() {
+    let node = TestNode::spawn("XAA").await.unwrap();
+    let mut r = record("FLAG-1", "539 85", "7.62x39");
+    r["retracted"] = json!(true);
+    let a = node.post_record(&r).await.unwrap();
+    assert_eq!(a.status, 422, "{:?}", a.body);
+    assert_eq!(a.pointer(), Some("/retracted"));
+    assert!(node.export_lines().await.unwrap().is_empty());
+}

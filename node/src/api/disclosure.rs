@@ -1,14 +1,14 @@
 //! Disclosure requests as the local API shows them (follow-up on a hit, Prüm step 2).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::{Reader, Writer};
-use super::error::ApiError;
+use super::error::{ApiError, ApiPath};
 use super::{AppState, JsonBody};
 use crate::disclosure;
 
@@ -125,7 +125,7 @@ async fn decide(
 pub async fn approve(
     State(state): State<AppState>,
     Writer(caller): Writer,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     decide(state, &caller.name, id, body, true).await
@@ -135,7 +135,7 @@ pub async fn approve(
 pub async fn decline(
     State(state): State<AppState>,
     Writer(caller): Writer,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     decide(state, &caller.name, id, body, false).await

@@ -60,6 +60,31 @@ impl ApiError {
         }
     }
 
+    /// A query string that does not deserialise: 400 `invalid query`, with a pointer to the
+    /// parameter (`/limit` for `limit=ten`, `/colour` for an unknown `colour`).
+    pub fn query(rejection: axum::extract::rejection::QueryRejection) -> ApiError {
+        let text = rejection.body_text();
+        let detail = text
+            .strip_prefix("Failed to deserialize query string: ")
+            .unwrap_or(&text);
+        let named = |name: &str| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        let pointer = match detail.split_once(": ") {
+            Some((name, _)) if named(name) => format!("/{name}"),
+            _ => detail
+                .split_once("unknown field `")
+                .and_then(|(_, rest)| rest.split('`').next())
+                .filter(|name| named(name))
+                .map(|name| format!("/{name}"))
+                .unwrap_or_default(),
+        };
+        ApiError {
+            errors: vec![FieldError::new(pointer, detail)],
+            ..ApiError::new(StatusCode::BAD_REQUEST, "invalid query", detail)
+        }
+    }
+
     pub fn not_found(detail: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not found", detail)
     }
@@ -161,7 +186,7 @@ impl From<StoreError> for ApiError {
                 errors: vec![FieldError::new("/record_version", e.to_string())],
                 ..ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             },
-            StoreError::Retracted(_) => {
+            StoreError::Retracted(_) | StoreError::VersionLimit(_) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             StoreError::NotFound(id) => ApiError::not_found(format!("no record {id}")),
@@ -197,5 +222,27 @@ impl ApiError {
     pub fn with_status(mut self, status: axum::http::StatusCode) -> ApiError {
         self.status = status;
         self
+    }
+}
+
+/// `axum::extract::Path` whose refusal (a segment that is not UTF-8, say) is a problem+json
+/// 400 like every other error, not axum's plain text.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| ApiPath(value))
+            .map_err(|e| ApiError::bad_request("", e.body_text()))
     }
 }

@@ -50,7 +50,7 @@ pub async fn import(
     params: Result<Query<ImportParams>, axum::extract::rejection::QueryRejection>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::bad_request("", e.body_text()))?;
+    let Query(params) = params.map_err(ApiError::query)?;
     let media = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

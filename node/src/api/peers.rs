@@ -3,13 +3,13 @@
 //! receipts partners sent for a record.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::Reader;
-use super::error::ApiError;
+use super::error::{ApiError, ApiPath};
 use super::records::parse_id;
 use crate::envelope::Envelope;
 use crate::policy;
@@ -48,7 +48,7 @@ pub async fn list(
 pub async fn preview(
     State(state): State<AppState>,
     Reader(_caller): Reader,
-    Path((peer_id, record_id)): Path<(String, String)>,
+    ApiPath((peer_id, record_id)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&record_id)?;
     let node = state.node.clone();
@@ -108,7 +108,7 @@ pub async fn preview(
 pub async fn receipts(
     State(state): State<AppState>,
     Reader(_caller): Reader,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let node = state.node.clone();

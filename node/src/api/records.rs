@@ -2,16 +2,16 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::{Reader, Writer};
-use super::error::ApiError;
+use super::error::{ApiError, ApiPath};
 use super::{AppState, JsonBody, now_rfc3339};
-use crate::record::{RecordId, is_retracted};
+use crate::record::RecordId;
 use crate::store::Written;
 
 pub(crate) fn parse_id(text: &str) -> Result<RecordId, ApiError> {
@@ -81,10 +81,10 @@ pub struct GetParams {
 pub async fn get_one(
     State(state): State<AppState>,
     Reader(_caller): Reader,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     params: Result<Query<GetParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::bad_request("", e.body_text()))?;
+    let Query(params) = params.map_err(ApiError::query)?;
     let id = parse_id(&id)?;
     let node = state.node.clone();
     let record =
@@ -100,7 +100,7 @@ pub async fn get_one(
 pub async fn update(
     State(state): State<AppState>,
     Writer(caller): Writer,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     JsonBody(mut body): JsonBody,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
@@ -156,10 +156,10 @@ pub struct RetractParams {
 pub async fn retract(
     State(state): State<AppState>,
     Writer(caller): Writer,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     params: Result<Query<RetractParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::bad_request("", e.body_text()))?;
+    let Query(params) = params.map_err(ApiError::query)?;
     let id = parse_id(&id)?;
     let reason = params.reason.unwrap_or_else(|| "retracted".into());
     let node = state.node.clone();
@@ -184,7 +184,7 @@ pub async fn retract(
 pub async fn versions(
     State(state): State<AppState>,
     Reader(_caller): Reader,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let node = state.node.clone();
@@ -209,7 +209,7 @@ pub async fn export(
     Writer(_caller): Writer,
     params: Result<Query<ExportParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::bad_request("", e.body_text()))?;
+    let Query(params) = params.map_err(ApiError::query)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(16);
     let node = state.node.clone();
     tokio::task::spawn_blocking(move || {
@@ -224,7 +224,8 @@ pub async fn export(
                     .map_err(std::io::Error::other)
             });
             match line {
-                Ok(Some(record)) if !is_retracted(&record) || params.include_retracted => {
+                // The head says whether the record is retracted (checked above).
+                Ok(Some(record)) => {
                     if serde_json::to_writer(&mut chunk, &record).is_ok() {
                         chunk.push(b'\n');
                     }
@@ -266,10 +267,10 @@ pub struct ToolExportParams {
 pub async fn export_tool(
     State(state): State<AppState>,
     Writer(_caller): Writer,
-    Path(format): Path<String>,
+    ApiPath(format): ApiPath<String>,
     params: Result<Query<ToolExportParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::bad_request("", e.body_text()))?;
+    let Query(params) = params.map_err(ApiError::query)?;
     if format != "misp" && format != "stix" {
         return Err(ApiError::not_found("export formats: misp, stix"));
     }

@@ -23,7 +23,7 @@ pub async fn search(
     Reader(caller): Reader,
     params: Result<Query<SearchParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::bad_request("", e.body_text()))?;
+    let Query(params) = params.map_err(ApiError::query)?;
     let started = Instant::now();
     let federated = match params.scope.as_deref() {
         None | Some("local") => None,
@@ -70,6 +70,17 @@ pub async fn search(
         }
         .with_status(axum::http::StatusCode::BAD_REQUEST)
     })?;
+    // A change the store has not made yet would only be waited for in vain.
+    if let Some(seq) = params.min_seq {
+        let last = state.node.store().last_seq().map_err(ApiError::from)?;
+        if seq > last {
+            let detail = format!("change {seq} has not been made (the last is {last})");
+            return Err(ApiError {
+                errors: vec![crate::record::FieldError::new("/min_seq", detail.clone())],
+                ..ApiError::new(axum::http::StatusCode::BAD_REQUEST, "invalid query", detail)
+            });
+        }
+    }
     if let Some(seq) = params.min_seq
         && !state
             .node

@@ -169,6 +169,16 @@ impl Validator {
     }
 
     fn domain_errors(&self, value: &Value, errors: &mut Vec<FieldError>) {
+        // Retraction is a version the node writes (DELETE): a submitted flag would hide a live
+        // record from exports while search still showed it.
+        for member in ["retracted", "retraction"] {
+            if value.get(member).is_some() {
+                errors.push(FieldError::new(
+                    format!("/{member}"),
+                    "set by the node: retract a record with DELETE /api/v1/records/{id}",
+                ));
+            }
+        }
         if let Some(state) = value.get("originating_state").and_then(Value::as_str)
             && state != self.node_id
         {
@@ -181,6 +191,7 @@ impl Validator {
             ));
         }
         check_countries(value, errors);
+        check_calendar_dates(value, "", errors);
         if let Some(items) = value.get("items").and_then(Value::as_array) {
             let mut seen = std::collections::HashSet::new();
             for (i, item) in items.iter().enumerate() {
@@ -625,18 +636,61 @@ fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
         .unwrap_or_default()
 }
 
+/// Members holding a partial date (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`) in the record schema.
+const DATE_MEMBERS: &[&str] = &["date", "start", "end", "sent", "response_date"];
+
+/// The schema's pattern admits `2024-02-30`; the calendar does not.
+fn check_calendar_dates(value: &Value, at: &str, errors: &mut Vec<FieldError>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                let pointer = format!("{at}/{}", key.replace('~', "~0").replace('/', "~1"));
+                if let Value::String(text) = v
+                    && DATE_MEMBERS.contains(&key.as_str())
+                    && text.len() == 10
+                    && text.as_bytes()[4] == b'-'
+                    && date_key(text, false).is_none()
+                {
+                    errors.push(FieldError::new(
+                        pointer,
+                        format!("{text:?} is not a date of the calendar"),
+                    ));
+                } else {
+                    check_calendar_dates(v, &pointer, errors);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                check_calendar_dates(v, &format!("{at}/{i}"), errors);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// `YYYY`, `YYYY-MM` or `YYYY-MM-DD` as `YYYYMMDD`; missing parts are 00, or 99 when `upper`
-/// (so a `to` bound includes the whole month or year).
+/// (so a `to` bound includes the whole month or year). `None` unless it is a real month or
+/// day of the calendar.
 pub fn date_key(text: &str, upper: bool) -> Option<i64> {
     let parts: Vec<&str> = text.split('-').collect();
     let num = |s: &str, len: usize| {
         (s.len() == len && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse::<i64>().ok())?
     };
     let fill = if upper { 99 } else { 0 };
+    let month = |m: &str| num(m, 2).filter(|m| (1..=12).contains(m));
     match parts.as_slice() {
         [y] => Some(num(y, 4)? * 10000 + fill * 100 + fill),
-        [y, m] => Some(num(y, 4)? * 10000 + num(m, 2)? * 100 + fill),
-        [y, m, d] => Some(num(y, 4)? * 10000 + num(m, 2)? * 100 + num(d, 2)?),
+        [y, m] => Some(num(y, 4)? * 10000 + month(m)? * 100 + fill),
+        [y, m, d] => {
+            let (y, m, d) = (num(y, 4)?, month(m)?, num(d, 2)?);
+            chrono::NaiveDate::from_ymd_opt(
+                i32::try_from(y).ok()?,
+                u32::try_from(m).ok()?,
+                u32::try_from(d).ok()?,
+            )?;
+            Some(y * 10000 + m * 100 + d)
+        }
         _ => None,
     }
 }
@@ -651,14 +705,6 @@ pub fn event_summary(record: &Value) -> Value {
         "place_name": event.pointer("/location/place_name"),
         "context": event.get("context"),
     })
-}
-
-/// True when a stored record version is a retraction.
-pub fn is_retracted(record: &Value) -> bool {
-    record
-        .get("retracted")
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -712,6 +758,15 @@ mod tests {
                 |r| r["items"][0]["item_category"] = json!("banana"),
                 "/items/0/item_category",
             ),
+            (|r| r["retracted"] = json!(true), "/retracted"),
+            (
+                |r| r["event"]["date"]["start"] = json!("2024-02-30"),
+                "/event/date/start",
+            ),
+            (
+                |r| r["retraction"] = json!({"reason": "x", "at": "2026-01-01T00:00:00Z"}),
+                "/retraction",
+            ),
         ];
         for (mutate, pointer) in cases {
             let mut r = minimal();
@@ -733,5 +788,9 @@ mod tests {
         assert_eq!(date_key("2024", true), Some(20249999));
         assert_eq!(date_key("2024-06-07", true), Some(20240607));
         assert_eq!(date_key("24-06", false), None);
+        assert_eq!(date_key("2024-13", false), None);
+        assert_eq!(date_key("2024-02-30", false), None);
+        assert_eq!(date_key("2024-02-29", false), Some(20240229));
+        assert_eq!(date_key("2023-02-29", false), None);
     }
 }
