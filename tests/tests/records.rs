@@ -542,9 +542,9 @@ async fn bad_parameters_are_problems_that_point_at_the_parameter() {
 }
 
 /// `retracted` and `retraction` are the node's to write: a submitted flag is refused rather
-/// than hiding a live record from exports.
+/// than hiding a live record from exports. The record id is the path's.
 #[tokio::test]
-async fn a_submitted_retraction_flag_is_refused() {
+async fn node_managed_fields_are_refused_in_submissions() {
     let node = TestNode::spawn("XAA").await.unwrap();
     let mut r = record("FLAG-1", "539 85", "7.62x39");
     r["retracted"] = json!(true);
@@ -552,4 +552,38 @@ async fn a_submitted_retraction_flag_is_refused() {
     assert_eq!(a.status, 422, "{:?}", a.body);
     assert_eq!(a.pointer(), Some("/retracted"));
     assert!(node.export_lines().await.unwrap().is_empty());
+    // A record id that is not a string is not silently replaced by the path's.
+    let id = create(&node, &record("FLAG-2", "539 85", "7.62x39")).await;
+    let mut r = record("FLAG-2b", "539 85", "7.62x39");
+    r["record_id"] = json!(123);
+    let a = node.put_record(&id, &r).await.unwrap();
+    assert_eq!(a.status, 422, "{:?}", a.body);
+    assert_eq!(a.pointer(), Some("/record_id"));
+    assert_eq!(
+        node.get_record(&id).await.unwrap().body["record_version"],
+        1
+    );
+}
+
+/// A partial import whose every record is refused stores nothing and says so.
+#[tokio::test]
+async fn an_import_that_stores_nothing_says_so() {
+    let node = TestNode::spawn("XAA").await.unwrap();
+    let mut bad = record("NONE-1", "539 85", "7.62x39");
+    bad["items"][0]["quantity"]["count"] = json!(-1);
+    let body = format!("{bad}\n{{oops\n").into_bytes();
+    let a = node
+        .import("application/x-ndjson", body, "?mode=partial")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(a.body["accepted"], 0);
+    assert_eq!(a.body["rejected_rows"], 2);
+    assert_eq!(a.body["stored"], false);
+    let good = format!("{}\n", record("NONE-2", "539 85", "7.62x39")).into_bytes();
+    let a = node
+        .import("application/x-ndjson", good, "?mode=partial")
+        .await
+        .unwrap();
+    assert_eq!(a.body["stored"], true, "{:?}", a.body);
 }

@@ -143,7 +143,8 @@ pub async fn import(
             "accepted": records.len(),
             "rejected": rejected,
             "rejected_rows": rejected_rows.len(),
-            "stored": !params.dry_run,
+            // Whether this import stored anything (not when every row was refused).
+            "stored": !params.dry_run && !records.is_empty(),
             "records": records,
             "last_seq": last_seq,
         })))

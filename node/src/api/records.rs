@@ -108,14 +108,20 @@ pub async fn update(
     if let Some(o) = body.as_object_mut() {
         o.remove("updated_at");
     }
-    match body.get("record_id").and_then(Value::as_str) {
-        Some(given) if RecordId::parse(given) != Some(id) => {
+    match body.get("record_id") {
+        Some(Value::String(given)) if RecordId::parse(given) != Some(id) => {
             return Err(ApiError::invalid(vec![crate::record::FieldError::new(
                 "/record_id",
                 "differs from the record id in the path",
             )]));
         }
-        Some(_) => {}
+        Some(Value::String(_)) => {}
+        Some(_) => {
+            return Err(ApiError::invalid(vec![crate::record::FieldError::new(
+                "/record_id",
+                "must be a string: the UUID (or urn:uuid) of the record in the path",
+            )]));
+        }
         None => {
             if let Some(o) = body.as_object_mut() {
                 o.insert("record_id".into(), Value::String(id.to_string()));
