@@ -221,6 +221,7 @@ async fn bad_input_gets_problem_json_and_changes_nothing() {
         .unwrap();
     assert_eq!(a.status, 400);
     assert!(a.is_problem(), "{}", a.content_type);
+    assert_eq!(a.pointer(), Some(""), "the whole document: {:?}", a.body);
 
     let mut cases: Vec<(Value, &str)> = Vec::new();
     let mut r = record("1", "", "9mm");
@@ -278,6 +279,7 @@ async fn bad_input_gets_problem_json_and_changes_nothing() {
     assert!(a.is_problem());
     assert_eq!(a.body["rejected"][0]["row"], 3);
     assert_eq!(a.body["rejected"][0]["column"], "item_category");
+    assert_eq!(a.pointer(), Some("/rows/3/items/0/item_category"));
     // Unknown token and missing token.
     let a = node
         .send(

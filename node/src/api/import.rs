@@ -111,7 +111,13 @@ pub async fn import(
                 if first.pointer.is_empty() { "record" } else { &first.pointer },
                 first.detail
             );
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "import rejected", detail)
+            // Pointers into the file: `/rows/N` then the pointer into the record built from it.
+            let errors = rejected
+                .iter()
+                .take(20)
+                .map(|r| FieldError::new(format!("/rows/{}{}", r.row, r.pointer), r.detail.clone()))
+                .collect();
+            return Err(ApiError { errors, ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "import rejected", detail) }
                 .with_extra(json!({
                     "accepted": 0,
                     "rejected": rejected,

@@ -157,15 +157,16 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     async fn from_request(req: Request, state: &S) -> Result<JsonBody, ApiError> {
         let RawBody(bytes) = RawBody::from_request(req, state).await?;
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed JSON",
-                format!(
-                    "the body is not JSON (line {}, column {}): {e}",
-                    e.line(),
-                    e.column()
-                ),
-            )
+            let detail = format!(
+                "the body is not JSON (line {}, column {}): {e}",
+                e.line(),
+                e.column()
+            );
+            // The whole document is at fault: pointer "".
+            ApiError {
+                errors: vec![crate::record::FieldError::new("", detail.clone())],
+                ..ApiError::new(StatusCode::BAD_REQUEST, "malformed JSON", detail)
+            }
         })
     }
 }
