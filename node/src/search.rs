@@ -206,6 +206,26 @@ pub fn plan(
         .or(params.q.as_deref())
         .filter(|t| !t.trim().is_empty());
     let lot = lot_text.map(lot::normalise).filter(|l| !l.is_empty());
+    if let (Some(text), None) = (params.lot.as_deref(), &lot)
+        && !text.trim().is_empty()
+    {
+        errors.push(FieldError::new(
+            "/lot",
+            format!(
+                "{text:?} leaves no character to match: a lot needs at least one besides ? and *"
+            ),
+        ));
+    }
+    if params
+        .category
+        .as_deref()
+        .is_some_and(|c| c.trim().is_empty())
+    {
+        errors.push(FieldError::new(
+            "/category",
+            "empty: leave it out to search every category",
+        ));
+    }
     let hs_text = params.headstamp.as_deref().or(params.q.as_deref());
     let headstamp = hs_text
         .map(|t| headstamp::tokenise(t).0)
@@ -727,6 +747,15 @@ mod tests {
         (p.from, p.to) = (Some("2024-02-30".into()), Some("2024".into()));
         assert_eq!(plan(&p, 10, 100).unwrap_err()[0].pointer, "/from");
         (p.from, p.to) = (Some("2024-02".into()), Some("2024".into()));
+        assert!(plan(&p, 10, 100).is_ok());
+        let p = params("*-?", "", "");
+        assert_eq!(plan(&p, 10, 100).unwrap_err()[0].pointer, "/lot");
+        let mut p = SearchParams {
+            category: Some(" ".into()),
+            ..SearchParams::default()
+        };
+        assert_eq!(plan(&p, 10, 100).unwrap_err()[0].pointer, "/category");
+        p.category = Some("small_arms_ammunition".into());
         assert!(plan(&p, 10, 100).is_ok());
     }
 }
