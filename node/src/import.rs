@@ -124,11 +124,19 @@ pub fn parse(format: Format, body: &[u8], node_id: &str) -> Result<Vec<Row>, Fie
             let mut rows: BTreeMap<u32, Vec<String>> = BTreeMap::new();
             let mut count = 0usize;
             while let Some(cell) = reader
-                .next_cell()
+                .next_cell_with_formula()
                 .map_err(|e| FieldError::new("", format!("unreadable first sheet: {e}")))?
             {
-                let (row, col) = cell.get_position();
-                let text = cell_text(cell.get_value());
+                let (row, col) = cell.pos;
+                let text = match (cell_text(&cell.value), &cell.formula) {
+                    // A formula whose result was never saved (written by a program, not by a
+                    // spreadsheet): its value is unknown, not empty.
+                    (text, Some(f)) if text.trim().is_empty() => format!(
+                        "{SHEET_ERROR}={f} with no saved result: open and save the sheet in a \
+                         spreadsheet program"
+                    ),
+                    (text, _) => text,
+                };
                 if text.trim().is_empty() {
                     continue;
                 }
@@ -548,6 +556,32 @@ mod tests {
             sheet.write_string(*row, *col, *text).unwrap();
         }
         book.save_to_buffer().unwrap()
+    }
+
+    #[test]
+    fn a_formula_without_its_result_refuses_its_row() {
+        let mut book = rust_xlsxwriter::Workbook::new();
+        let sheet = book.add_worksheet();
+        // As a program writes a sheet it did not calculate: no result saved.
+        sheet.set_formula_result_default("");
+        for (col, text) in ["record_ref", "lot", "quantity"].iter().enumerate() {
+            sheet.write_string(0, col as u16, *text).unwrap();
+        }
+        let formula = |result: &str| rust_xlsxwriter::Formula::new("=2*5").set_result(result);
+        for (row, reference, result) in [(1, "A", ""), (2, "B", "#DIV/0!"), (3, "C", "10")] {
+            sheet.write_string(row, 0, reference).unwrap();
+            sheet.write_string(row, 1, "21-85").unwrap();
+            sheet.write_formula(row, 2, formula(result)).unwrap();
+        }
+        let rows = parse(Format::Xlsx, &book.save_to_buffer().unwrap(), "XAA").unwrap();
+        for (row, needle) in [(0, "no saved result"), (1, "#DIV/0!")] {
+            let e = rows[row].record.as_ref().unwrap_err();
+            assert_eq!(e[0].pointer, "/items/0/quantity/count");
+            assert!(e[0].detail.contains(needle), "{}", e[0].detail);
+        }
+        // A saved result is what the sheet shows.
+        let r = rows[2].record.as_ref().unwrap();
+        assert_eq!(r["items"][0]["quantity"]["count"], 10);
     }
 
     #[test]
