@@ -319,3 +319,129 @@ pub async fn send(
         .record("disclosure_request_sent", entry.clone(), true);
     Ok(listed("outgoing", entry))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::api::federation::tests::{Federation, assert_follows, schema, with};
+    use crate::query::Query;
+    use crate::search::SearchParams;
+
+    /// Disclosure requests as `send` makes them and decisions (approved, declined) as `decide`
+    /// makes them, taken off the wire, follow `disclosureRequest` and `disclosureDecision`; and
+    /// what those schemas refuse, the code refuses too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn disclosure_documents_follow_the_schema() {
+        let policy = json!({"mode": "hit_no_hit", "categories": ["*"], "fields": ["*"]});
+        let fed = Federation::start(&["XAA", "XCC"], &[("XAA", "XCC", policy)]).await;
+        fed.write("XAA", &[("LC10A000-001", "XAA")]).await;
+        let (holder, requester) = (fed.node("XAA").clone(), fed.node("XCC").clone());
+        let (purpose, case_ref) = ("trace request", "XCC-2026-1");
+        let query = Query {
+            params: SearchParams {
+                lot: Some("LC10A000-001".into()),
+                ..SearchParams::default()
+            },
+            purpose: purpose.into(),
+            case_ref: case_ref.into(),
+        };
+        let (statuses, _) =
+            crate::query::fan_out(&requester, &query, Duration::from_secs(20)).await;
+        let reference = statuses[0].refs[0].clone();
+        let to_holder = fed.peer("XCC", "XAA");
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let sent = send(
+                &requester,
+                &to_holder,
+                &reference,
+                purpose,
+                case_ref,
+                "investigator",
+            )
+            .await
+            .unwrap();
+            ids.push(sent["id"].as_str().unwrap().to_owned());
+        }
+        for (id, approve) in [(&ids[0], true), (&ids[1], false)] {
+            let key = format!("in:XCC:{id}");
+            decide(&holder, &key, approve, "reviewed", "focal point")
+                .await
+                .unwrap();
+        }
+
+        let request_schema = schema("envelope.schema.json", Some("disclosureRequest"));
+        let decision_schema = schema("envelope.schema.json", Some("disclosureDecision"));
+        let requests = fed.received("XAA", "/federation/v1/disclosure-requests");
+        assert_eq!(requests.len(), 3);
+        for (r, id) in requests.iter().zip(&ids) {
+            assert_eq!(r.status, 202, "{r:?}");
+            assert_eq!(
+                (&r.body["id"], &r.body["reference"]),
+                (&json!(id), &json!(reference))
+            );
+            assert_follows(&request_schema, &r.body, "disclosure request");
+        }
+        let decisions = fed.received("XCC", "/federation/v1/disclosure-decisions");
+        assert_eq!(decisions.len(), 2);
+        let (approved, declined) = (&decisions[0].body, &decisions[1].body);
+        assert_eq!(
+            (&approved["decision"], &declined["decision"]),
+            (&json!("approved"), &json!("declined"))
+        );
+        assert!(approved["envelope"].is_object() && declined["envelope"].is_null());
+        for d in &decisions {
+            assert_eq!(d.status, 200, "{d:?}");
+            assert_follows(&decision_schema, &d.body, "disclosure decision");
+        }
+
+        // Members the structs do not know, or missing ones.
+        let request = &requests[0].body;
+        for bad in [
+            with(request, "/priority", Some(json!("high"))),
+            with(request, "/expires_at", None),
+            with(request, "/reference", Some(json!(7))),
+        ] {
+            assert!(!request_schema.is_valid(&bad), "{bad}");
+            assert!(
+                serde_json::from_value::<Request>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+        for bad in [
+            with(approved, "/by", Some(json!("focal point"))),
+            with(declined, "/reason", None),
+            with(approved, "/envelope/sig", Some(json!(false))),
+        ] {
+            assert!(!decision_schema.is_valid(&bad), "{bad}");
+            assert!(
+                serde_json::from_value::<Decision>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+        // Documents that parse but that the receiver refuses (422): the schemas refuse them.
+        let blank = with(request, "/purpose", Some(json!("  ")));
+        assert!(!request_schema.is_valid(&blank));
+        let blank: Request = serde_json::from_value(blank).unwrap();
+        assert_eq!(
+            receive(&holder, &fed.peer("XAA", "XCC"), &blank).map_err(|e| e.0),
+            Err(422)
+        );
+        let pending = json!(ids[2]);
+        for bad in [
+            with(approved, "/envelope", Some(Value::Null)),
+            with(declined, "/envelope", Some(approved["envelope"].clone())),
+            with(declined, "/decision", Some(json!("deferred"))),
+        ] {
+            assert!(!decision_schema.is_valid(&bad), "{bad}");
+            let bad: Decision =
+                serde_json::from_value(with(&bad, "/id", Some(pending.clone()))).unwrap();
+            assert_eq!(
+                decision_received(&requester, &to_holder, &bad).map_err(|e| e.0),
+                Err(422)
+            );
+        }
+    }
+}

@@ -420,3 +420,113 @@ pub fn merge(local: Vec<Value>, partners: Vec<PartnerHit>, limit: usize) -> Vec<
     merged.sort_by(|a, b| b.0.total_cmp(&a.0));
     merged.into_iter().take(limit).map(|(_, h)| h).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::federation::tests::{Federation, assert_follows, schema, with};
+
+    /// A live query as `fan_out` sends it, and both answers as the holder's endpoint gives
+    /// them, taken off the wire, follow `liveQuery` and `liveQueryAnswer`; and what those
+    /// schemas refuse, the code refuses too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn live_query_documents_follow_the_schema() {
+        let policy = |mode: &str| json!({"mode": mode, "categories": ["*"], "fields": ["*"]});
+        let fed = Federation::start(
+            &["XAA", "XBB", "XCC"],
+            &[
+                ("XAA", "XBB", policy("query")),
+                ("XAA", "XCC", policy("hit_no_hit")),
+            ],
+        )
+        .await;
+        fed.write("XAA", &[("LC10A000-001", "XAA")]).await;
+        let query = Query {
+            params: SearchParams {
+                lot: Some("LC10A000-001".into()),
+                limit: Some(10),
+                ..SearchParams::default()
+            },
+            purpose: "trace request".into(),
+            case_ref: "XBB-2026-7".into(),
+        };
+        let deadline = Duration::from_secs(20);
+        for (from, hits, count) in [("XBB", 1, None), ("XCC", 0, Some(1))] {
+            let (statuses, _) = fan_out(fed.node(from), &query, deadline).await;
+            let holder = statuses.iter().find(|s| s.id == "XAA").unwrap();
+            assert_eq!(
+                (holder.status, holder.hits, holder.count),
+                ("answered", hits, count),
+                "{statuses:?}"
+            );
+        }
+
+        let query_schema = schema("envelope.schema.json", Some("liveQuery"));
+        let answer_schema = schema("envelope.schema.json", Some("liveQueryAnswer"));
+        let mut answers = Vec::new();
+        for from in ["XBB", "XCC"] {
+            let asked: Vec<_> = fed
+                .received("XAA", "/federation/v1/search")
+                .into_iter()
+                .filter(|e| e.from == from)
+                .collect();
+            assert_eq!(asked.len(), 1, "{asked:?}");
+            let e = &asked[0];
+            assert_eq!(e.status, 200, "{e:?}");
+            assert_eq!(e.body, serde_json::to_value(&query).unwrap());
+            assert_follows(&query_schema, &e.body, "live query");
+            assert_follows(&answer_schema, &e.answer, "live query answer");
+            answers.push(e.answer.clone());
+        }
+        let (views, refs) = (&answers[0], &answers[1]);
+        assert_eq!(views["mode"], "query");
+        assert_eq!(views["hits"][0]["item_id"], "i1");
+        assert_eq!(refs["mode"], "hit_no_hit");
+        assert_eq!(refs["count"], 1);
+
+        // Every search parameter may be left out.
+        let minimal = json!({"params": {}, "purpose": "p", "case_ref": "c"});
+        assert!(query_schema.is_valid(&minimal));
+        serde_json::from_value::<Query>(minimal).unwrap();
+
+        let sent = serde_json::to_value(&query).unwrap();
+        for bad in [
+            with(&sent, "/params/radius", Some(json!(5))),
+            with(&sent, "/params/limit", Some(json!(-1))),
+            with(&sent, "/params/siblings", Some(Value::Null)),
+            with(&sent, "/urgent", Some(json!(true))),
+            with(&sent, "/case_ref", None),
+        ] {
+            assert!(!query_schema.is_valid(&bad), "{bad}");
+            assert!(
+                serde_json::from_value::<Query>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+        // A blank purpose parses, and is refused (422) by the holder: the schema refuses it.
+        let blank = Query {
+            purpose: " ".into(),
+            ..query.clone()
+        };
+        assert!(!query_schema.is_valid(&serde_json::to_value(&blank).unwrap()));
+        assert!(matches!(
+            answer(fed.node("XAA"), &fed.peer("XAA", "XBB"), &blank),
+            Err(Refused::Invalid(_))
+        ));
+
+        for bad in [
+            with(views, "/count", Some(json!(1))),
+            with(refs, "/mode", Some(json!("query"))),
+            with(refs, "/refs", Some(json!("one"))),
+            with(views, "/hits/0/envelope", None),
+            with(views, "/hits/0/envelope/claims/v", Some(json!("1"))),
+            with(views, "/hits/0/score", Some(json!(1))),
+        ] {
+            assert!(!answer_schema.is_valid(&bad), "{bad}");
+            assert!(
+                serde_json::from_value::<Answer>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -749,7 +749,9 @@ pub fn table(facts: &Facts, p: &Params) -> Table {
             continue;
         }
         let all_items = items.len() as u64;
-        let all_rounds = items.iter().fold(0u64, |sum, i| sum.saturating_add(i.rounds));
+        let all_rounds = items
+            .iter()
+            .fold(0u64, |sum, i| sum.saturating_add(i.rounds));
         // Every combination of values this seizure contributes, with its items.
         contributions.clear();
         let n_units = if per_item { items.len() } else { 1 };
@@ -1468,6 +1470,84 @@ mod tests {
                     proptest::prop_assert!(s as usize >= k || s == 0);
                 }
             }
+        }
+    }
+
+    /// A snapshot as `POST /api/v1/stats/snapshots` publishes it follows
+    /// `schemas/stats-snapshot.schema.json` and verifies with the node's key history; an
+    /// altered one does neither.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn published_snapshots_follow_the_schema() {
+        use crate::api::federation::tests::{Federation, assert_follows, schema, with};
+        let fed = Federation::start(&["XAA"], &[]).await;
+        let lots: Vec<(String, &str)> = [("XAA", 5), ("XCC", 5), ("XBB", 1)]
+            .into_iter()
+            .flat_map(|(country, n)| {
+                (0..n).map(move |i| (format!("LC10A{i:03}-{country}"), country))
+            })
+            .collect();
+        let lots: Vec<(&str, &str)> = lots.iter().map(|(l, c)| (l.as_str(), *c)).collect();
+        fed.write("XAA", &lots).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/api/v1/stats/snapshots?group_by=seizing_country&format=json",
+            listener.local_addr().unwrap()
+        );
+        let api = crate::api::router(fed.node("XAA").clone());
+        tokio::spawn(async move { axum::serve(listener, api).await });
+        let response = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(fed.admin_token("XAA"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let signed: Value = response.json().await.unwrap();
+
+        let validator = schema("stats-snapshot.schema.json", None);
+        assert_follows(&validator, &signed, "signed snapshot");
+        let keys = fed.node("XAA").keys();
+        verify_snapshot(&signed, keys).unwrap();
+        let table = &signed["snapshot"]["table"];
+        let rows: Vec<&Value> = table["cells"]
+            .as_array()
+            .into_iter()
+            .chain(table["totals"].as_array())
+            .flatten()
+            .collect();
+        // Both forms of a cell are there to check: published, and suppressed with a reason.
+        assert!(rows.iter().any(|c| c["suppressed"] == true), "{signed:#}");
+        assert!(rows.iter().any(|c| c["suppressed"] == false), "{signed:#}");
+        assert_eq!(
+            signed["snapshot"]["parameters"],
+            json!([["group_by", "seizing_country"]])
+        );
+
+        // The verifier reads the document as JSON and ignores members it does not know.
+        let extra = with(&signed, "/published_by", Some(json!("admin")));
+        assert!(validator.is_valid(&extra));
+        verify_snapshot(&extra, keys).unwrap();
+        // A suppressed cell must say why.
+        let mut no_reason = signed.clone();
+        for row in no_reason["snapshot"]["table"]["cells"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .filter(|row| row["suppressed"] == true)
+        {
+            row.as_object_mut().unwrap().remove("reason");
+        }
+        assert_ne!(no_reason, signed);
+        for bad in [
+            with(&signed, "/snapshot/k", Some(json!(0))),
+            with(&signed, "/snapshot/v", Some(json!(2))),
+            with(&signed, "/snapshot/key_id", None),
+            with(&signed, "/snapshot/table/measure", Some(json!("kilograms"))),
+            with(&signed, "/sig", Some(json!("AAAA"))),
+            no_reason,
+        ] {
+            assert!(!validator.is_valid(&bad), "{bad}");
+            assert!(verify_snapshot(&bad, keys).is_err(), "{bad}");
         }
     }
 }

@@ -402,3 +402,342 @@ async fn receipts(State(state): State<FedState>, signed: Signed) -> Result<Respo
     .await??;
     Ok(axum::Json(json!({ "stored": stored })).into_response())
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! Real nodes in this process, each serving its federation API over TLS on 127.0.0.1, with
+    //! every request each one receives (and its answer) recorded as it crossed the wire; and
+    //! the schemas those documents follow.
+
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::middleware::Next;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::identity::{PUBLIC_KEY_FILE, TLS_CERT_FILE, TLS_KEY_FILE};
+    use crate::peer::PeerConfig;
+    use crate::policy::Policy;
+
+    /// `schemas/FILE`, pointed at `#/$defs/DEF` when given; formats (`date-time`…) are checked.
+    pub(crate) fn schema(file: &str, def: Option<&str>) -> jsonschema::Validator {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../schemas")
+            .join(file);
+        let mut schema: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        if let Some(def) = def {
+            assert!(
+                schema["$defs"].get(def).is_some(),
+                "{file} has no $defs/{def}"
+            );
+            schema["$ref"] = json!(format!("#/$defs/{def}"));
+        }
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .unwrap()
+    }
+
+    /// Panics with the schema's reasons (every failing keyword, where) unless `value`
+    /// follows it.
+    pub(crate) fn assert_follows(validator: &jsonschema::Validator, value: &Value, what: &str) {
+        if validator.is_valid(value) {
+            return;
+        }
+        let errors: Vec<String> = validator
+            .evaluate(value)
+            .iter_errors()
+            .map(|e| {
+                format!(
+                    "{} at {:?}: {}",
+                    e.schema_location,
+                    e.instance_location.as_str(),
+                    e.error
+                )
+            })
+            .collect();
+        panic!(
+            "{what} does not follow its schema:\n{}\n{value:#}",
+            errors.join("\n")
+        );
+    }
+
+    /// `doc` with the member at `pointer` set to `value`, or removed (None).
+    pub(crate) fn with(doc: &Value, pointer: &str, value: Option<Value>) -> Value {
+        let mut doc = doc.clone();
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        let parent = doc
+            .pointer_mut(parent)
+            .and_then(Value::as_object_mut)
+            .unwrap_or_else(|| panic!("no object at {pointer}"));
+        match value {
+            Some(value) => parent.insert(key.to_owned(), value),
+            None => parent.remove(key),
+        };
+        doc
+    }
+
+    /// One request a node received on its federation API, and its answer.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Exchange {
+        pub from: String,
+        pub path: String,
+        pub body: Value,
+        pub status: u16,
+        pub answer: Value,
+    }
+
+    type Wire = Arc<Mutex<BTreeMap<String, Vec<Exchange>>>>;
+
+    /// Passes a request on unchanged (its signature covers the body) and records it.
+    async fn record(wire: Wire, to: String, request: Request, next: Next) -> Response {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, MAX_BODY)
+            .await
+            .unwrap_or_default();
+        let from = parts
+            .headers
+            .get(peer::H_SENDER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?")
+            .to_owned();
+        let path = parts.uri.path().to_owned();
+        let response = next
+            .run(Request::from_parts(parts, Body::from(body.clone())))
+            .await;
+        let (parts, answer) = response.into_parts();
+        let answer = axum::body::to_bytes(answer, MAX_BODY)
+            .await
+            .unwrap_or_default();
+        let json = |b: &[u8]| serde_json::from_slice(b).unwrap_or(Value::Null);
+        wire.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(to)
+            .or_default()
+            .push(Exchange {
+                from,
+                path,
+                body: json(&body),
+                status: parts.status.as_u16(),
+                answer: json(&answer),
+            });
+        Response::from_parts(parts, Body::from(answer))
+    }
+
+    /// Nodes federated with each other, as `ammotrace serve` runs them (federation API,
+    /// pullers, notifier), minus the local API.
+    pub(crate) struct Federation {
+        nodes: BTreeMap<String, Arc<Node>>,
+        admin_tokens: BTreeMap<String, String>,
+        wire: Wire,
+        stop: tokio::sync::watch::Sender<bool>,
+        servers: Vec<axum_server::Handle<std::net::SocketAddr>>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Federation {
+        /// Starts nodes `ids`; `policies` lists `(from, to, policy)`: what `from` shares with
+        /// `to` (every other pair: the default policy, mode none).
+        pub(crate) async fn start(ids: &[&str], policies: &[(&str, &str, Value)]) -> Federation {
+            let dir = tempfile::tempdir().unwrap();
+            let data_dir = |id: &str| dir.path().join(id);
+            let mut admin_tokens = BTreeMap::new();
+            let mut listeners = BTreeMap::new();
+            for id in ids {
+                let created = crate::node::init(&data_dir(id), id).unwrap();
+                admin_tokens.insert(id.to_string(), created.admin_token);
+                listeners.insert(
+                    id.to_string(),
+                    std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+                );
+            }
+            let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
+            let (stop, stop_rx) = tokio::sync::watch::channel(false);
+            let wire = Wire::default();
+            let mut nodes = BTreeMap::new();
+            let mut servers = Vec::new();
+            for (id, listener) in listeners.iter() {
+                let mut config = Config::load(&data_dir(id)).unwrap();
+                for (other, other_listener) in listeners.iter().filter(|(o, _)| *o != id) {
+                    let policy = policies
+                        .iter()
+                        .find(|(from, to, _)| from == id && to == other)
+                        .map(|(_, _, p)| serde_json::from_value::<Policy>(p.clone()).unwrap())
+                        .unwrap_or_default();
+                    config.peers.push(PeerConfig {
+                        id: other.clone(),
+                        url: format!("https://{}", other_listener.local_addr().unwrap()),
+                        public_key: read(&data_dir(other), PUBLIC_KEY_FILE).trim().to_owned(),
+                        certificate: read(&data_dir(other), TLS_CERT_FILE),
+                        pull: true,
+                        policy,
+                    });
+                }
+                let node = Node::open_with(&data_dir(id), config).unwrap();
+                let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
+                    std::fs::read(data_dir(id).join(TLS_CERT_FILE)).unwrap(),
+                    std::fs::read(data_dir(id).join(TLS_KEY_FILE)).unwrap(),
+                )
+                .await
+                .unwrap();
+                let listener = listener.try_clone().unwrap();
+                listener.set_nonblocking(true).unwrap();
+                let (wire, to) = (wire.clone(), id.clone());
+                let app = router(node.clone()).layer(axum::middleware::from_fn(
+                    move |request: Request, next: Next| {
+                        record(wire.clone(), to.clone(), request, next)
+                    },
+                ));
+                let handle = axum_server::Handle::new();
+                let server = axum_server::from_tcp_rustls(listener, tls)
+                    .unwrap()
+                    .handle(handle.clone());
+                tokio::spawn(server.serve(app.into_make_service()));
+                servers.push(handle);
+                sync::start(node.clone(), stop_rx.clone());
+                nodes.insert(id.clone(), node);
+            }
+            Federation {
+                nodes,
+                admin_tokens,
+                wire,
+                stop,
+                servers,
+                _dir: dir,
+            }
+        }
+
+        pub(crate) fn node(&self, id: &str) -> &Arc<Node> {
+            &self.nodes[id]
+        }
+
+        /// `of`'s partner `id` (as `of` knows it: pinned key, client, policy).
+        pub(crate) fn peer(&self, of: &str, id: &str) -> Arc<Peer> {
+            self.nodes[of].peers().get(id).unwrap().clone()
+        }
+
+        pub(crate) fn admin_token(&self, id: &str) -> &str {
+            &self.admin_tokens[id]
+        }
+
+        /// What `to` has received on `path` so far, in order.
+        pub(crate) fn received(&self, to: &str, path: &str) -> Vec<Exchange> {
+            self.wire
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(to)
+                .into_iter()
+                .flatten()
+                .filter(|e| e.path == path)
+                .cloned()
+                .collect()
+        }
+
+        /// The first request `to` receives on `path` (waiting up to 20 s for it).
+        pub(crate) async fn first_received(&self, to: &str, path: &str) -> Exchange {
+            for _ in 0..400 {
+                if let Some(e) = self.received(to, path).into_iter().next() {
+                    return e;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("{to} received nothing on {path}");
+        }
+
+        /// Writes own records of node `id` (each one item with a lot, seized in a country) as
+        /// the local API does, and waits until they are searchable. Returns the last change
+        /// sequence number.
+        pub(crate) async fn write(&self, id: &str, records: &[(&str, &str)]) -> u64 {
+            let node = self.node(id).clone();
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let mut prepared: Vec<_> = records
+                .iter()
+                .map(|(lot, country)| {
+                    let record = json!({
+                        "originating_state": id,
+                        "event": {"event_type": "seizure", "date": {"start": "2024-03-01"},
+                                  "location": {"country": country, "precision": "country"}},
+                        "items": [{"item_id": "i1", "item_category": "small_arms_ammunition",
+                                   "lot": lot}],
+                        "sharing": {"tlp": "GREEN"}
+                    });
+                    node.validator().prepare(record, &now).unwrap()
+                })
+                .collect();
+            let seq = tokio::task::spawn_blocking({
+                let node = node.clone();
+                move || {
+                    let index = node.index();
+                    let offered = index.offer(
+                        prepared
+                            .iter()
+                            .map(|p| index.documents(p.id, 1, &p.record))
+                            .collect::<Vec<_>>(),
+                    );
+                    let written = node
+                        .store()
+                        .create_batch(&mut prepared, node.sealer())
+                        .inspect_err(|_| index.withdraw(offered))
+                        .unwrap();
+                    node.store().flush().unwrap();
+                    node.written();
+                    written.last().unwrap().seq
+                }
+            })
+            .await
+            .unwrap();
+            assert!(
+                node.index().wait_for(seq, Duration::from_secs(20)).await,
+                "{id} did not index change {seq}"
+            );
+            seq
+        }
+    }
+
+    impl Drop for Federation {
+        fn drop(&mut self) {
+            let _ = self.stop.send(true);
+            for handle in &self.servers {
+                handle.shutdown();
+            }
+            for node in self.nodes.values() {
+                node.index().shutdown();
+            }
+        }
+    }
+
+    /// The notify call a node makes after a write, and the answer of the partner's real
+    /// endpoint, as they crossed the wire, follow `notify` and `notifyReply`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn notify_documents_follow_the_schema() {
+        let replicate = json!({"mode": "replicate", "categories": ["*"], "fields": ["*"]});
+        let fed = Federation::start(&["XAA", "XBB"], &[("XAA", "XBB", replicate)]).await;
+        let seq = fed.write("XAA", &[("LC10A000-001", "XAA")]).await;
+        let notify = fed.first_received("XBB", "/federation/v1/notify").await;
+        assert_eq!(notify.from, "XAA");
+        assert_eq!(notify.status, 202, "{notify:?}");
+        assert_eq!(notify.body, json!({ "last_seq": seq }));
+        assert_eq!(notify.answer, json!({ "pulling": true }));
+
+        let body = schema("envelope.schema.json", Some("notify"));
+        let reply = schema("envelope.schema.json", Some("notifyReply"));
+        assert_follows(&body, &notify.body, "notify body");
+        assert_follows(&reply, &notify.answer, "notify answer");
+        // Neither is read with a struct that refuses unknown members, so neither schema does.
+        assert!(body.is_valid(&json!({ "last_seq": seq, "later": 1 })));
+        for bad in [
+            json!({}),
+            json!({ "last_seq": -1 }),
+            json!({ "last_seq": "7" }),
+        ] {
+            assert!(!body.is_valid(&bad), "{bad}");
+        }
+        for bad in [json!({}), json!({ "pulling": "yes" })] {
+            assert!(!reply.is_valid(&bad), "{bad}");
+        }
+    }
+}

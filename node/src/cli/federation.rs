@@ -247,14 +247,7 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
 pub fn peers(command: PeersCommand) -> anyhow::Result<()> {
     match command {
         PeersCommand::Card { data_dir, url } => {
-            let config = Config::load(&data_dir)?;
-            let card = json!({
-                "id": config.node_id,
-                "url": url,
-                "public_key": std::fs::read_to_string(data_dir.join(identity::PUBLIC_KEY_FILE))?.trim(),
-                "certificate": std::fs::read_to_string(data_dir.join(identity::TLS_CERT_FILE))?,
-            });
-            println!("{}", serde_json::to_string_pretty(&card)?);
+            println!("{}", serde_json::to_string_pretty(&card(&data_dir, &url)?)?);
         }
         PeersCommand::Add {
             data_dir,
@@ -316,6 +309,18 @@ pub fn peers(command: PeersCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The card of the node in `data_dir`, reached by partners at `url`: what `peers add --card`
+/// takes (schema `schemas/envelope.schema.json#/$defs/peerCard`).
+pub fn card(data_dir: &Path, url: &str) -> anyhow::Result<Value> {
+    let config = Config::load(data_dir)?;
+    Ok(json!({
+        "id": config.node_id,
+        "url": url,
+        "public_key": std::fs::read_to_string(data_dir.join(identity::PUBLIC_KEY_FILE))?.trim(),
+        "certificate": std::fs::read_to_string(data_dir.join(identity::TLS_CERT_FILE))?,
+    }))
 }
 
 /// Appends a `[[peers]]` table to `config.toml`, after checking the result parses.
@@ -462,5 +467,72 @@ pub fn audit(command: AuditCommand) -> anyhow::Result<()> {
             Ok(())
         }
         Err(broken) => anyhow::bail!("audit log broken: {broken}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::federation::tests::{assert_follows, schema, with};
+
+    fn add_from(data_dir: &Path, card: &Path) -> PeersCommand {
+        PeersCommand::Add {
+            data_dir: data_dir.to_owned(),
+            card: Some(card.to_owned()),
+            id: None,
+            url: None,
+            public_key: None,
+            certificate_file: None,
+            policy: None,
+            no_pull: false,
+        }
+    }
+
+    /// The card `peers card` prints follows `peerCard`, and `peers add --card` takes it as it
+    /// is; a card the schema refuses, `peers add` refuses too.
+    #[test]
+    fn cards_follow_the_schema_and_peers_add_takes_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = |name: &str| tmp.path().join(name);
+        for (name, id) in [("a", "XAA"), ("b", "XBB"), ("c", "XCC")] {
+            crate::node::init(&dir(name), id).unwrap();
+        }
+        let validator = schema("envelope.schema.json", Some("peerCard"));
+        let card = card(&dir("a"), "https://127.0.0.1:8601").unwrap();
+        assert_follows(&validator, &card, "peer card");
+        let write = |name: &str, card: &Value| {
+            let path = dir(name);
+            std::fs::write(&path, serde_json::to_string_pretty(card).unwrap()).unwrap();
+            path
+        };
+        peers(add_from(&dir("b"), &write("card.json", &card))).unwrap();
+        let added = &Config::load(&dir("b")).unwrap().peers[0];
+        assert_eq!(
+            json!([added.id, added.url, added.public_key, added.certificate]),
+            json!([
+                card["id"],
+                card["url"],
+                card["public_key"],
+                card["certificate"]
+            ])
+        );
+
+        for bad in [
+            with(&card, "/certificate", None),
+            with(&card, "/url", Some(json!("http://127.0.0.1:8601"))),
+            with(&card, "/public_key", Some(json!("ed25519:AAAA not-a-key"))),
+            with(&card, "/id", Some(json!(["XAA"]))),
+        ] {
+            assert!(!validator.is_valid(&bad), "{bad}");
+            assert!(
+                peers(add_from(&dir("c"), &write("bad.json", &bad))).is_err(),
+                "{bad}"
+            );
+        }
+        // `peers add` ignores members it does not know: so does the schema.
+        let extra = with(&card, "/note", Some(json!("from the liaison meeting")));
+        assert!(validator.is_valid(&extra));
+        peers(add_from(&dir("c"), &write("extra.json", &extra))).unwrap();
+        assert_eq!(Config::load(&dir("c")).unwrap().peers.len(), 1);
     }
 }
