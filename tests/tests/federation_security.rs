@@ -140,6 +140,37 @@ async fn forged_replayed_stale_and_unknown_requests_get_nothing() {
     ] {
         assert!(log.contains(reason), "no refusal says {reason:?}");
     }
+
+    // Refusals by the endpoints themselves, once the sender is known, are audited too: a feed
+    // asked of a node that shares nothing with the asker, and a receipt that is not one.
+    let xaa_key = Identity::load(&xaa.data_dir, "XAA")
+        .unwrap()
+        .signing_key()
+        .clone();
+    let asked = sign_request(&xaa_key, "XAA", "XBB", "GET", path, b"");
+    let (status, body) = send(&pinned_client(xbb), xbb, path, &asked).await;
+    assert_eq!(status, 403, "{body}");
+    let receipts = "/federation/v1/receipts";
+    let signed = sign_request(&key, "XBB", "XAA", "POST", receipts, b"not json");
+    let mut req = client
+        .post(format!(
+            "https://127.0.0.1:{}{receipts}",
+            xaa.federation_port
+        ))
+        .body("not json");
+    for (k, v) in &signed {
+        req = req.header(*k, v);
+    }
+    assert_eq!(req.send().await.unwrap().status().as_u16(), 400);
+    for (node, path) in [(xbb, "\"feed\""), (xaa, "\"receipts\"")] {
+        let log = std::fs::read_to_string(node.data_dir.join("audit.log")).unwrap();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("\"event\":\"request_refused\"") && l.contains(path)),
+            "{}: no audited refusal at {path}",
+            node.node_id
+        );
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

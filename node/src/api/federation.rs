@@ -104,6 +104,13 @@ impl FromRequest<FedState> for Signed {
             let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::UNAUTHORIZED);
             ApiError::new(status, "request refused", refusal.to_string())
         };
+        // Headers and sender first: a stranger's body is not even read.
+        let headers = SignedHeaders::from(header).map_err(refuse)?;
+        if node.peers().get(headers.sender).is_none() {
+            return Err(refuse(peer::Refusal::UnknownSender(
+                headers.sender.to_owned(),
+            )));
+        }
         let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -111,7 +118,6 @@ impl FromRequest<FedState> for Signed {
                 format!("bodies are limited to {MAX_BODY} bytes"),
             )
         })?;
-        let headers = SignedHeaders::from(header).map_err(refuse)?;
         let config = node.config();
         let peer = peer::verify_request(
             node.peers(),
@@ -158,6 +164,18 @@ impl FromRequest<FedState> for Signed {
     }
 }
 
+/// A refusal by an endpoint after its sender was authenticated (bad document, wrong mode,
+/// unknown reference…): logged and audited like the refusals of authentication.
+fn refused(node: &crate::node::Node, partner: &str, endpoint: &str, e: ApiError) -> ApiError {
+    tracing::warn!(sender = %partner, endpoint, status = e.status.as_u16(), reason = %e.detail, "refused a federation request");
+    node.audit().record(
+        "request_refused",
+        json!({ "sender": partner, "path": endpoint, "status": e.status.as_u16(), "reason": e.detail }),
+        true,
+    );
+    e
+}
+
 /// # `GET /federation/v1/identity`
 /// This node's id and key history (current and past keys with validity, and the signed
 /// rotation and revocation statements).
@@ -179,15 +197,21 @@ async fn feed(
     params: Result<Query<FeedParams>, axum::extract::rejection::QueryRejection>,
     signed: Signed,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::bad_request("", e.body_text()))?;
     let peer = signed.peer;
+    let Query(params) =
+        params.map_err(|e| refused(&state.node, &peer.id, "feed", ApiError::query(e)))?;
     if peer.policy.mode != Mode::Replicate {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "no feed for this partner",
-            format!(
-                "this node's policy for {} is mode {:?}, which does not include the feed",
-                peer.id, peer.policy.mode
+        return Err(refused(
+            &state.node,
+            &peer.id,
+            "feed",
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "no feed for this partner",
+                format!(
+                    "this node's policy for {} is mode {:?}, which does not include the feed",
+                    peer.id, peer.policy.mode
+                ),
             ),
         ));
     }
@@ -299,11 +323,27 @@ async fn disclosure_request(
         e.retry_after = Some(retry_after);
         return Err(e);
     }
-    let request: crate::disclosure::Request = serde_json::from_slice(&signed.body)
-        .map_err(|e| ApiError::bad_request("", format!("not a disclosure request: {e}")))?;
-    tokio::task::spawn_blocking(move || crate::disclosure::receive(&node, &peer, &request))
+    const ENDPOINT: &str = "disclosure-requests";
+    let request: crate::disclosure::Request =
+        serde_json::from_slice(&signed.body).map_err(|e| {
+            refused(
+                &node,
+                &peer.id,
+                ENDPOINT,
+                ApiError::bad_request("", format!("not a disclosure request: {e}")),
+            )
+        })?;
+    let (n, p) = (node.clone(), peer.clone());
+    tokio::task::spawn_blocking(move || crate::disclosure::receive(&n, &p, &request))
         .await?
-        .map_err(|(status, detail)| status_error(status, "disclosure request refused", detail))?;
+        .map_err(|(status, detail)| {
+            refused(
+                &node,
+                &peer.id,
+                ENDPOINT,
+                status_error(status, "disclosure request refused", detail),
+            )
+        })?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({ "status": "pending" })),
@@ -319,13 +359,27 @@ async fn disclosure_decision(
 ) -> Result<Response, ApiError> {
     let node = state.node.clone();
     let peer = signed.peer;
-    let decision: crate::disclosure::Decision = serde_json::from_slice(&signed.body)
-        .map_err(|e| ApiError::bad_request("", format!("not a decision: {e}")))?;
-    tokio::task::spawn_blocking(move || {
-        crate::disclosure::decision_received(&node, &peer, &decision)
-    })
-    .await?
-    .map_err(|(status, detail)| status_error(status, "decision refused", detail))?;
+    const ENDPOINT: &str = "disclosure-decisions";
+    let decision: crate::disclosure::Decision =
+        serde_json::from_slice(&signed.body).map_err(|e| {
+            refused(
+                &node,
+                &peer.id,
+                ENDPOINT,
+                ApiError::bad_request("", format!("not a decision: {e}")),
+            )
+        })?;
+    let (n, p) = (node.clone(), peer.clone());
+    tokio::task::spawn_blocking(move || crate::disclosure::decision_received(&n, &p, &decision))
+        .await?
+        .map_err(|(status, detail)| {
+            refused(
+                &node,
+                &peer.id,
+                ENDPOINT,
+                status_error(status, "decision refused", detail),
+            )
+        })?;
     Ok(axum::Json(json!({ "status": "recorded" })).into_response())
 }
 
@@ -343,14 +397,25 @@ async fn notify(State(state): State<FedState>, signed: Signed) -> Response {
 /// # `POST /federation/v1/receipts`
 /// A signed receipt: the caller has applied these versions of this node's records.
 async fn receipts(State(state): State<FedState>, signed: Signed) -> Result<Response, ApiError> {
-    let receipt: SignedReceipt = serde_json::from_slice(&signed.body)
-        .map_err(|e| ApiError::bad_request("", format!("not a signed receipt: {e}")))?;
     let node = state.node.clone();
     let peer = signed.peer;
+    let receipt: SignedReceipt = serde_json::from_slice(&signed.body).map_err(|e| {
+        refused(
+            &node,
+            &peer.id,
+            "receipts",
+            ApiError::bad_request("", format!("not a signed receipt: {e}")),
+        )
+    })?;
     if receipt.receipt.from != peer.id || receipt.receipt.to != node.config().node_id {
-        return Err(ApiError::bad_request(
-            "/receipt/from",
-            "the receipt is not from the sender to this node",
+        return Err(refused(
+            &node,
+            &peer.id,
+            "receipts",
+            ApiError::bad_request(
+                "/receipt/from",
+                "the receipt is not from the sender to this node",
+            ),
         ));
     }
     sync::verify_receipt(&peer, &receipt).map_err(|e| {
