@@ -113,6 +113,30 @@ fn granted_view(node: &Node, peer: &Peer, entry: &Value) -> Result<Envelope, Str
         .ok_or("the request names no record")?;
     let version = entry["version"].as_u64().unwrap_or(0) as u32;
     let store = node.store();
+    // What the record is now decides whether anything may leave: a version retracted since,
+    // or marked do-not-share or TLP RED since the hit, is not disclosed in its old form.
+    let head = store
+        .head(&id)
+        .map_err(|e| e.to_string())?
+        .ok_or("the record is gone")?;
+    if head.retracted {
+        return Err("the record has been retracted since".into());
+    }
+    if head.version != version {
+        let latest = store
+            .get(&id, Some(head.version))
+            .map_err(|e| e.to_string())?
+            .ok_or("the record version is gone")?;
+        let mut grant = peer.policy.clone();
+        grant.mode = Mode::Query;
+        let now = policy::decide(&peer.id, &grant, &latest, &[], i64::MAX);
+        if !now.shared {
+            return Err(format!(
+                "the record cannot leave since version {}: {}",
+                head.version, now.reason
+            ));
+        }
+    }
     let bytes = store
         .envelope(&id, version)
         .map_err(|e| e.to_string())?

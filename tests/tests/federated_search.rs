@@ -503,10 +503,45 @@ async fn a_hit_is_followed_up_approved_or_declined_and_audited() {
     assert_eq!(declined["reason"], "ongoing operation");
     assert_eq!(xdd.get_record(&other).await.unwrap().status, 404);
 
+    // A hit on a record marked do-not-share after the hit: approval is refused, since the
+    // record as it is now may not leave; nothing arrives.
+    let later = create(xbb, &record("XBB", "LC19L123-456")).await;
+    xbb.search(&[("lot", "x")]).await.unwrap();
+    let refs = refs_from(&federated(xdd, "LC19L123-456").await, "XBB");
+    assert_eq!(ask(xdd, &refs[0]).await.0, 201);
+    let mut marked = record("XBB", "LC19L123-456");
+    marked["sharing"] = json!({"tlp": "GREEN", "do_not_share": true});
+    assert_eq!(xbb.put_record(&later, &marked).await.unwrap().status, 200);
+    let pending = requests(xbb)
+        .await
+        .into_iter()
+        .find(|r| r["status"] == "pending")
+        .unwrap();
+    let id = pending["id"].as_str().unwrap();
+    let refused = xbb
+        .send(
+            xbb.request(
+                reqwest::Method::POST,
+                &format!("/api/v1/disclosure-requests/{id}/approve"),
+            )
+            .json(&json!({"reason": "agreed before the label changed"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 409, "{:?}", refused.body);
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("do-not-share")),
+        "{:?}",
+        refused.body
+    );
+    assert_eq!(xdd.get_record(&later).await.unwrap().status, 404);
+
     // A reference XBB never gave is refused; nothing is stored.
     let bogus = ask(xdd, "not-a-reference").await;
     assert_eq!(bogus.0, 409, "{}", bogus.1);
-    assert_eq!(requests(xdd).await.len(), 2);
+    assert_eq!(requests(xdd).await.len(), 3);
 
     for (node, events) in [
         (
