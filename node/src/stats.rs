@@ -1186,6 +1186,19 @@ mod tests {
     }
 
     #[test]
+    fn totals_saturate_instead_of_wrapping() {
+        let mut cell = Cell::default();
+        cell.add(1, u64::MAX);
+        cell.add(1, u64::MAX);
+        assert_eq!(cell.value(Measure::Rounds), u64::MAX);
+        assert_eq!(cell.value(Measure::Items), 2);
+        let mut list = Vec::new();
+        contribute(&mut list, 7u32, 1, u64::MAX);
+        contribute(&mut list, 7u32, 1, 1);
+        assert_eq!(list, vec![(7, 2, u64::MAX)]);
+    }
+
+    #[test]
     fn partial_dates_keep_their_order_and_text() {
         for d in ["2024", "2024-03", "2024-03-05", "1999-12-31"] {
             assert_eq!(date_text(date_code(d, false).unwrap()), d);
