@@ -314,9 +314,18 @@ fn find_floats(value: &Value, errors: &mut Vec<FieldError>) {
             && !n.is_i64()
             && !n.is_u64()
         {
+            // serde_json reads an integer too large for 64 bits as a float: say which it is.
+            let integral = n.as_f64().is_some_and(|f| {
+                f.fract() == 0.0
+                    && (f >= 18_446_744_073_709_551_615.0 || f < -9_223_372_036_854_775_808.0)
+            });
             errors.push(FieldError::new(
                 pointer,
-                "numbers must be integers (no floats in stored records: write coordinates as decimal strings)",
+                if integral {
+                    "integer out of range: at most 18446744073709551615 (and at least -9223372036854775808)"
+                } else {
+                    "numbers must be integers (no floats in stored records: write coordinates as decimal strings)"
+                },
             ));
         }
         true
@@ -738,6 +747,23 @@ mod tests {
     }
 
     #[test]
+    fn too_large_integers_are_told_apart_from_floats() {
+        let value: Value =
+            serde_json::from_str(r#"{"a": 18446744073709551616, "b": 1.5, "c": 7}"#).unwrap();
+        let mut errors = Vec::new();
+        find_floats(&value, &mut errors);
+        let detail = |p: &str| {
+            errors
+                .iter()
+                .find(|e| e.pointer == p)
+                .map(|e| e.detail.clone())
+        };
+        assert!(detail("/a").unwrap().contains("out of range"));
+        assert!(detail("/b").unwrap().contains("must be integers"));
+        assert!(detail("/c").is_none());
+    }
+
+    #[test]
     fn refusals_point_at_the_field() {
         let v = Validator::new("XAA");
         type Mutation = fn(&mut Value);
@@ -759,6 +785,10 @@ mod tests {
                 "/items/0/item_category",
             ),
             (|r| r["retracted"] = json!(true), "/retracted"),
+            (
+                |r| r["items"][0]["quantity"]["count"] = json!(1e20),
+                "/items/0/quantity/count",
+            ),
             (
                 |r| r["event"]["date"]["start"] = json!("2024-02-30"),
                 "/event/date/start",
