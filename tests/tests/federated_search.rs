@@ -360,6 +360,29 @@ async fn ask(xdd: &TestNode, reference: &str) -> (u16, Value) {
     (a.status, a.body)
 }
 
+/// The focal point's `approve` or `decline` of disclosure request `id`, with a reason.
+async fn decide(node: &TestNode, id: &str, action: &str, reason: &str) -> ammotrace_e2e::Answer {
+    node.send(
+        node.request(
+            reqwest::Method::POST,
+            &format!("/api/v1/disclosure-requests/{id}/{action}"),
+        )
+        .json(&json!({ "reason": reason })),
+    )
+    .await
+    .unwrap()
+}
+
+/// The id of the one pending request `node` holds.
+async fn pending_id(node: &TestNode) -> String {
+    let pending = requests(node)
+        .await
+        .into_iter()
+        .find(|r| r["status"] == "pending")
+        .unwrap();
+    pending["id"].as_str().unwrap().to_owned()
+}
+
 async fn requests(node: &TestNode) -> Vec<Value> {
     let a = node
         .send(node.request(reqwest::Method::GET, "/api/v1/disclosure-requests"))
@@ -438,16 +461,7 @@ async fn a_hit_is_followed_up_approved_or_declined_and_audited() {
     assert_eq!(incoming[0]["purpose"], "identify the supplier");
     assert_eq!(incoming[0]["record_id"], wanted.as_str());
     let id = incoming[0]["id"].as_str().unwrap().to_owned();
-    let approved = xbb
-        .send(
-            xbb.request(
-                reqwest::Method::POST,
-                &format!("/api/v1/disclosure-requests/{id}/approve"),
-            )
-            .json(&json!({"reason": "joint investigation agreed"})),
-        )
-        .await
-        .unwrap();
+    let approved = decide(xbb, &id, "approve", "joint investigation agreed").await;
     assert_eq!(approved.status, 200, "{:?}", approved.body);
 
     // The record arrives at XDD as XBB's, with only what XBB's policy lets leave.
@@ -466,37 +480,14 @@ async fn a_hit_is_followed_up_approved_or_declined_and_audited() {
     assert_eq!(hits.body["hits"][0]["record_id"], wanted.as_str());
     assert_eq!(hits.body["hits"][0]["origin"], "XBB");
     // Approving twice is refused.
-    let again = xbb
-        .send(
-            xbb.request(
-                reqwest::Method::POST,
-                &format!("/api/v1/disclosure-requests/{id}/approve"),
-            )
-            .json(&json!({"reason": "again"})),
-        )
-        .await
-        .unwrap();
+    let again = decide(xbb, &id, "approve", "again").await;
     assert_eq!(again.status, 409);
 
     // A second hit, declined with a reason: nothing arrives.
     let refs = refs_from(&federated(xdd, "FC17H462-520").await, "XBB");
     assert_eq!(ask(xdd, &refs[0]).await.0, 201);
-    let pending = requests(xbb)
-        .await
-        .into_iter()
-        .find(|r| r["status"] == "pending")
-        .unwrap();
-    let id = pending["id"].as_str().unwrap();
-    let declined = xbb
-        .send(
-            xbb.request(
-                reqwest::Method::POST,
-                &format!("/api/v1/disclosure-requests/{id}/decline"),
-            )
-            .json(&json!({"reason": "ongoing operation"})),
-        )
-        .await
-        .unwrap();
+    let id = pending_id(xbb).await;
+    let declined = decide(xbb, &id, "decline", "ongoing operation").await;
     assert_eq!(declined.status, 200, "{:?}", declined.body);
     let mine = requests(xdd).await;
     let declined = mine.iter().find(|r| r["status"] == "declined").unwrap();
@@ -512,22 +503,8 @@ async fn a_hit_is_followed_up_approved_or_declined_and_audited() {
     let mut marked = record("XBB", "LC19L123-456");
     marked["sharing"] = json!({"tlp": "GREEN", "do_not_share": true});
     assert_eq!(xbb.put_record(&later, &marked).await.unwrap().status, 200);
-    let pending = requests(xbb)
-        .await
-        .into_iter()
-        .find(|r| r["status"] == "pending")
-        .unwrap();
-    let id = pending["id"].as_str().unwrap();
-    let refused = xbb
-        .send(
-            xbb.request(
-                reqwest::Method::POST,
-                &format!("/api/v1/disclosure-requests/{id}/approve"),
-            )
-            .json(&json!({"reason": "agreed before the label changed"})),
-        )
-        .await
-        .unwrap();
+    let id = pending_id(xbb).await;
+    let refused = decide(xbb, &id, "approve", "agreed before the label changed").await;
     assert_eq!(refused.status, 409, "{:?}", refused.body);
     assert!(
         refused.body["detail"]

@@ -176,6 +176,41 @@ fn refused(node: &crate::node::Node, partner: &str, endpoint: &str, e: ApiError)
     e
 }
 
+/// Reads a signed body as a `T` and hands it to `apply` on a blocking thread. A body that is
+/// not a `T` (400), or that `apply` refuses (its status), is a refusal: logged and audited.
+async fn apply_document<T>(
+    node: &Arc<Node>,
+    peer: &Arc<Peer>,
+    endpoint: &'static str,
+    not_one: &'static str,
+    title: &'static str,
+    body: Bytes,
+    apply: fn(&Node, &Peer, &T) -> Result<(), (u16, String)>,
+) -> Result<(), ApiError>
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+{
+    let document: T = serde_json::from_slice(&body).map_err(|e| {
+        refused(
+            node,
+            &peer.id,
+            endpoint,
+            ApiError::bad_request("", format!("{not_one}: {e}")),
+        )
+    })?;
+    let (n, p) = (node.clone(), peer.clone());
+    tokio::task::spawn_blocking(move || apply(&n, &p, &document))
+        .await?
+        .map_err(|(status, detail)| {
+            refused(
+                node,
+                &peer.id,
+                endpoint,
+                status_error(status, title, detail),
+            )
+        })
+}
+
 /// # `GET /federation/v1/identity`
 /// This node's id and key history (current and past keys with validity, and the signed
 /// rotation and revocation statements).
@@ -323,27 +358,16 @@ async fn disclosure_request(
         e.retry_after = Some(retry_after);
         return Err(e);
     }
-    const ENDPOINT: &str = "disclosure-requests";
-    let request: crate::disclosure::Request =
-        serde_json::from_slice(&signed.body).map_err(|e| {
-            refused(
-                &node,
-                &peer.id,
-                ENDPOINT,
-                ApiError::bad_request("", format!("not a disclosure request: {e}")),
-            )
-        })?;
-    let (n, p) = (node.clone(), peer.clone());
-    tokio::task::spawn_blocking(move || crate::disclosure::receive(&n, &p, &request))
-        .await?
-        .map_err(|(status, detail)| {
-            refused(
-                &node,
-                &peer.id,
-                ENDPOINT,
-                status_error(status, "disclosure request refused", detail),
-            )
-        })?;
+    apply_document(
+        &node,
+        &peer,
+        "disclosure-requests",
+        "not a disclosure request",
+        "disclosure request refused",
+        signed.body,
+        crate::disclosure::receive,
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({ "status": "pending" })),
@@ -359,27 +383,16 @@ async fn disclosure_decision(
 ) -> Result<Response, ApiError> {
     let node = state.node.clone();
     let peer = signed.peer;
-    const ENDPOINT: &str = "disclosure-decisions";
-    let decision: crate::disclosure::Decision =
-        serde_json::from_slice(&signed.body).map_err(|e| {
-            refused(
-                &node,
-                &peer.id,
-                ENDPOINT,
-                ApiError::bad_request("", format!("not a decision: {e}")),
-            )
-        })?;
-    let (n, p) = (node.clone(), peer.clone());
-    tokio::task::spawn_blocking(move || crate::disclosure::decision_received(&n, &p, &decision))
-        .await?
-        .map_err(|(status, detail)| {
-            refused(
-                &node,
-                &peer.id,
-                ENDPOINT,
-                status_error(status, "decision refused", detail),
-            )
-        })?;
+    apply_document(
+        &node,
+        &peer,
+        "disclosure-decisions",
+        "not a decision",
+        "decision refused",
+        signed.body,
+        crate::disclosure::decision_received,
+    )
+    .await?;
     Ok(axum::Json(json!({ "status": "recorded" })).into_response())
 }
 
