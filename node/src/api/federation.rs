@@ -176,6 +176,9 @@ fn refused(node: &crate::node::Node, partner: &str, endpoint: &str, e: ApiError)
     e
 }
 
+/// What an endpoint does with a signed document: `Err((status, reason))` refuses it.
+type Apply<T> = fn(&Node, &Peer, &T) -> Result<(), (u16, String)>;
+
 /// Reads a signed body as a `T` and hands it to `apply` on a blocking thread. A body that is
 /// not a `T` (400), or that `apply` refuses (its status), is a refusal: logged and audited.
 async fn apply_document<T>(
@@ -185,7 +188,7 @@ async fn apply_document<T>(
     not_one: &'static str,
     title: &'static str,
     body: Bytes,
-    apply: fn(&Node, &Peer, &T) -> Result<(), (u16, String)>,
+    apply: Apply<T>,
 ) -> Result<(), ApiError>
 where
     T: serde::de::DeserializeOwned + Send + 'static,

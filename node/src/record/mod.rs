@@ -317,7 +317,7 @@ fn find_floats(value: &Value, errors: &mut Vec<FieldError>) {
             // serde_json reads an integer too large for 64 bits as a float: say which it is.
             let integral = n.as_f64().is_some_and(|f| {
                 f.fract() == 0.0
-                    && (f >= 18_446_744_073_709_551_615.0 || f < -9_223_372_036_854_775_808.0)
+                    && !(-9_223_372_036_854_775_808.0..18_446_744_073_709_551_615.0).contains(&f)
             });
             errors.push(FieldError::new(
                 pointer,
