@@ -169,3 +169,37 @@ async fn xlsx_import_and_reindex() {
         .unwrap();
     assert_eq!(again.body["hits"].as_array().unwrap(), &before);
 }
+
+/// A reader that stops early (`ammotrace search … | head -1`) ends the command quietly and
+/// successfully: no panic on the broken pipe, for printed answers and streamed exports alike.
+#[tokio::test]
+async fn output_to_a_closed_pipe_ends_quietly() {
+    let node = TestNode::spawn("XAA").await.unwrap();
+    let record = serde_json::json!({
+        "originating_state": "XAA",
+        "event": {"event_type": "seizure", "date": {"start": "2024"},
+                  "location": {"country": "XAA", "precision": "country"}},
+        "items": [{"item_id": "i1", "item_category": "small_arms_ammunition", "lot": "PIPE-1"}],
+        "sharing": {"tlp": "GREEN"}
+    });
+    assert_eq!(node.post_record(&record).await.unwrap().status, 201);
+    for args in [
+        &["search", "--lot", "PIPE-1"][..],
+        &["export"][..],
+        &["search", "--lot", "PIPE-1", "--json"][..],
+    ] {
+        let mut child = Command::new(node_binary())
+            .args(args)
+            .args(["--url", &node.url, "--token", &node.token])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the reading end before the command can have written anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -190,10 +190,10 @@ pub async fn requests(command: RequestsCommand) -> anyhow::Result<()> {
         None => vec![body],
     };
     if list.is_empty() {
-        println!("no disclosure requests");
+        out!("no disclosure requests");
     }
     for r in list {
-        println!(
+        out!(
             "{:<9} {:<9} {:<8} {}  purpose: {}  case: {}{}{}",
             r["direction"].as_str().unwrap_or(""),
             r["status"].as_str().unwrap_or(""),
@@ -224,18 +224,18 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
             let id = node_id(&data_dir)?;
             let current = identity::Identity::load(&data_dir, &id)?;
             let history = KeyHistory::load(&data_dir, &id, &current.verifying_key())?;
-            println!("{}", serde_json::to_string_pretty(&history)?);
+            out!("{}", serde_json::to_string_pretty(&history)?);
         }
         KeysCommand::Rotate { data_dir } => {
             let id = node_id(&data_dir)?;
             let new = identity::rotate(&data_dir, &id)?;
-            println!("rotated: the node key is now {new}; restart the node to use it");
+            out!("rotated: the node key is now {new}; restart the node to use it");
         }
         KeysCommand::Revoke { data_dir, at, key } => {
             let id = node_id(&data_dir)?;
             let revoked = identity::revoke(&data_dir, &id, key.as_deref(), &at)?;
             let current = identity::Identity::load(&data_dir, &id)?;
-            println!(
+            out!(
                 "revoked {revoked} from {at}; the node key is {}; restart the node",
                 current.key_id()
             );
@@ -247,7 +247,7 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
 pub fn peers(command: PeersCommand) -> anyhow::Result<()> {
     match command {
         PeersCommand::Card { data_dir, url } => {
-            println!("{}", serde_json::to_string_pretty(&card(&data_dir, &url)?)?);
+            out!("{}", serde_json::to_string_pretty(&card(&data_dir, &url)?)?);
         }
         PeersCommand::Add {
             data_dir,
@@ -293,7 +293,7 @@ pub fn peers(command: PeersCommand) -> anyhow::Result<()> {
                 policy,
             };
             add_peer(&data_dir, &peer)?;
-            println!(
+            out!(
                 "added partner {} (mode {:?}); restart the node to apply",
                 peer.id, peer.policy.mode
             );
@@ -301,7 +301,7 @@ pub fn peers(command: PeersCommand) -> anyhow::Result<()> {
         PeersCommand::List { data_dir } => {
             let config = Config::load(&data_dir)?;
             for p in &config.peers {
-                println!(
+                out!(
                     "{}\t{}\tmode={:?}\tpull={}",
                     p.id, p.url, p.policy.mode, p.pull
                 );
@@ -416,9 +416,9 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
                 .iter()
                 .find(|p| p.id == peer)
                 .with_context(|| format!("no partner {peer} in config.toml"))?;
-            println!("policy for {peer} (digest {})", p.policy.digest());
+            out!("policy for {peer} (digest {})", p.policy.digest());
             for line in explain(&p.policy) {
-                println!("  {line}");
+                out!("  {line}");
             }
         }
         Some(record) => {
@@ -434,7 +434,7 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
             )
             .await?;
             anyhow::ensure!(status.is_success(), "{}", problem_text(&body));
-            println!(
+            out!(
                 "{peer} {} record {} v{}: {}",
                 if body["shared"] == true {
                     "would receive"
@@ -446,7 +446,7 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
                 body["reason"].as_str().unwrap_or_default()
             );
             for f in body["fields"].as_array().into_iter().flatten() {
-                println!(
+                out!(
                     "  {} {:<50} {}",
                     if f["disclosed"] == true { "+" } else { "-" },
                     f["path"].as_str().unwrap_or_default(),
@@ -463,7 +463,7 @@ pub fn audit(command: AuditCommand) -> anyhow::Result<()> {
     let path = data_dir.join(crate::audit::AUDIT_FILE);
     match crate::audit::verify(&path) {
         Ok((entries, head)) => {
-            println!("audit log intact: {entries} entries, head {head}");
+            out!("audit log intact: {entries} entries, head {head}");
             Ok(())
         }
         Err(broken) => anyhow::bail!("audit log broken: {broken}"),

@@ -17,7 +17,28 @@ use crate::identity::ADMIN_TOKEN_FILE;
 use crate::import::Format;
 use crate::node::{self, INDEX_DIR, Node, STORE_DIR};
 
+/// `println!` for a command's output. When the reader has gone (`ammotrace search … | head`),
+/// the command ends quietly and successfully instead of panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::cli::stdout_failed(e);
+        }
+    }};
+}
+
 mod federation;
+
+/// Ends the process after a failed write to standard output: quietly with success when the
+/// reader closed the pipe (it has what it wanted), with an error otherwise.
+pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write the output: {e}");
+    std::process::exit(1);
+}
 
 /// Default data directory of a plain `ammotrace serve`.
 pub const DEFAULT_DATA_DIR: &str = "ammotrace-data";
@@ -273,13 +294,13 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Requests(c) => federation::requests(c).await,
         Command::Init { data_dir, node_id } => {
             let created = node::init(&data_dir, &node_id)?;
-            println!("initialised {} for {node_id}", data_dir.display());
-            println!("  signing key id: {}", created.key_id);
-            println!(
+            out!("initialised {} for {node_id}", data_dir.display());
+            out!("  signing key id: {}", created.key_id);
+            out!(
                 "  admin token:    {}",
                 data_dir.join(ADMIN_TOKEN_FILE).display()
             );
-            println!(
+            out!(
                 "  configuration:  {}",
                 data_dir.join("config.toml").display()
             );
@@ -357,7 +378,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 bail!("{status}: {}", problem_text(&body));
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&body)?);
+                out!("{}", serde_json::to_string_pretty(&body)?);
             } else {
                 print_hits(&body);
                 print_partners(&body);
@@ -383,10 +404,15 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
                 None => Box::new(std::io::stdout().lock()),
             };
+            let to_stdout = output.is_none();
+            let written = |r: std::io::Result<()>| match r {
+                Err(e) if to_stdout => stdout_failed(e),
+                other => other,
+            };
             while let Some(chunk) = response.chunk().await? {
-                out.write_all(&chunk)?;
+                written(out.write_all(&chunk))?;
             }
-            out.flush()?;
+            written(out.flush())?;
             Ok(())
         }
         Command::Reindex { data_dir } => {
@@ -408,7 +434,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 &|n| bar.set_position(n),
             )?;
             bar.finish_and_clear();
-            println!(
+            out!(
                 "reindexed {docs} items up to change {mark} in {:.1} s",
                 started.elapsed().as_secs_f64()
             );
@@ -422,8 +448,8 @@ fn print_partners(body: &Value) {
     let Some(partners) = body.get("partners").and_then(Value::as_array) else {
         return;
     };
-    println!();
-    println!(
+    out!();
+    out!(
         "{:<8} {:<14} {:>8} {:>5}  detail",
         "partner", "status", "ms", "hits"
     );
@@ -442,7 +468,7 @@ fn print_partners(body: &Value) {
             })
             .filter(|r| !r.is_empty())
             .map(|r| format!("refs: {r}"));
-        println!(
+        out!(
             "{:<8} {:<14} {:>8} {:>5}  {}",
             p["id"].as_str().unwrap_or(""),
             p["status"].as_str().unwrap_or(""),
@@ -453,7 +479,7 @@ fn print_partners(body: &Value) {
         );
     }
     if partners.iter().any(|p| p.get("count").is_some()) {
-        println!(
+        out!(
             "* hit/no-hit partner: a count and references only; follow up with `ammotrace requests ask`"
         );
     }
@@ -466,16 +492,16 @@ fn print_hits(body: &Value) {
         .cloned()
         .unwrap_or_default();
     if hits.is_empty() {
-        println!("no match");
+        out!("no match");
         return;
     }
-    println!(
+    out!(
         "{:<6} {:<11} {:<5} {:<18} {:<14} {:<16} {:<10} record",
         "score", "kind", "from", "lot", "headstamp", "calibre", "date"
     );
     for h in hits {
         let item = &h["item"];
-        println!(
+        out!(
             "{:<6} {:<11} {:<5} {:<18} {:<14} {:<16} {:<10} {}#{}",
             h["match"]["score"]
                 .as_f64()
@@ -517,7 +543,7 @@ async fn serve(
         );
         let default = Config::embedded_default()?;
         let created = node::init(&data_dir, &default.node_id)?;
-        println!(
+        out!(
             "initialised {} with the embedded default configuration (node {}, key {})",
             data_dir.display(),
             default.node_id,
@@ -543,22 +569,22 @@ async fn serve(
     } else {
         None
     };
-    println!("ammotrace node {} serving", node.config().node_id);
-    println!(
+    out!("ammotrace node {} serving", node.config().node_id);
+    out!(
         "  API:          http://{address}/api/v1   (OpenAPI: http://{address}/api/openapi.json)"
     );
     if let Some(f) = &federation {
-        println!(
+        out!(
             "  federation:   https://{}/federation/v1   (partners only; {} configured)",
             f.local_addr()?,
             node.peers().iter().count()
         );
     }
-    println!(
+    out!(
         "  admin token:  {}",
         data_dir.join(ADMIN_TOKEN_FILE).display()
     );
-    println!("  data:         {}", data_dir.display());
+    out!("  data:         {}", data_dir.display());
     let _ = std::io::stdout().flush();
     node.serve(listener, federation, shutdown_signal()).await
 }
@@ -727,7 +753,7 @@ async fn import(
         eprintln!("{}", problem_text(r));
     }
     let secs = started.elapsed().as_secs_f64();
-    println!(
+    out!(
         "{}: {accepted} records stored, {rejected} rejected, of {} read, in {secs:.1} s ({:.0} records/s)",
         file.display(),
         if total > 0 {
