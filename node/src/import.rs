@@ -208,12 +208,8 @@ fn parse_json_lines(body: &[u8]) -> Vec<Row> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let record = serde_json::from_slice::<Value>(line).map_err(|e| {
-            vec![FieldError::new(
-                "",
-                format!("line {} is not JSON: {e}", i + 1),
-            )]
-        });
+        let record = serde_json::from_slice::<Value>(line)
+            .map_err(|e| vec![FieldError::new("", format!("not JSON: {e}"))]);
         rows.push(Row {
             row: i + 1,
             record,

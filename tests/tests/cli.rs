@@ -203,3 +203,70 @@ async fn output_to_a_closed_pipe_ends_quietly() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+fn cli_record(id: &str, lot: &str, count: i64) -> Value {
+    serde_json::json!({
+        "record_id": id,
+        "originating_state": "XAA",
+        "event": {"event_type": "seizure", "date": {"start": "2024"},
+                  "location": {"country": "XAA", "precision": "country"}},
+        "items": [{"item_id": "i1", "item_category": "small_arms_ammunition", "lot": lot,
+                   "quantity": {"count": count, "unit": "rounds"}}],
+        "sharing": {"tlp": "GREEN"}
+    })
+}
+
+/// `ammotrace import` in batches: all or nothing means across batches too (a record id twice
+/// in the file stores nothing), rows are named by their line in the file, and an import that
+/// stores nothing fails.
+#[tokio::test]
+async fn batched_imports_keep_their_promises() {
+    let node = TestNode::spawn("XAA").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let id = |n: u32| format!("urn:uuid:019ad2f0-0000-7000-8000-{n:012}");
+    let write = |name: &str, records: &[Value]| {
+        let path = dir.path().join(name);
+        let text: String = records.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let import = |path: &std::path::Path, extra: &[&str]| {
+        Command::new(node_binary())
+            .arg("import")
+            .arg(path)
+            .args(["--batch", "2", "--url", &node.url, "--token", &node.token])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+
+    // Line 5 repeats line 1's id, two batches later.
+    let mut records: Vec<Value> = (1..=4).map(|n| cli_record(&id(n), "DUP-1", 10)).collect();
+    records.push(cli_record(&id(1), "DUP-1", 10));
+    let out = import(&write("twice.jsonl", &records), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("row 5") && stderr.contains("row 1"),
+        "{stderr}"
+    );
+    assert!(node.export_lines().await.unwrap().is_empty());
+
+    // Partial: the bad record on line 5 is named as row 5, not as row 1 of its batch.
+    let mut records: Vec<Value> = (11..=14)
+        .map(|n| cli_record(&id(n), "ROWS-1", 10))
+        .collect();
+    records.push(cli_record(&id(15), "ROWS-1", -1));
+    let out = import(&write("rows.jsonl", &records), &["--partial"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("row 5"), "{stderr}");
+    assert!(!stderr.contains("request failed"), "{stderr}");
+    assert_eq!(node.export_lines().await.unwrap().len(), 4);
+
+    // Nothing stored is a failure, even with --partial.
+    let bad: Vec<Value> = (21..=23).map(|n| cli_record(&id(n), "BAD-1", -1)).collect();
+    let out = import(&write("bad.jsonl", &bad), &["--partial"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no record was stored"));
+}

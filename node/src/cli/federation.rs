@@ -295,7 +295,8 @@ pub fn peers(command: PeersCommand) -> anyhow::Result<()> {
             add_peer(&data_dir, &peer)?;
             out!(
                 "added partner {} (mode {:?}); restart the node to apply",
-                peer.id, peer.policy.mode
+                peer.id,
+                peer.policy.mode
             );
         }
         PeersCommand::List { data_dir } => {
@@ -303,7 +304,10 @@ pub fn peers(command: PeersCommand) -> anyhow::Result<()> {
             for p in &config.peers {
                 out!(
                     "{}\t{}\tmode={:?}\tpull={}",
-                    p.id, p.url, p.policy.mode, p.pull
+                    p.id,
+                    p.url,
+                    p.policy.mode,
+                    p.pull
                 );
             }
         }

@@ -231,10 +231,18 @@ pub(crate) async fn answer(
 }
 
 pub(crate) fn problem_text(body: &Value) -> String {
+    let rejections = body
+        .get("rejected")
+        .and_then(Value::as_array)
+        .is_some_and(|r| !r.is_empty());
     let mut text = body
         .get("detail")
         .and_then(Value::as_str)
-        .unwrap_or("request failed")
+        .unwrap_or(if rejections {
+            "rejected:"
+        } else {
+            "request failed"
+        })
         .to_owned();
     if let Some(rejected) = body.get("rejected").and_then(Value::as_array) {
         for r in rejected.iter().take(50) {
@@ -451,7 +459,10 @@ fn print_partners(body: &Value) {
     out!();
     out!(
         "{:<8} {:<14} {:>8} {:>5}  detail",
-        "partner", "status", "ms", "hits"
+        "partner",
+        "status",
+        "ms",
+        "hits"
     );
     for p in partners {
         let hits = match p.get("count").and_then(Value::as_u64) {
@@ -497,7 +508,13 @@ fn print_hits(body: &Value) {
     }
     out!(
         "{:<6} {:<11} {:<5} {:<18} {:<14} {:<16} {:<10} record",
-        "score", "kind", "from", "lot", "headstamp", "calibre", "date"
+        "score",
+        "kind",
+        "from",
+        "lot",
+        "headstamp",
+        "calibre",
+        "date"
     );
     for h in hits {
         let item = &h["item"];
@@ -570,9 +587,7 @@ async fn serve(
         None
     };
     out!("ammotrace node {} serving", node.config().node_id);
-    out!(
-        "  API:          http://{address}/api/v1   (OpenAPI: http://{address}/api/openapi.json)"
-    );
+    out!("  API:          http://{address}/api/v1   (OpenAPI: http://{address}/api/openapi.json)");
     if let Some(f) = &federation {
         out!(
             "  federation:   https://{}/federation/v1   (partners only; {} configured)",
@@ -631,6 +646,7 @@ async fn import(
     };
     // Bodies of at most `batch` records (JSON Lines), or the whole sheet.
     let mut bodies: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut twice: Vec<String> = Vec::new();
     let mut total = 0usize;
     match format {
         Format::JsonLines => {
@@ -639,8 +655,25 @@ async fn import(
                     .with_context(|| format!("cannot open {}", file.display()))?,
             );
             let (mut body, mut count, mut first_line) = (Vec::new(), 0, 1);
+            // All or nothing across batches: a record id twice in the file is found here,
+            // since the node sees one batch at a time.
+            let check_ids = !partial;
+            let mut ids: std::collections::HashMap<crate::record::RecordId, usize> =
+                std::collections::HashMap::new();
             for (i, line) in reader.lines().enumerate() {
                 let mut line = line?;
+                if check_ids
+                    && let Ok(IdOnly {
+                        record_id: Some(id),
+                    }) = serde_json::from_str::<IdOnly>(&line)
+                    && let Some(id) = crate::record::RecordId::parse(&id)
+                    && let Some(first) = ids.insert(id, i + 1)
+                {
+                    twice.push(format!(
+                        "  row {}: /record_id record {id} also appears at row {first}",
+                        i + 1
+                    ));
+                }
                 if let (Some(node_id), Ok(mut v)) = (&node_id, serde_json::from_str::<Value>(&line))
                 {
                     if let Some(o) = v.as_object_mut() {
@@ -675,6 +708,15 @@ async fn import(
     let style =
         indicatif::ProgressStyle::with_template("{msg:10} {bar:40} {pos}/{len} requests {elapsed}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    if !twice.is_empty() {
+        for t in &twice {
+            eprintln!("{t}");
+        }
+        bail!(
+            "{}: rejected; nothing was stored (a record id appears twice)",
+            file.display()
+        );
+    }
     // Pass 1 (all or nothing): validate every batch before storing any.
     if !partial && bodies.len() > 1 {
         let bar = indicatif::ProgressBar::new(bodies.len() as u64)
@@ -732,13 +774,21 @@ async fn import(
         let Some(done) = in_flight.join_next().await else {
             break;
         };
-        let (status, body) = done??;
+        let (status, body) = match done? {
+            Ok(answer) => answer,
+            Err(e) => {
+                bar.abandon();
+                in_flight.shutdown().await;
+                bail!("{e:#}\n{}", stored_before(accepted));
+            }
+        };
         if !status.is_success() {
             bar.abandon();
             in_flight.shutdown().await;
             bail!(
-                "{status} after {accepted} records stored: {}",
-                problem_text(&body)
+                "{status}: {}\n{}",
+                problem_text(&body),
+                stored_before(accepted)
             );
         }
         accepted += body["accepted"].as_u64().unwrap_or(0);
@@ -763,10 +813,39 @@ async fn import(
         },
         accepted as f64 / secs.max(1e-9)
     );
+    if accepted == 0 && rejected > 0 {
+        bail!("no record was stored");
+    }
     Ok(())
 }
 
+/// What an import that failed midway had stored: those records stay.
+fn stored_before(accepted: u64) -> String {
+    if accepted == 0 {
+        "nothing of this file was stored".to_owned()
+    } else {
+        format!(
+            "{accepted} records of this file had been stored before the failure (at least; \
+             requests in flight may have stored more) and stay stored: import the rest with \
+             --partial, which refuses those already there"
+        )
+    }
+}
+
+/// Just the record id of a JSON Lines record (the rest is not even allocated).
+#[derive(serde::Deserialize)]
+struct IdOnly {
+    record_id: Option<String>,
+}
+
 fn offset_rows(mut body: Value, offset: usize) -> Value {
+    if offset > 0
+        && body.get("rejected").is_some()
+        && let Some(o) = body.as_object_mut()
+    {
+        // The node's summary counts rows within the batch: the renumbered list says it all.
+        o.remove("detail");
+    }
     if let Some(rejected) = body.get_mut("rejected").and_then(Value::as_array_mut) {
         for r in rejected {
             if let Some(row) = r.get("row").and_then(Value::as_u64) {
