@@ -141,6 +141,9 @@ pub struct CandidateQuery {
     pub calibres: Vec<String>,
     pub families: Vec<String>,
     pub calibre_required: bool,
+    /// Free text (`q`) tried both as a lot and as headstamp tokens: either may match, where an
+    /// explicit lot must match and headstamp tokens only add to it.
+    pub lot_or_headstamp: bool,
     /// Filters.
     pub category: Option<String>,
     pub country: Option<String>,
@@ -639,12 +642,20 @@ impl SearchIndex {
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         let has_lot = !lot.is_empty();
         let has_hs = !hs.is_empty();
-        if has_lot {
-            clauses.push((Occur::Must, Box::new(BooleanQuery::new(lot))));
-        }
-        if has_hs {
-            let occur = if has_lot { Occur::Should } else { Occur::Must };
-            clauses.push((occur, boost(Box::new(BooleanQuery::new(hs)), 0.5)));
+        if has_lot && has_hs && q.lot_or_headstamp {
+            let either: Vec<(Occur, Box<dyn Query>)> = vec![
+                (Occur::Should, Box::new(BooleanQuery::new(lot))),
+                (Occur::Should, boost(Box::new(BooleanQuery::new(hs)), 0.5)),
+            ];
+            clauses.push((Occur::Must, Box::new(BooleanQuery::new(either))));
+        } else {
+            if has_lot {
+                clauses.push((Occur::Must, Box::new(BooleanQuery::new(lot))));
+            }
+            if has_hs {
+                let occur = if has_lot { Occur::Should } else { Occur::Must };
+                clauses.push((occur, boost(Box::new(BooleanQuery::new(hs)), 0.5)));
+            }
         }
         if !cal.is_empty() {
             let occur = if q.calibre_required || (!has_lot && !has_hs) {

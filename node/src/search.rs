@@ -306,6 +306,10 @@ pub fn plan(
     }
     cq.calibres = calibres.iter().chain(related.iter()).cloned().collect();
     cq.families = families.clone();
+    cq.lot_or_headstamp = params.q.is_some()
+        && params.lot.is_none()
+        && params.headstamp.is_none()
+        && !params.siblings;
     let siblings = params.siblings.then(|| {
         let reading = MakerTable::embedded()
             .interpret(&headstamp)

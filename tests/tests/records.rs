@@ -589,3 +589,21 @@ async fn an_import_that_stores_nothing_says_so() {
         .unwrap();
     assert_eq!(a.body["stored"], true, "{:?}", a.body);
 }
+
+/// Free text (`q`) is tried as a lot and as headstamp tokens: either finds the item.
+#[tokio::test]
+async fn free_text_finds_a_lot_or_a_headstamp() {
+    let node = TestNode::spawn("XAA").await.unwrap();
+    let id = create(&node, &record("QQ-77-1", "19 PMP", "9x19")).await;
+    for (q, kind) in [
+        ("QQ-77-1", "exact"),
+        ("19 PMP", "headstamp"),
+        ("PMP 19", "headstamp"),
+    ] {
+        let a = node.search(&[("q", q)]).await.unwrap();
+        let hits = a.body["hits"].as_array().unwrap();
+        assert_eq!(hits.len(), 1, "{q}: {:?}", a.body);
+        assert_eq!(hits[0]["record_id"], id.as_str(), "{q}");
+        assert_eq!(hits[0]["match"]["kind"], kind, "{q}");
+    }
+}
