@@ -270,3 +270,49 @@ async fn batched_imports_keep_their_promises() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no record was stored"));
 }
+
+/// Commands that would act behind a running node's back refuse, and so do inputs that would
+/// only fail later: a key rotation while the node runs, a card with a URL partners cannot use,
+/// a reindex of a directory without a store.
+#[tokio::test]
+async fn commands_refuse_what_would_fail_later() {
+    let mut node = TestNode::spawn("XAA").await.unwrap();
+    let keys_before = std::fs::read_to_string(node.data_dir.join("keys.json")).unwrap();
+    let out = node.command(&["keys", "rotate"]).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stop it first"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(node.data_dir.join("keys.json")).unwrap(),
+        keys_before
+    );
+    let out = node
+        .command(&["peers", "card", "--url", "not-a-url"])
+        .unwrap();
+    assert!(!out.status.success());
+    node.stop().unwrap();
+    let out = node.command(&["keys", "rotate"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let empty = tempfile::tempdir().unwrap();
+    let init = Command::new(node_binary())
+        .args(["init", "--node-id", "XAA", "--data-dir"])
+        .arg(empty.path().join("d"))
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let out = Command::new(node_binary())
+        .args(["reindex", "--data-dir"])
+        .arg(empty.path().join("d"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no store"));
+}

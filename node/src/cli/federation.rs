@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Subcommand;
 use serde_json::{Value, json};
 
@@ -227,11 +227,13 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
             out!("{}", serde_json::to_string_pretty(&history)?);
         }
         KeysCommand::Rotate { data_dir } => {
+            super::ensure_stopped(&data_dir, "rotate the key")?;
             let id = node_id(&data_dir)?;
             let new = identity::rotate(&data_dir, &id)?;
             out!("rotated: the node key is now {new}; restart the node to use it");
         }
         KeysCommand::Revoke { data_dir, at, key } => {
+            super::ensure_stopped(&data_dir, "revoke a key")?;
             let id = node_id(&data_dir)?;
             let revoked = identity::revoke(&data_dir, &id, key.as_deref(), &at)?;
             let current = identity::Identity::load(&data_dir, &id)?;
@@ -274,7 +276,11 @@ pub fn peers(command: PeersCommand) -> anyhow::Result<()> {
             let certificate = match certificate_file {
                 Some(path) => std::fs::read_to_string(&path)
                     .with_context(|| format!("cannot read {}", path.display()))?,
-                None => field(None, "certificate")?,
+                None => card
+                    .get("certificate")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .context("give --certificate-file or a --card")?,
             };
             let policy: Policy = match policy {
                 Some(path) => serde_json::from_slice(
@@ -294,19 +300,19 @@ pub fn peers(command: PeersCommand) -> anyhow::Result<()> {
             };
             add_peer(&data_dir, &peer)?;
             out!(
-                "added partner {} (mode {:?}); restart the node to apply",
+                "added partner {} (mode {}); restart the node to apply",
                 peer.id,
-                peer.policy.mode
+                spelled(&peer.policy.mode)
             );
         }
         PeersCommand::List { data_dir } => {
             let config = Config::load(&data_dir)?;
             for p in &config.peers {
                 out!(
-                    "{}\t{}\tmode={:?}\tpull={}",
+                    "{}\t{}\tmode={}\tpull={}",
                     p.id,
                     p.url,
-                    p.policy.mode,
+                    spelled(&p.policy.mode),
                     p.pull
                 );
             }
@@ -318,6 +324,9 @@ pub fn peers(command: PeersCommand) -> anyhow::Result<()> {
 /// The card of the node in `data_dir`, reached by partners at `url`: what `peers add --card`
 /// takes (schema `schemas/envelope.schema.json#/$defs/peerCard`).
 pub fn card(data_dir: &Path, url: &str) -> anyhow::Result<Value> {
+    if !url.starts_with("https://") {
+        bail!("--url {url:?}: partners reach the federation API over TLS, give https://HOST:PORT");
+    }
     let config = Config::load(data_dir)?;
     Ok(json!({
         "id": config.node_id,
@@ -349,8 +358,16 @@ pub fn add_peer(data_dir: &Path, peer: &PeerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A policy value as `config.toml` spells it (`hit_no_hit`, `admin1`).
+fn spelled<T: serde::Serialize + std::fmt::Debug>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{value:?}"))
+}
+
 fn explain(policy: &Policy) -> Vec<String> {
-    let mut lines = vec![format!("mode: {:?}", policy.mode)];
+    let mut lines = vec![format!("mode: {}", spelled(&policy.mode))];
     if policy.mode == crate::policy::Mode::None {
         lines.push("nothing leaves for this partner (default deny)".into());
         return lines;
@@ -372,8 +389,8 @@ fn explain(policy: &Policy) -> Vec<String> {
         }
     ));
     lines.push(format!(
-        "location precision: {:?}",
-        policy.location_precision
+        "location precision: {}",
+        spelled(&policy.location_precision)
     ));
     lines.push(format!("embargo: {} h", policy.embargo_hours));
     lines.push(format!(
@@ -470,7 +487,7 @@ pub fn audit(command: AuditCommand) -> anyhow::Result<()> {
             out!("audit log intact: {entries} entries, head {head}");
             Ok(())
         }
-        Err(broken) => anyhow::bail!("audit log broken: {broken}"),
+        Err(broken) => bail!("audit log broken: {broken}"),
     }
 }
 

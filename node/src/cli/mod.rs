@@ -30,6 +30,21 @@ macro_rules! out {
 
 mod federation;
 
+/// Refuses to `act` on a data directory whose node is running: its store is locked by it.
+pub(crate) fn ensure_stopped(data_dir: &Path, act: &str) -> anyhow::Result<()> {
+    let path = data_dir.join(STORE_DIR);
+    if !path.is_dir() {
+        return Ok(());
+    }
+    match crate::store::Store::open(&path) {
+        Ok(_) => Ok(()),
+        Err(e) => bail!(
+            "cannot {act} while the node in {} runs (its store is in use: {e}); stop it first",
+            data_dir.display()
+        ),
+    }
+}
+
 /// Ends the process after a failed write to standard output: quietly with success when the
 /// reader closed the pipe (it has what it wanted), with an error otherwise.
 pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
@@ -273,6 +288,8 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| "ammotrace=info,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours for a terminal, not for a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -409,7 +426,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 bail!("{status}: {}", problem_text(&body));
             }
             let mut out: Box<dyn Write> = match &output {
-                Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
+                Some(p) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(p)
+                        .with_context(|| format!("cannot write {}", p.display()))?,
+                )),
                 None => Box::new(std::io::stdout().lock()),
             };
             let to_stdout = output.is_none();
@@ -425,6 +445,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Reindex { data_dir } => {
             let config = Config::load(&data_dir)?;
+            if !data_dir.join(STORE_DIR).is_dir() {
+                bail!(
+                    "{} holds no store: nothing to reindex (restore the store first)",
+                    data_dir.join(STORE_DIR).display()
+                );
+            }
             let store = crate::store::Store::open(&data_dir.join(STORE_DIR))
                 .context("cannot open the store (is the node still running?)")?;
             let bar = indicatif::ProgressBar::new(store.record_count() as u64);
