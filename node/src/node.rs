@@ -167,7 +167,12 @@ impl Node {
             Duration::from_millis(config.federation.request_timeout_ms),
         )?;
         let audit = AuditLog::open(data_dir)?;
-        let store = Store::open(&data_dir.join(STORE_DIR)).context("cannot open the store")?;
+        let store = Store::open(&data_dir.join(STORE_DIR)).with_context(|| {
+            format!(
+                "cannot open the store in {} (is another node using this data directory?)",
+                data_dir.join(STORE_DIR).display()
+            )
+        })?;
         let index = SearchIndex::open(
             &data_dir.join(INDEX_DIR),
             store.clone(),

@@ -47,14 +47,21 @@ pub enum StoreError {
     Retracted(RecordId),
     #[error("record {0} appears twice in one batch")]
     DuplicateInBatch(RecordId),
+    /// (Not a `source`: its text is already in this message, and error chains print it once.)
     #[error("storage error: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("cannot sign: {0}")]
     Seal(String),
     #[error("record {0} belongs to another State: it changes only through its origin's feed")]
     Foreign(RecordId),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> StoreError {
+        StoreError::Sled(e)
+    }
 }
 
 /// What sealing gives back for one record version: the signed envelope (JSON) and the digest

@@ -293,6 +293,22 @@ async fn commands_refuse_what_would_fail_later() {
         .command(&["peers", "card", "--url", "not-a-url"])
         .unwrap();
     assert!(!out.status.success());
+    // A second node on the same directory says why it cannot start.
+    let out = node
+        .command(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--federation-listen",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another node"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     node.stop().unwrap();
     let out = node.command(&["keys", "rotate"]).unwrap();
     assert!(
@@ -315,4 +331,11 @@ async fn commands_refuse_what_would_fail_later() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no store"));
+    let out = Command::new(node_binary())
+        .args(["audit", "verify", "--data-dir"])
+        .arg(empty.path().join("elsewhere"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no audit log"));
 }

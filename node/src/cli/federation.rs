@@ -482,6 +482,12 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
 pub fn audit(command: AuditCommand) -> anyhow::Result<()> {
     let AuditCommand::Verify { data_dir } = command;
     let path = data_dir.join(crate::audit::AUDIT_FILE);
+    if !path.is_file() {
+        bail!(
+            "no audit log at {} (is --data-dir the node's directory?)",
+            path.display()
+        );
+    }
     match crate::audit::verify(&path) {
         Ok((entries, head)) => {
             out!("audit log intact: {entries} entries, head {head}");
