@@ -339,3 +339,27 @@ async fn commands_refuse_what_would_fail_later() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no audit log"));
 }
+
+/// Client commands given only the data directory find the node where it really listens (here
+/// a port the system chose), not where config.toml says.
+#[tokio::test]
+async fn client_commands_find_the_running_node_from_its_directory() {
+    let mut node = TestNode::spawn("XAA").await.unwrap();
+    let record = serde_json::json!({
+        "originating_state": "XAA",
+        "event": {"event_type": "seizure", "date": {"start": "2024"},
+                  "location": {"country": "XAA", "precision": "country"}},
+        "items": [{"item_id": "i1", "item_category": "small_arms_ammunition", "lot": "DIR-42"}],
+        "sharing": {"tlp": "GREEN"}
+    });
+    assert_eq!(node.post_record(&record).await.unwrap().status, 201);
+    let out = node.command(&["export"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("DIR-42"));
+    node.stop().unwrap();
+    assert!(!node.data_dir.join("api.url").exists());
+}

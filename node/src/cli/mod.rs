@@ -210,11 +210,15 @@ impl Client {
     pub fn new(args: &ClientArgs) -> anyhow::Result<Client> {
         let base = match &args.url {
             Some(u) => u.trim_end_matches('/').to_owned(),
-            None => {
-                let config = Config::load(&args.data_dir)
-                    .context("no --url given and no node data directory found")?;
-                format!("http://{}", config.api.listen)
-            }
+            // The node serving this directory says where it listens; else config.toml.
+            None => match std::fs::read_to_string(args.data_dir.join(SERVING_FILE)) {
+                Ok(url) if url.trim().starts_with("http") => url.trim().to_owned(),
+                _ => {
+                    let config = Config::load(&args.data_dir)
+                        .context("no --url given and no node data directory found")?;
+                    format!("http://{}", config.api.listen)
+                }
+            },
         };
         let token = match &args.token {
             Some(t) => t.clone(),
@@ -627,8 +631,18 @@ async fn serve(
     );
     out!("  data:         {}", data_dir.display());
     let _ = std::io::stdout().flush();
-    node.serve(listener, federation, shutdown_signal()).await
+    // Where this node's API really is (`--listen` may differ from config.toml, port 0 is
+    // chosen by the system): client commands given only `--data-dir` read it.
+    let serving = data_dir.join(SERVING_FILE);
+    std::fs::write(&serving, format!("http://{address}\n"))
+        .with_context(|| format!("cannot write {}", serving.display()))?;
+    let served = node.serve(listener, federation, shutdown_signal()).await;
+    let _ = std::fs::remove_file(&serving);
+    served
 }
+
+/// In a data directory while its node serves: the base URL of the node's API.
+const SERVING_FILE: &str = "api.url";
 
 async fn shutdown_signal() {
     let ctrl_c = async {
