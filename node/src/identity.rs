@@ -385,6 +385,20 @@ pub fn revoke(
     );
     let current = Identity::load(data_dir, node_id)?;
     let revoked = key.map_or_else(|| current.key_id(), str::to_owned);
+    // Checked before anything changes (revoking the current key rotates first).
+    let before = KeyHistory::load(data_dir, node_id, &current.verifying_key())?;
+    let held = before
+        .keys
+        .iter()
+        .find(|k| k.key_id == revoked)
+        .ok_or_else(|| anyhow::anyhow!("no key {revoked} in {KEYS_FILE}"))?;
+    if let Some(since) = held.revoked_at.as_deref()
+        && parse_time(since) <= parse_time(at)
+    {
+        anyhow::bail!(
+            "{revoked} is already revoked from {since}; a revocation can only move earlier"
+        );
+    }
     if revoked == current.key_id() {
         rotate(data_dir, node_id)?;
     }
@@ -580,6 +594,23 @@ mod tests {
         let served = KeyHistory::load(dir.path(), "XAA", &second.verifying_key()).unwrap();
         let trusted = KeyHistory::verified_from(&served, &pinned).unwrap();
         assert!(trusted.key_valid_at(&first.key_id(), &made_at).is_err());
+        // Again, or later: refused, and nothing changes (a revocation only moves earlier).
+        let keys = std::fs::read_to_string(dir.path().join(KEYS_FILE)).unwrap();
+        assert!(revoke(dir.path(), "XAA", Some(&first.key_id()), &made_at).is_err());
+        assert!(
+            revoke(
+                dir.path(),
+                "XAA",
+                Some(&first.key_id()),
+                "2031-01-01T00:00:00Z"
+            )
+            .is_err()
+        );
+        assert!(revoke(dir.path(), "XAA", Some("ed25519:nope"), &made_at).is_err());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(KEYS_FILE)).unwrap(),
+            keys
+        );
         // Revoking the current key rotates to a fresh one first.
         let revoked = revoke(dir.path(), "XAA", None, "2030-01-01T00:00:00Z").unwrap();
         assert_eq!(revoked, second_id);

@@ -307,6 +307,9 @@ pub fn peers(command: PeersCommand) -> anyhow::Result<()> {
         }
         PeersCommand::List { data_dir } => {
             let config = Config::load(&data_dir)?;
+            if config.peers.is_empty() {
+                out!("no partners configured (add one with `ammotrace peers add`)");
+            }
             for p in &config.peers {
                 out!(
                     "{}\t{}\tmode={}\tpull={}",
