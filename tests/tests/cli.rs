@@ -175,14 +175,10 @@ async fn xlsx_import_and_reindex() {
 #[tokio::test]
 async fn output_to_a_closed_pipe_ends_quietly() {
     let node = TestNode::spawn("XAA").await.unwrap();
-    let record = serde_json::json!({
-        "originating_state": "XAA",
-        "event": {"event_type": "seizure", "date": {"start": "2024"},
-                  "location": {"country": "XAA", "precision": "country"}},
-        "items": [{"item_id": "i1", "item_category": "small_arms_ammunition", "lot": "PIPE-1"}],
-        "sharing": {"tlp": "GREEN"}
-    });
-    assert_eq!(node.post_record(&record).await.unwrap().status, 201);
+    assert_eq!(
+        node.post_record(&minimal("PIPE-1")).await.unwrap().status,
+        201
+    );
     for args in [
         &["search", "--lot", "PIPE-1"][..],
         &["export"][..],
@@ -202,6 +198,17 @@ async fn output_to_a_closed_pipe_ends_quietly() {
         assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// A small valid XAA record with one item of lot `lot`.
+fn minimal(lot: &str) -> Value {
+    serde_json::json!({
+        "originating_state": "XAA",
+        "event": {"event_type": "seizure", "date": {"start": "2024"},
+                  "location": {"country": "XAA", "precision": "country"}},
+        "items": [{"item_id": "i1", "item_category": "small_arms_ammunition", "lot": lot}],
+        "sharing": {"tlp": "GREEN"}
+    })
 }
 
 fn cli_record(id: &str, lot: &str, count: i64) -> Value {
@@ -345,14 +352,10 @@ async fn commands_refuse_what_would_fail_later() {
 #[tokio::test]
 async fn client_commands_find_the_running_node_from_its_directory() {
     let mut node = TestNode::spawn("XAA").await.unwrap();
-    let record = serde_json::json!({
-        "originating_state": "XAA",
-        "event": {"event_type": "seizure", "date": {"start": "2024"},
-                  "location": {"country": "XAA", "precision": "country"}},
-        "items": [{"item_id": "i1", "item_category": "small_arms_ammunition", "lot": "DIR-42"}],
-        "sharing": {"tlp": "GREEN"}
-    });
-    assert_eq!(node.post_record(&record).await.unwrap().status, 201);
+    assert_eq!(
+        node.post_record(&minimal("DIR-42")).await.unwrap().status,
+        201
+    );
     let out = node.command(&["export"]).unwrap();
     assert!(
         out.status.success(),
