@@ -32,6 +32,8 @@ pub enum KeysCommand {
     Revoke {
         #[arg(long, default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// From when its signatures are refused (RFC 3339, e.g. 2026-11-01T00:00:00Z): the time
+        /// the key may have been exposed.
         #[arg(long)]
         at: String,
         /// Key id to revoke.
@@ -58,8 +60,10 @@ pub enum PeersCommand {
         /// The partner's card (JSON from `ammotrace peers card`).
         #[arg(long)]
         card: Option<PathBuf>,
+        /// The partner's node id (instead of a card).
         #[arg(long)]
         id: Option<String>,
+        /// The partner's federation URL, https://host:port (instead of a card).
         #[arg(long)]
         url: Option<String>,
         /// The partner's public key as in its node.pub (`KEY_ID BASE64URL`).
@@ -91,6 +95,7 @@ pub enum PolicyCommand {
         peer: String,
         #[command(flatten)]
         client: ClientArgs,
+        /// A record id: every field of it, + or −, and why.
         #[arg(long)]
         record: Option<String>,
     },

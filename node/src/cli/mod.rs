@@ -73,6 +73,7 @@ pub struct Cli {
 pub enum Command {
     /// Create a data directory: keys, TLS certificate, admin token, commented config.toml.
     Init {
+        /// The directory to create (it must not hold a node already).
         #[arg(long)]
         data_dir: PathBuf,
         /// This node's State (ISO 3166-1 alpha-3 or user-assigned, e.g. XAA).
@@ -82,6 +83,8 @@ pub enum Command {
     /// Serve the local API. With no flags: initialise ./ammotrace-data with the embedded
     /// default configuration if needed, and serve it on 127.0.0.1.
     Serve {
+        /// The node's data directory, made by `init` (default: ./ammotrace-data, initialised
+        /// with the embedded default configuration if absent).
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// Listen address of the local API (overrides config.toml).
@@ -113,25 +116,35 @@ pub enum Command {
     Search {
         #[command(flatten)]
         client: ClientArgs,
+        /// Lot or batch number as read (`21-85`, `LOT 21/85`); `?` one character, `*` any run.
         #[arg(long)]
         lot: Option<String>,
+        /// Headstamp transcription, tokens in any order (`539 85`); `?`/`*` allowed.
         #[arg(long)]
         headstamp: Option<String>,
+        /// Calibre as written (`7.62x39`, `7,62×39 mm`).
         #[arg(long)]
         calibre: Option<String>,
+        /// Free text, tried as a lot and as headstamp tokens.
         #[arg(long)]
         q: Option<String>,
+        /// Only events in this country (ISO 3166-1 alpha-3).
         #[arg(long)]
         country: Option<String>,
+        /// Only events from this date (YYYY, YYYY-MM or YYYY-MM-DD).
         #[arg(long)]
         from: Option<String>,
+        /// Only events up to this date (YYYY, YYYY-MM or YYYY-MM-DD; `2024` is all of 2024).
         #[arg(long)]
         to: Option<String>,
+        /// Only items of this category (e.g. small_arms_ammunition).
         #[arg(long)]
         category: Option<String>,
+        /// Most hits to show (default: the node's search.default_limit).
         #[arg(long)]
         limit: Option<usize>,
-        /// Sibling lots (same maker and year, one digit apart) instead of the lot itself.
+        /// Sibling lots (same maker, year and interfix, one digit apart in the lot number)
+        /// instead of the lot itself.
         #[arg(long)]
         siblings: bool,
         /// Also ask every partner (needs --purpose and --case-ref).
@@ -154,6 +167,7 @@ pub enum Command {
         /// Write here instead of standard output.
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Also export retracted records (their retraction version).
         #[arg(long)]
         include_retracted: bool,
     },
