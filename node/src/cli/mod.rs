@@ -501,6 +501,10 @@ fn print_partners(body: &Value) {
         return;
     };
     out!();
+    if partners.is_empty() {
+        out!("no partner was asked: none is configured (`ammotrace peers add`)");
+        return;
+    }
     out!(
         "{:<8} {:<14} {:>8} {:>5}  detail",
         "partner",
@@ -540,6 +544,13 @@ fn print_partners(body: &Value) {
     }
 }
 
+/// The `from` column of a hit: its origin, marked `+` when the partner sent it in answer to
+/// this search (not a copy replicated here).
+fn from_column(hit: &Value) -> String {
+    let live = if hit["via"] == "live_query" { "+" } else { "" };
+    format!("{}{live}", hit["origin"].as_str().unwrap_or(""))
+}
+
 fn print_hits(body: &Value) {
     let hits = body
         .get("hits")
@@ -560,7 +571,7 @@ fn print_hits(body: &Value) {
         "calibre",
         "date"
     );
-    for h in hits {
+    for h in &hits {
         let item = &h["item"];
         out!(
             "{:<6} {:<11} {:<5} {:<18} {:<14} {:<16} {:<10} {}#{}",
@@ -569,7 +580,7 @@ fn print_hits(body: &Value) {
                 .map(|s| format!("{s:.3}"))
                 .unwrap_or_default(),
             h["match"]["kind"].as_str().unwrap_or(""),
-            h["origin"].as_str().unwrap_or(""),
+            from_column(h),
             item.pointer("/lot/raw")
                 .and_then(Value::as_str)
                 .unwrap_or("-"),
@@ -585,6 +596,9 @@ fn print_hits(body: &Value) {
             h["record_id"].as_str().unwrap_or(""),
             h["item_id"].as_str().unwrap_or(""),
         );
+    }
+    if hits.iter().any(|h| h["via"] == "live_query") {
+        out!("+ sent by the partner in answer to this search (not a copy replicated here)");
     }
 }
 
@@ -913,6 +927,15 @@ fn offset_rows(mut body: Value, offset: usize) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_hits_are_marked_in_the_table() {
+        assert_eq!(from_column(&serde_json::json!({"origin": "XBB"})), "XBB");
+        assert_eq!(
+            from_column(&serde_json::json!({"origin": "XBB", "via": "live_query"})),
+            "XBB+"
+        );
+    }
 
     #[test]
     fn parses_the_contract_commands() {
