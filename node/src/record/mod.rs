@@ -190,8 +190,7 @@ impl Validator {
                 ),
             ));
         }
-        check_countries(value, errors);
-        check_calendar_dates(value, errors);
+        check_countries_and_dates(value, errors);
         if let Some(items) = value.get("items").and_then(Value::as_array) {
             let mut seen = std::collections::HashSet::new();
             for (i, item) in items.iter().enumerate() {
@@ -287,7 +286,9 @@ fn walk(
     }
 }
 
-fn check_countries(value: &Value, errors: &mut Vec<FieldError>) {
+/// Country codes the schema cannot list, and dates its pattern admits but the calendar does
+/// not (`2024-02-30`), in one pass.
+fn check_countries_and_dates(value: &Value, errors: &mut Vec<FieldError>) {
     walk(
         value,
         &mut String::new(),
@@ -300,6 +301,17 @@ fn check_countries(value: &Value, errors: &mut Vec<FieldError>) {
                 errors.push(FieldError::new(
                     pointer,
                     format!("{code:?} is not an ISO 3166-1 alpha-3 or user-assigned country code"),
+                ));
+            }
+            if let (Some(key), Some(text)) = (key, child.as_str())
+                && DATE_MEMBERS.contains(&key)
+                && text.len() == 10
+                && text.as_bytes()[4] == b'-'
+                && date_key(text, false).is_none()
+            {
+                errors.push(FieldError::new(
+                    pointer,
+                    format!("{text:?} is not a date of the calendar"),
                 ));
             }
             // `derived` objects are the node's own.
@@ -647,60 +659,6 @@ fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
 
 /// Members holding a partial date (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`) in the record schema.
 const DATE_MEMBERS: &[&str] = &["date", "start", "end", "sent", "response_date"];
-
-/// One step of a JSON Pointer, kept unrendered until an error needs it.
-enum Step<'a> {
-    Key(&'a str),
-    Index(usize),
-}
-
-/// The schema's pattern admits `2024-02-30`; the calendar does not.
-fn check_calendar_dates(value: &Value, errors: &mut Vec<FieldError>) {
-    fn walk<'a>(value: &'a Value, at: &mut Vec<Step<'a>>, errors: &mut Vec<FieldError>) {
-        match value {
-            Value::Object(map) => {
-                for (key, v) in map {
-                    at.push(Step::Key(key));
-                    match v {
-                        Value::String(text)
-                            if DATE_MEMBERS.contains(&key.as_str())
-                                && text.len() == 10
-                                && text.as_bytes()[4] == b'-'
-                                && date_key(text, false).is_none() =>
-                        {
-                            errors.push(FieldError::new(
-                                render(at),
-                                format!("{text:?} is not a date of the calendar"),
-                            ));
-                        }
-                        Value::Object(_) | Value::Array(_) => walk(v, at, errors),
-                        _ => {}
-                    }
-                    at.pop();
-                }
-            }
-            Value::Array(items) => {
-                for (i, v) in items.iter().enumerate() {
-                    if matches!(v, Value::Object(_) | Value::Array(_)) {
-                        at.push(Step::Index(i));
-                        walk(v, at, errors);
-                        at.pop();
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    fn render(at: &[Step<'_>]) -> String {
-        at.iter()
-            .map(|s| match s {
-                Step::Key(k) => format!("/{}", k.replace('~', "~0").replace('/', "~1")),
-                Step::Index(i) => format!("/{i}"),
-            })
-            .collect()
-    }
-    walk(value, &mut Vec::new(), errors);
-}
 
 /// `YYYY`, `YYYY-MM` or `YYYY-MM-DD` as `YYYYMMDD`; missing parts are 00, or 99 when `upper`
 /// (so a `to` bound includes the whole month or year). `None` unless it is a real month or
