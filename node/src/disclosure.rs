@@ -196,6 +196,14 @@ pub async fn decide(
         envelope: envelope.clone(),
     };
     let body = serde_json::to_vec(&decision).map_err(|e| (500, e.to_string()))?;
+    if let Some(env) = &envelope
+        && let Some(id) = RecordId::parse(&env.claims.record_id)
+    {
+        // Noted before it leaves, so a later retraction reaches the partner (see `sync::holds`).
+        store
+            .note_disclosed(&peer.id, &[(id, env.claims.version)])
+            .map_err(internal)?;
+    }
     crate::sync::request_bytes(
         node,
         &peer,

@@ -16,6 +16,9 @@
 //! - `replicas`: `RecordId(16)` → origin: records that arrived from a partner's feed
 //! - `hit_refs`: opaque reference → JSON: what a hit/no-hit answer referred to, for follow-up
 //! - `requests`: `in:ID` / `out:ID` → JSON: disclosure requests received and sent
+//! - `disclosed`: `partner ‖ 0xFF ‖ RecordId(16)` → `version u32 BE`: the latest version of
+//!   each own record this node has sent each partner (by feed or grant), so a retraction
+//!   reaches every partner that holds the record, whatever its policy says now
 //!
 //! Every write is one sled transaction over the four trees: the version, the head and the
 //! change-log entry appear together or not at all. A write is acknowledged only after
@@ -155,6 +158,7 @@ pub struct Store {
     replicas: sled::Tree,
     hit_refs: sled::Tree,
     requests: sled::Tree,
+    disclosed: sled::Tree,
     /// Serialises writes of own records: the own sequence and its hash chain are assigned
     /// and signed outside the transaction, so no two writers may interleave.
     write_lock: std::sync::Arc<std::sync::Mutex<()>>,
@@ -187,6 +191,15 @@ fn encode_head(head: Head) -> [u8; 5] {
     v[..4].copy_from_slice(&head.version.to_be_bytes());
     v[4] = u8::from(head.retracted);
     v
+}
+
+/// `partner ‖ 0xFF ‖ RecordId(16)`: a partner id is ASCII, so the byte 0xFF ends it.
+fn disclosed_key(partner: &str, id: &RecordId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(partner.len() + 17);
+    key.extend_from_slice(partner.as_bytes());
+    key.push(0xFF);
+    key.extend_from_slice(id.as_bytes());
+    key
 }
 
 fn decode_head(bytes: &[u8]) -> Option<Head> {
@@ -321,7 +334,7 @@ impl Store {
             .path(path)
             .cache_capacity(256 * 1024 * 1024)
             .open()?;
-        Ok(Store {
+        let store = Store {
             head: db.open_tree("record_head")?,
             versions: db.open_tree("record_versions")?,
             changes: db.open_tree("changes")?,
@@ -334,9 +347,12 @@ impl Store {
             replicas: db.open_tree("replicas")?,
             hit_refs: db.open_tree("hit_refs")?,
             requests: db.open_tree("requests")?,
+            disclosed: db.open_tree("disclosed")?,
             write_lock: Default::default(),
             db,
-        })
+        };
+        store.backfill_disclosed()?;
+        Ok(store)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -908,6 +924,78 @@ impl Store {
                 Ok((String::from_utf8_lossy(&k).into_owned(), entry))
             })
             .collect()
+    }
+
+    /// Fills `disclosed` from the receipts of a store written before it existed (once).
+    fn backfill_disclosed(&self) -> Result<(), StoreError> {
+        if !self.disclosed.is_empty() {
+            return Ok(());
+        }
+        for kv in self.receipts.iter() {
+            let (k, v) = kv?;
+            let (Some(id), Some(partner)) = (k.get(..16), k.get(16..)) else {
+                continue;
+            };
+            let Ok(id) = <[u8; 16]>::try_from(id) else {
+                continue;
+            };
+            let version = serde_json::from_slice::<Value>(&v)
+                .ok()
+                .and_then(|e| e.get("version").and_then(Value::as_u64))
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(1);
+            let partner = String::from_utf8_lossy(partner);
+            let id = RecordId(uuid::Uuid::from_bytes(id));
+            self.note_disclosed(&partner, &[(id, version)])?;
+        }
+        Ok(())
+    }
+
+    /// Notes that `partner` was sent these versions of own records (highest version kept).
+    /// Not flushed here: a crash may lose the latest notes, which the partner's receipts
+    /// then cover (see `sync::holds`).
+    pub fn note_disclosed(
+        &self,
+        partner: &str,
+        versions: &[(RecordId, u32)],
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (id, version) in versions {
+            let key = disclosed_key(partner, id);
+            let held = self
+                .disclosed
+                .get(&key)?
+                .and_then(|b| b.as_ref().try_into().ok().map(u32::from_be_bytes));
+            if held.is_none_or(|h| h < *version) {
+                batch.insert(key, &version.to_be_bytes());
+            }
+        }
+        self.disclosed.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The latest version of own record `id` sent to `partner`, if any was.
+    pub fn disclosed_version(
+        &self,
+        partner: &str,
+        id: &RecordId,
+    ) -> Result<Option<u32>, StoreError> {
+        Ok(self
+            .disclosed
+            .get(disclosed_key(partner, id))?
+            .and_then(|b| b.as_ref().try_into().ok().map(u32::from_be_bytes)))
+    }
+
+    /// True when `partner` was ever sent a version of any own record.
+    pub fn disclosed_any(&self, partner: &str) -> Result<bool, StoreError> {
+        let mut prefix = partner.as_bytes().to_vec();
+        prefix.push(0xFF);
+        Ok(self
+            .disclosed
+            .scan_prefix(prefix)
+            .next()
+            .transpose()?
+            .is_some())
     }
 
     /// Stores one record version a partner disclosed under a one-off grant (no cursor moves).

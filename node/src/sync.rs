@@ -122,26 +122,46 @@ pub fn view_for(peer: &Peer, envelope: &Envelope, record: &Value) -> View {
 }
 
 /// Builds `peer`'s feed page after `after` (blocking: reads the store).
+///
+/// A `replicate` partner gets its view of every change its policy shares. A partner in any
+/// other mode gets only what a holder must: the retractions of records it was sent (by a
+/// feed, under an earlier policy, or by a disclosure grant). Every version served is noted as
+/// disclosed to that partner.
 pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::Result<FeedPage> {
     let store = node.store();
+    let replicate = peer.policy.mode == Mode::Replicate;
     let changes = store.own_changes_after(after, limit)?;
     let mut entries = Vec::with_capacity(changes.len());
-    let mut disclosed_versions = Vec::new();
+    let mut sent = Vec::new();
     let mut disclosed_paths = std::collections::BTreeSet::new();
     for change in changes {
+        // Without the feed, a partner's entries are all withheld but for its records' retractions.
+        if !replicate && !holds(store, &peer.id, &change.id)? {
+            entries.push(FeedEntry {
+                seq: change.seq,
+                digest: change.digest,
+                envelope: None,
+            });
+            continue;
+        }
         let bytes = store
             .envelope(&change.id, change.version)?
             .ok_or_else(|| anyhow::anyhow!("no envelope for {}@{}", change.id, change.version))?;
         let envelope: Envelope = serde_json::from_slice(&bytes)?;
-        // The policy reads the submitted fields (sharing labels, item categories), which an own
-        // envelope discloses in full: no need to read and parse the stored record as well.
-        let record = envelope.record();
-        let view = match view_for(peer, &envelope, &record) {
+        let retraction = envelope.claims.retracted;
+        let view = if replicate {
+            // The policy reads the submitted fields (sharing labels, item categories), which an
+            // own envelope discloses in full: no need to read and parse the stored record too.
+            view_for(peer, &envelope, &envelope.record())
+        } else {
+            View::Withheld
+        };
+        let view = match view {
             View::Shown(view) => Some(*view),
             // A retraction reaches every partner that holds the record, even when the policy
-            // has narrowed or the labels changed since: the signed claims alone (no field
-            // leaves), to a partner whose receipt shows it applied an earlier version.
-            View::Withheld if envelope.claims.retracted && holds(store, &peer.id, &change.id)? => {
+            // has narrowed, the mode changed or the labels changed since: the signed claims
+            // alone (no field leaves).
+            View::Withheld if retraction && holds(store, &peer.id, &change.id)? => {
                 Some(envelope.view(|_| false))
             }
             View::Withheld => None,
@@ -149,7 +169,7 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
             View::Embargoed => break,
         };
         if let Some(view) = &view {
-            disclosed_versions.push(format!("{}@{}", change.id, change.version));
+            sent.push((change.id, change.version));
             for d in &view.disclosures {
                 disclosed_paths.insert(path_pattern(d.path()));
             }
@@ -160,13 +180,15 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
             envelope: view,
         });
     }
-    if !disclosed_versions.is_empty() {
+    if !sent.is_empty() {
+        // Noted before the page leaves: if this fails, nothing is served.
+        store.note_disclosed(&peer.id, &sent)?;
         node.audit().record(
             "disclosure",
             json!({
                 "partner": peer.id,
                 "channel": "feed",
-                "versions": disclosed_versions,
+                "versions": sent.iter().map(|(id, v)| format!("{id}@{v}")).collect::<Vec<_>>(),
                 "paths": disclosed_paths,
             }),
             true,
@@ -182,9 +204,12 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
     })
 }
 
-/// True when `partner`'s receipts show it applied a version of own record `id`.
+/// True when `partner` was sent a version of own record `id` (noted when a feed page or a
+/// grant leaves, and when the partner's receipt arrives, which also covers stores from before
+/// the notes and notes a crash lost).
 fn holds(store: &crate::store::Store, partner: &str, id: &RecordId) -> anyhow::Result<bool> {
-    Ok(store.receipts(id)?.iter().any(|(p, _)| p == partner))
+    Ok(store.disclosed_version(partner, id)?.is_some()
+        || store.receipts(id)?.iter().any(|(p, _)| p == partner))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -824,13 +849,8 @@ pub fn start(node: Arc<Node>, stop: tokio::sync::watch::Receiver<bool>) {
             }
         });
     }
-    let replicating: Vec<Arc<Peer>> = node
-        .peers()
-        .iter()
-        .filter(|p| p.policy.mode == Mode::Replicate)
-        .cloned()
-        .collect();
-    if replicating.is_empty() {
+    let partners: Vec<Arc<Peer>> = node.peers().iter().cloned().collect();
+    if partners.is_empty() {
         return;
     }
     let mut stop = stop;
@@ -846,8 +866,14 @@ pub fn start(node: Arc<Node>, stop: tokio::sync::watch::Receiver<bool>) {
                 "last_seq": node.store().own_tail().map(|t| t.0).unwrap_or(0)
             }))
             .unwrap_or_default();
+            // Partners that pull a feed: `replicate` ones, and any other that holds records
+            // it was sent (it pulls their retractions).
+            let store = node.store();
+            let notified = partners.iter().filter(|p| {
+                p.policy.mode == Mode::Replicate || store.disclosed_any(&p.id).unwrap_or(true)
+            });
             let mut calls = tokio::task::JoinSet::new();
-            for peer in &replicating {
+            for peer in notified {
                 let (body, node, peer) = (body.clone(), node.clone(), peer.clone());
                 calls.spawn(async move {
                     let path = "/federation/v1/notify";
@@ -890,6 +916,11 @@ mod tests {
 
     /// A configured partner whose node key is `key` (its TLS certificate is a real one).
     fn peer(id: &str, key: &SigningKey) -> Arc<Peer> {
+        peer_with(id, key, Default::default())
+    }
+
+    /// The same, with this node's `policy` for it.
+    fn peer_with(id: &str, key: &SigningKey, policy: policy::Policy) -> Arc<Peer> {
         let dir = tempfile::tempdir().unwrap();
         crate::identity::init(dir.path(), id).unwrap();
         let vk = key.verifying_key();
@@ -904,7 +935,7 @@ mod tests {
             certificate: std::fs::read_to_string(dir.path().join(crate::identity::TLS_CERT_FILE))
                 .unwrap(),
             pull: true,
-            policy: Default::default(),
+            policy,
         };
         Peers::new(&[config], Duration::from_secs(1))
             .unwrap()
@@ -986,5 +1017,52 @@ mod tests {
         assert_eq!(head["items"][0]["lot"]["raw"], "GENUINE");
         assert_eq!(store.replica_origin(&id).unwrap().as_deref(), Some("XCC"));
         assert_eq!(store.cursor("XBB").unwrap().after, 0);
+    }
+
+    #[test]
+    fn a_retraction_reaches_every_holder_whatever_its_policy_and_receipts_say() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::node::init(dir.path(), "XAA").unwrap();
+        let node = Node::open(dir.path()).unwrap();
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let policy = |v: Value| serde_json::from_value::<policy::Policy>(v).unwrap();
+        let replicate = json!({"mode": "replicate", "categories": ["*"], "fields": ["*"]});
+        let mut p = crate::store::tests::prepared_as(None, "LC10A000-000");
+        let id = p.id;
+        node.store()
+            .create_batch(std::slice::from_mut(&mut p), node.sealer())
+            .unwrap();
+        // XBB pulls the record; its receipt never arrives. XCC is sent nothing.
+        let xbb = peer_with("XBB", &key, policy(replicate.clone()));
+        let first = feed_page(&node, &xbb, 0, 10).unwrap();
+        assert!(first.entries[0].envelope.is_some());
+        node.store()
+            .retract(id, "withdrawn", "2026-01-02T00:00:00Z", node.sealer())
+            .unwrap();
+        assert!(node.store().receipts(&id).unwrap().is_empty());
+
+        let mut narrowed = replicate.clone();
+        narrowed["categories"] = json!(["artillery_ammunition"]);
+        for (case, narrowed) in [
+            ("categories narrowed", narrowed),
+            ("mode query", json!({"mode": "query"})),
+            ("mode hit_no_hit", json!({"mode": "hit_no_hit"})),
+            ("mode none", json!({"mode": "none"})),
+        ] {
+            let xbb = peer_with("XBB", &key, policy(narrowed.clone()));
+            let page = feed_page(&node, &xbb, 1, 10).unwrap();
+            let env = page.entries[0]
+                .envelope
+                .as_ref()
+                .unwrap_or_else(|| panic!("{case}"));
+            assert!(env.claims.retracted, "{case}");
+            assert!(env.disclosures.is_empty(), "{case}: fields left");
+            // A partner that was never sent the record learns nothing of it.
+            let xcc = peer_with("XCC", &key, policy(narrowed));
+            let page = feed_page(&node, &xcc, 0, 10).unwrap();
+            assert!(page.entries.iter().all(|e| e.envelope.is_none()), "{case}");
+        }
+        assert!(node.store().disclosed_any("XBB").unwrap());
+        assert!(!node.store().disclosed_any("XCC").unwrap());
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ammotrace::identity::Identity;
 use ammotrace::peer::sign_request;
 use ammotrace_e2e::TestNode;
-use ammotrace_e2e::federation::{TestFederation, policy};
+use ammotrace_e2e::federation::{TestFederation, eventually, policy};
 use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 
@@ -482,6 +482,36 @@ async fn a_hit_is_followed_up_approved_or_declined_and_audited() {
     // Approving twice is refused.
     let again = decide(xbb, &id, "approve", "again").await;
     assert_eq!(again.status, 409);
+
+    // XBB retracts the record: the retraction reaches XDD, which holds it by the grant alone
+    // (XBB's policy for XDD gives it no feed), and XDD's receipt comes back.
+    assert_eq!(xbb.delete_record(&wanted).await.unwrap().status, 200);
+    let withdrawn = xdd
+        .wait_for_version(&wanted, 2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(withdrawn["retracted"], true, "{withdrawn}");
+    assert!(
+        xdd.search_ids(&[("lot", "21-85-539")])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    eventually(Duration::from_secs(20), "XDD's receipt", || async {
+        let a = xbb
+            .send(xbb.request(
+                reqwest::Method::GET,
+                &format!("/api/v1/records/{wanted}/receipts"),
+            ))
+            .await?;
+        let list = a.body["receipts"].as_array().cloned().unwrap_or_default();
+        Ok(list
+            .iter()
+            .any(|r| r["partner"] == "XDD" && r["version"] == 2)
+            .then_some(()))
+    })
+    .await
+    .unwrap();
 
     // A second hit, declined with a reason: nothing arrives.
     let refs = refs_from(&federated(xdd, "FC17H462-520").await, "XBB");

@@ -416,6 +416,25 @@ async fn key_rotation_keeps_old_records_verifiable_and_a_widened_policy_replays_
 /// A partner that never received the record learns nothing of its retraction.
 #[tokio::test]
 async fn a_retraction_reaches_a_holder_after_its_policy_narrowed() {
+    // XBB may now receive only artillery ammunition: neither record qualifies.
+    retraction_after_narrowing(policy(
+        "replicate",
+        json!({"categories": ["artillery_ammunition"]}),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn a_retraction_reaches_a_holder_no_longer_replicating() {
+    // XBB is now asked live queries only: XAA's feed gives it nothing but the retractions of
+    // what it holds.
+    retraction_after_narrowing(policy("query", json!({}))).await;
+}
+
+/// XBB receives a record; XAA narrows its policy for XBB to `narrowed`, creates a second
+/// record and retracts both: the first retraction reaches XBB with no field, the second record
+/// never does.
+async fn retraction_after_narrowing(narrowed: Value) {
     let mut fed = TestFederation::start(
         &["XAA", "XBB"],
         &[("XAA", "XBB", policy("replicate", json!({})))],
@@ -445,14 +464,8 @@ async fn a_retraction_reaches_a_holder_after_its_policy_narrowed() {
     .await
     .unwrap();
 
-    // XBB may now receive only artillery ammunition: neither record qualifies.
     fed.node_mut("XAA").stop().unwrap();
-    fed.set_policy(
-        "XAA",
-        "XBB",
-        &policy("replicate", json!({"categories": ["artillery_ammunition"]})),
-    )
-    .unwrap();
+    fed.set_policy("XAA", "XBB", &narrowed).unwrap();
     fed.node_mut("XAA").start_again().await.unwrap();
     let xaa = fed.node("XAA");
     let never = create(xaa, &record("NARROW-2", json!({"tlp": "GREEN"}))).await;

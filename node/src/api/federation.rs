@@ -238,7 +238,9 @@ async fn feed(
     let peer = signed.peer;
     let Query(params) =
         params.map_err(|e| refused(&state.node, &peer.id, "feed", ApiError::query(e)))?;
-    if peer.policy.mode != Mode::Replicate {
+    // A partner without the feed still pulls the retractions of what it was sent.
+    let holder = || state.node.store().disclosed_any(&peer.id).unwrap_or(true);
+    if peer.policy.mode != Mode::Replicate && !holder() {
         return Err(refused(
             &state.node,
             &peer.id,
@@ -460,6 +462,7 @@ async fn receipts(State(state): State<FedState>, signed: Signed) -> Result<Respo
             if held.is_some_and(|v| v >= u64::from(applied.version)) {
                 continue;
             }
+            store.note_disclosed(&peer.id, &[(id, applied.version)])?;
             store.put_receipt(
                 &id,
                 &peer.id,
