@@ -281,8 +281,10 @@ async fn audit_verify_fails_on_an_edited_entry() {
     );
 }
 
+/// XBB misses 5,000 records while stopped, then is killed (SIGKILL) in the middle of catching
+/// up, and started again: it ends with every record exactly once, and its cursor at XAA's end.
 #[tokio::test]
-async fn a_stopped_partner_catches_up_exactly() {
+async fn a_stopped_partner_catches_up_exactly_even_if_killed_midway() {
     let mut fed = TestFederation::start(
         &["XAA", "XBB"],
         &[("XAA", "XBB", policy("replicate", json!({})))],
@@ -309,6 +311,34 @@ async fn a_stopped_partner_catches_up_exactly() {
         assert_eq!(a.status, 200, "{:?}", a.body);
     }
 
+    // Pages of 50 (XBB asks for its own page size), so catching up takes a hundred pages.
+    let config = fed.node("XBB").data_dir.join("config.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("page_size = 1000", "page_size = 50");
+    std::fs::write(&config, text).unwrap();
+    fed.node_mut("XBB").start_again().await.unwrap();
+    let xbb = fed.node("XBB");
+    let pulled = || async {
+        let peers = xbb
+            .send(xbb.request(reqwest::Method::GET, "/api/v1/peers"))
+            .await?;
+        let after = peers.body["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["id"] == "XAA")
+            .and_then(|p| p["pulled_after"].as_u64());
+        anyhow::Ok(after.unwrap_or(0))
+    };
+    let midway = eventually(WAIT, "XBB to be catching up", || async {
+        let after = pulled().await?;
+        Ok((after > 1).then_some(after))
+    })
+    .await
+    .unwrap();
+    fed.node_mut("XBB").kill9().unwrap();
+    assert!(midway < 5001, "the kill came after the catch-up ({midway})");
     fed.node_mut("XBB").start_again().await.unwrap();
     let xbb = fed.node("XBB");
     let lines = eventually(
