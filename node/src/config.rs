@@ -98,6 +98,9 @@ pub struct StatsConfig {
     /// Read every record into the statistics cache when the node starts (in the background),
     /// so the first statistics request does not wait for it: for regional nodes.
     pub warm_on_start: bool,
+    /// Perturb every published figure by its cell key (decision 0010). Off, tables a day
+    /// apart or with and without a filter subtract to a suppressed cell.
+    pub perturb: bool,
 }
 
 impl Default for StatsConfig {
@@ -105,6 +108,7 @@ impl Default for StatsConfig {
         StatsConfig {
             k: 5,
             warm_on_start: false,
+            perturb: true,
         }
     }
 }

@@ -10,6 +10,18 @@
 //! non-empty cell of that line is suppressed too (complementary). Totals themselves are cells
 //! of these lines, so a total under k is suppressed and protected the same way.
 //!
+//! **Perturbation** (the cell key method of table builders such as the Australian Bureau of
+//! Statistics'). Suppression decided table by table cannot stop differencing across tables: two
+//! legitimate queries (a day apart, with and without a filter, one dimension and two) subtract
+//! to a hidden cell. So every published figure is also perturbed: each seizure has a secret,
+//! fixed key (from the node's statistics secret and its record id); a cell's key is the sum of
+//! its seizures' keys, and the noise is a function of that key alone. The same set of seizures
+//! therefore always gets the same noise, in any table (asking again averages nothing out), and
+//! a difference of two published figures carries the noise of both. Counts move by at most ±2
+//! (never below k); rounds by 10-20% of the cell's largest single seizure, either way, so a
+//! seizure much larger than the rest cannot be subtracted out to better than that. A table
+//! over fewer than k seizures names no cell at all. Admins' own unsuppressed figures are exact.
+//!
 //! Facts are read from the stored records' `derived` interpretations (calibre canonical id,
 //! the best headstamp reading's maker, country and year), cached per store change sequence.
 
@@ -175,6 +187,8 @@ impl Span {
 pub struct Fact {
     /// Distinct per seizure within its [`Facts`].
     seizure: u32,
+    /// The seizure's secret key for perturbation (see the module comment).
+    key: u32,
     origin: u32,
     seizing_country: u32,
     /// The event's start date as `YYYYMMDD` (00 for a missing month or day; 0: no date).
@@ -236,9 +250,30 @@ pub struct Facts {
     /// Pool entries no live fact points at.
     garbage: usize,
     by_id: HashMap<RecordId, u32>,
+    /// The node's statistics secret, from which each seizure's key is derived.
+    secret: [u8; 32],
 }
 
 impl Facts {
+    /// No facts yet; seizure keys derived from `secret`.
+    pub fn with_secret(secret: [u8; 32]) -> Facts {
+        Facts {
+            secret,
+            ..Facts::default()
+        }
+    }
+
+    /// A seizure's perturbation key: the first 4 bytes of SHA-256(secret ‖ record id), fixed
+    /// for the record's life (updates keep it), unknowable without the secret.
+    fn key_of(&self, id: &RecordId) -> u32 {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.secret);
+        h.update(id.as_bytes());
+        let d = h.finalize();
+        u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+    }
+
     /// The seizures, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = &Fact> {
         self.slots.iter().flatten()
@@ -271,7 +306,8 @@ impl Facts {
         }
         match (slot, record) {
             (Some(slot), Some(record)) => {
-                let (fact, lots) = self.fact(slot, record);
+                let (mut fact, lots) = self.fact(slot, record);
+                fact.key = self.key_of(&id);
                 self.slots[slot as usize] = Some(fact);
                 self.lots[slot as usize] = lots;
             }
@@ -282,7 +318,8 @@ impl Facts {
             }
             (None, Some(record)) => {
                 let slot = self.slots.len() as u32;
-                let (fact, lots) = self.fact(slot, record);
+                let (mut fact, lots) = self.fact(slot, record);
+                fact.key = self.key_of(&id);
                 self.slots.push(Some(fact));
                 self.lots.push(lots);
                 self.by_id.insert(id, slot);
@@ -430,6 +467,7 @@ impl Facts {
         };
         let fact = Fact {
             seizure,
+            key: 0,
             origin: names.intern_or_unknown(str_of(record.get("originating_state"))),
             seizing_country: names
                 .intern_or_unknown(str_of(event.and_then(|e| e.pointer("/location/country")))),
@@ -491,6 +529,8 @@ pub struct Params {
     /// Own records only, unsuppressed (admins of their own node).
     pub own_only: Option<String>,
     pub unsuppressed: bool,
+    /// Publish exact figures (`[stats] perturb = false`).
+    pub unperturbed: bool,
 }
 
 impl Params {
@@ -562,14 +602,62 @@ struct Cell {
     seizures: usize,
     items: u64,
     rounds: u64,
+    /// The sum of its seizures' keys (wrapping): the cell key.
+    key: u32,
+    /// The most rounds one seizure adds to it.
+    top: u64,
+}
+
+/// Count noise by the cell key: -2…+2, zero most often (probabilities 1, 2, 4, 2, 1 in 10).
+const COUNT_NOISE: [i64; 10] = [-2, -1, -1, 0, 0, 0, 0, 1, 1, 2];
+
+/// SplitMix64's finaliser: spreads a cell key (and a measure's tag) over 64 bits.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Cell {
-    fn add(&mut self, items: u64, rounds: u64) {
+    fn add(&mut self, key: u32, items: u64, rounds: u64) {
         // Counts come from submitted records: a total saturates rather than wrap.
         self.seizures += 1;
         self.items = self.items.saturating_add(items);
         self.rounds = self.rounds.saturating_add(rounds);
+        self.key = self.key.wrapping_add(key);
+        self.top = self.top.max(rounds);
+    }
+
+    /// The published, perturbed value of measure `m` (see the module comment): a function of
+    /// the cell key, so the same seizures always get the same figure. Counts move by at most
+    /// 2 and never below `k`; rounds by 10-20% of the largest seizure in the cell.
+    fn perturbed(&self, m: Measure, k: usize) -> u64 {
+        let tag = match m {
+            Measure::Seizures => 1,
+            Measure::Items => 2,
+            Measure::Rounds => 3,
+        };
+        if self.seizures == 0 {
+            return 0;
+        }
+        let h = mix(u64::from(self.key) << 2 | tag);
+        match m {
+            Measure::Seizures | Measure::Items => {
+                let v = i64::try_from(self.value(m)).unwrap_or(i64::MAX);
+                let noisy = v.saturating_add(COUNT_NOISE[(h % 10) as usize]);
+                noisy.max(k as i64) as u64
+            }
+            Measure::Rounds => {
+                let percent = 10 + (h >> 8) % 11;
+                let delta = self.top.saturating_mul(percent) / 100;
+                if h & 1 == 0 {
+                    self.rounds.saturating_add(delta)
+                } else {
+                    // `top` ≤ `rounds`, so this stays ≥ 80% of it.
+                    self.rounds.saturating_sub(delta)
+                }
+            }
+        }
     }
 
     fn value(&self, m: Measure) -> u64 {
@@ -621,7 +709,7 @@ impl FactCache {
                 Ok((at, facts.clone()))
             }
             None => {
-                let mut facts = Facts::default();
+                let mut facts = Facts::with_secret(store.secret("stats")?);
                 for head in store.heads() {
                     let (id, head) = head?;
                     if !head.retracted {
@@ -669,6 +757,8 @@ pub struct Table {
     pub group_by: Vec<&'static str>,
     pub measure: Measure,
     pub k: usize,
+    /// Whether the figures carry cell-key noise (all but an admin's own unsuppressed view).
+    pub perturbed: bool,
     pub cells: Vec<Value>,
     pub totals: Vec<Value>,
     pub suppressed: usize,
@@ -793,14 +883,20 @@ pub fn table(facts: &Facts, p: &Params) -> Table {
             }
         }
         for (key, n_items, rounds) in &contributions {
-            raw_cells.entry(*key).or_default().add(*n_items, *rounds);
+            raw_cells
+                .entry(*key)
+                .or_default()
+                .add(f.key, *n_items, *rounds);
         }
         for (i, contrib) in margin_contrib.iter().enumerate() {
             for (v, n_items, rounds) in contrib {
-                raw_margins[i].entry(*v).or_default().add(*n_items, *rounds);
+                raw_margins[i]
+                    .entry(*v)
+                    .or_default()
+                    .add(f.key, *n_items, *rounds);
             }
         }
-        grand.add(all_items, all_rounds);
+        grand.add(f.key, all_items, all_rounds);
     }
     // Back to names, in order.
     let name = |id: u32| facts.names.name(id).to_owned();
@@ -925,13 +1021,23 @@ pub fn table(facts: &Facts, p: &Params) -> Table {
             }
         }
     }
+    // Exact figures only in an admin's own unsuppressed view; every other figure perturbed.
+    let exact = p.unsuppressed || p.unperturbed;
+    let figure = |c: &Cell, m: Measure| {
+        if exact {
+            c.value(m)
+        } else {
+            c.perturbed(m, p.k)
+        }
+    };
     let show = |id: &str, c: &Cell, key: Value| -> Value {
         match suppressed.get(id) {
             Some(reason) => {
                 json!({ "key": key, "value": null, "suppressed": true, "reason": reason })
             }
             None => {
-                json!({ "key": key, "value": c.value(measure), "seizures": c.seizures, "suppressed": false })
+                json!({ "key": key, "value": figure(c, measure),
+                        "seizures": figure(c, Measure::Seizures), "suppressed": false })
             }
         }
     };
@@ -945,6 +1051,27 @@ pub fn table(facts: &Facts, p: &Params) -> Table {
                 .collect(),
         )
     };
+    // Over fewer than k seizures, not even the names of the cells are published: they would
+    // describe those few seizures (their contexts, routes, calibres).
+    if !p.unsuppressed && grand.seizures > 0 && grand.seizures < p.k {
+        let margins_shown = if dims.len() == 2 {
+            margins.iter().map(BTreeMap::len).sum::<usize>()
+        } else {
+            0
+        };
+        let hidden = cells.len() + margins_shown;
+        return Table {
+            group_by: names,
+            measure,
+            k: p.k,
+            perturbed: !exact,
+            cells: Vec::new(),
+            totals: vec![
+                json!({ "key": {}, "value": null, "suppressed": true, "reason": "primary" }),
+            ],
+            suppressed: hidden + 1,
+        };
+    }
     let mut out_cells = Vec::new();
     for (k, c) in &cells {
         out_cells.push(show(&id_cell(k), c, key_obj(k)));
@@ -962,6 +1089,7 @@ pub fn table(facts: &Facts, p: &Params) -> Table {
         group_by: names,
         measure,
         k: p.k,
+        perturbed: !exact,
         cells: out_cells,
         totals,
         suppressed: suppressed.len(),
@@ -1039,11 +1167,23 @@ fn first_determined(
 }
 
 /// Lot identities seen in two or more seizing countries.
-pub fn cross_border_lots(facts: &Facts, k: usize, unsuppressed: bool) -> (Vec<Value>, usize) {
+///
+/// Published (not `unsuppressed`), the same small-cell rule holds as in the tables: a lot is
+/// listed only when it counts at least k seizures; a country is named only when it seized the
+/// lot at least k times (the others are counted in `other_countries`), the seizure count is
+/// perturbed like a table's, and first and last sightings are given to the month, so no row
+/// points at one country's single case.
+pub fn cross_border_lots(
+    facts: &Facts,
+    k: usize,
+    unsuppressed: bool,
+    perturb: bool,
+) -> (Vec<Value>, usize) {
     #[derive(Default)]
     struct Seen<'a> {
-        countries: BTreeSet<&'a str>,
+        countries: BTreeMap<&'a str, BTreeSet<u32>>,
         seizures: BTreeSet<u32>,
+        cell: Cell,
         first: u32,
         last: u32,
         kinds: BTreeSet<&'static str>,
@@ -1053,8 +1193,13 @@ pub fn cross_border_lots(facts: &Facts, k: usize, unsuppressed: bool) -> (Vec<Va
         let Some(f) = f else { continue };
         for (key, kind) in keys {
             let s = lots.entry(key).or_default();
-            s.countries.insert(facts.names.name(f.seizing_country));
-            s.seizures.insert(f.seizure);
+            s.countries
+                .entry(facts.names.name(f.seizing_country))
+                .or_default()
+                .insert(f.seizure);
+            if s.seizures.insert(f.seizure) {
+                s.cell.add(f.key, 0, 0);
+            }
             s.kinds.insert(kind);
             if f.date != 0 {
                 if s.first == 0 || f.date < s.first {
@@ -1064,6 +1209,8 @@ pub fn cross_border_lots(facts: &Facts, k: usize, unsuppressed: bool) -> (Vec<Va
             }
         }
     }
+    // YYYYMMDD to YYYYMM00: the month (a date given to the year or month stays as it is).
+    let month = |code: u32| date_text(code / 100 * 100);
     let mut withheld = 0;
     let rows = lots
         .into_iter()
@@ -1074,9 +1221,23 @@ pub fn cross_border_lots(facts: &Facts, k: usize, unsuppressed: bool) -> (Vec<Va
             keep
         })
         .map(|(lot, s)| {
+            if unsuppressed {
+                return json!({
+                    "lot": lot, "countries": s.countries.keys().collect::<Vec<_>>(),
+                    "seizures": s.seizures.len(), "first_seen": date_text(s.first),
+                    "last_seen": date_text(s.last), "match_kinds": s.kinds,
+                });
+            }
+            let named: Vec<&str> = s
+                .countries
+                .iter()
+                .filter(|(_, seized)| seized.len() >= k)
+                .map(|(c, _)| *c)
+                .collect();
             json!({
-                "lot": lot, "countries": s.countries, "seizures": s.seizures.len(),
-                "first_seen": date_text(s.first), "last_seen": date_text(s.last), "match_kinds": s.kinds,
+                "lot": lot, "countries": named, "other_countries": s.countries.len() - named.len(),
+                "seizures": if perturb { s.cell.perturbed(Measure::Seizures, k) } else { s.seizures.len() as u64 },
+                "first_seen": month(s.first), "last_seen": month(s.last), "match_kinds": s.kinds,
             })
         })
         .collect();
@@ -1188,8 +1349,8 @@ mod tests {
     #[test]
     fn totals_saturate_instead_of_wrapping() {
         let mut cell = Cell::default();
-        cell.add(1, u64::MAX);
-        cell.add(1, u64::MAX);
+        cell.add(7, 1, u64::MAX);
+        cell.add(7, 1, u64::MAX);
         assert_eq!(cell.value(Measure::Rounds), u64::MAX);
         assert_eq!(cell.value(Measure::Items), 2);
         let mut list = Vec::new();
@@ -1312,6 +1473,24 @@ mod tests {
             .and_then(|c| c["value"].as_u64())
     }
 
+    /// The published value of `key`, checked to be `exact` moved by cell-key noise: a count by
+    /// at most 2 and never under k; rounds by 10-20% of `top`, the largest seizure in the cell.
+    fn published(t: &Table, key: &[(&str, &str)], exact: u64, top: u64) -> u64 {
+        let v = value(t, key).unwrap_or_else(|| panic!("{key:?} is not published"));
+        let d = v.abs_diff(exact);
+        match t.measure {
+            Measure::Rounds => assert!(
+                (top / 10..=top / 5).contains(&d),
+                "{key:?}: {v} is not {exact} moved by 10-20% of {top}"
+            ),
+            _ => assert!(
+                d <= 2 && v >= t.k as u64,
+                "{key:?}: {v} is not {exact} ± 2 (at least k)"
+            ),
+        }
+        v
+    }
+
     #[test]
     fn one_dimension_hand_computed() {
         // XAA: 6 seizures, XBB: 5, XCC: 2 (under k = 5), XDD: 1 (under k).
@@ -1322,11 +1501,12 @@ mod tests {
             }
         }
         let t = table(&facts(&rows), &params(&[Dim::SeizingCountry], 5));
-        assert_eq!(value(&t, &[("seizing_country", "XAA")]), Some(6));
-        assert_eq!(value(&t, &[("seizing_country", "XBB")]), Some(5));
+        assert!(t.perturbed);
+        published(&t, &[("seizing_country", "XAA")], 6, 0);
+        published(&t, &[("seizing_country", "XBB")], 5, 0);
         assert_eq!(value(&t, &[("seizing_country", "XCC")]), None);
         assert_eq!(value(&t, &[("seizing_country", "XDD")]), None);
-        assert_eq!(value(&t, &[]), Some(14), "the total is published");
+        published(&t, &[], 14, 0);
         // Two primary cells, so the line needs no complement.
         assert_eq!(t.suppressed, 2);
 
@@ -1335,7 +1515,7 @@ mod tests {
         let t = table(&facts(&rows), &params(&[Dim::SeizingCountry], 5));
         assert_eq!(value(&t, &[("seizing_country", "XDD")]), None);
         assert_eq!(value(&t, &[("seizing_country", "XBB")]), None);
-        assert_eq!(value(&t, &[("seizing_country", "XAA")]), Some(6));
+        published(&t, &[("seizing_country", "XAA")], 6, 0);
         let xbb = t
             .cells
             .iter()
@@ -1375,11 +1555,11 @@ mod tests {
                 "{key:?}"
             );
         }
-        assert_eq!(value(&t, &[("seizing_country", "XAA")]), Some(560));
-        assert_eq!(value(&t, &[("seizing_country", "XBB")]), Some(1007));
-        assert_eq!(value(&t, &[("calibre", "7.62x39")]), Some(507));
-        assert_eq!(value(&t, &[("calibre", "5.56x45")]), Some(1060));
-        assert_eq!(value(&t, &[]), Some(1567));
+        published(&t, &[("seizing_country", "XAA")], 560, 100);
+        published(&t, &[("seizing_country", "XBB")], 1007, 1000);
+        published(&t, &[("calibre", "7.62x39")], 507, 100);
+        published(&t, &[("calibre", "5.56x45")], 1060, 1000);
+        published(&t, &[], 1567, 1000);
         let unsuppressed = table(
             &facts(&rows),
             &Params {
@@ -1394,6 +1574,125 @@ mod tests {
             ),
             Some(1000)
         );
+    }
+
+    /// The review's differencing attacks (2026-11-30): a total minus the other published cells,
+    /// the same table a day apart. Every published figure is perturbed, so the difference
+    /// misses the hidden seizure's rounds by at least 10% of it; the same seizures get the
+    /// same figure in any table and any time they are asked for.
+    #[test]
+    fn differencing_tables_recovers_no_hidden_seizure() {
+        let mut rows = Vec::new();
+        for _ in 0..20 {
+            rows.push(("XAA", "7.62x39", 100));
+        }
+        for _ in 0..7 {
+            rows.push(("XBB", "9x19", 50));
+        }
+        for _ in 0..6 {
+            rows.push(("XDD", "7.62x39", 10));
+        }
+        rows.push(("XCC", "5.56x45", 12345));
+        let facts = facts(&rows);
+        let mut p = params(&[Dim::SeizingCountry], 5);
+        p.measure = Some(Measure::Rounds);
+        let t = table(&facts, &p);
+        assert_eq!(value(&t, &[("seizing_country", "XCC")]), None);
+        let others: u64 = ["XAA", "XBB", "XDD"]
+            .iter()
+            .filter_map(|c| value(&t, &[("seizing_country", c)]))
+            .sum();
+        let total = published(&t, &[], 14755, 12345);
+        let estimate = total.saturating_sub(others);
+        assert!(
+            estimate.abs_diff(12345) >= 1234 - 20 - 10 - 2,
+            "the hidden 12,345 rounds came out as {estimate}"
+        );
+        // The grand total is the same figure whatever the grouping, and on every asking.
+        for dims in [[Dim::Calibre], [Dim::Year], [Dim::SeizingCountry]] {
+            let mut q = params(&dims, 5);
+            q.measure = Some(Measure::Rounds);
+            assert_eq!(value(&table(&facts, &q), &[]), Some(total), "{dims:?}");
+        }
+        // The same figure by filter: XAA's cell equals the total of a table filtered to XAA.
+        let mut q = params(&[Dim::Calibre], 5);
+        q.measure = Some(Measure::Rounds);
+        q.filters = vec![(Dim::SeizingCountry, "XAA".into())];
+        assert_eq!(
+            value(&table(&facts, &q), &[]),
+            value(&t, &[("seizing_country", "XAA")])
+        );
+        // Admins' own unsuppressed figures stay exact.
+        let exact = table(
+            &facts,
+            &Params {
+                unsuppressed: true,
+                ..p
+            },
+        );
+        assert!(!exact.perturbed);
+        assert_eq!(value(&exact, &[]), Some(14755));
+    }
+
+    /// A table over fewer than k seizures (a filter down to one seizure) names no cell: the
+    /// names alone would describe that seizure.
+    #[test]
+    fn a_table_over_fewer_than_k_seizures_names_nothing() {
+        let rows = [
+            ("XAA", "7.62x39", 100),
+            ("XAA", "7.62x39", 100),
+            ("XAA", "7.62x39", 100),
+            ("XAA", "7.62x39", 100),
+            ("XAA", "7.62x39", 100),
+            ("XCC", "5.56x45", 12345),
+        ];
+        let facts = facts(&rows);
+        let mut p = params(&[Dim::Calibre], 5);
+        p.filters = vec![(Dim::SeizingCountry, "XCC".into())];
+        let t = table(&facts, &p);
+        assert!(t.cells.is_empty(), "{:?}", t.cells);
+        assert_eq!(t.totals.len(), 1);
+        assert_eq!(t.totals[0]["suppressed"], true);
+        assert_eq!(t.suppressed, 2);
+        assert!(!serde_json::to_string(&t).unwrap().contains("5.56"));
+        // Over every seizure the cell is named, and suppressed.
+        p.filters.clear();
+        let t = table(&facts, &p);
+        assert_eq!(value(&t, &[("calibre", "5.56x45")]), None);
+        assert!(serde_json::to_string(&t).unwrap().contains("5.56"));
+    }
+
+    /// A lot seized five times in XGG and once in XHH: published, XHH's single seizure is
+    /// neither named nor dated to the day; an admin's unsuppressed list shows both.
+    #[test]
+    fn cross_border_lots_name_no_country_under_k() {
+        let mut facts = Facts::default();
+        for (n, (country, date)) in std::iter::repeat_n(("XGG", "2023-05-02"), 5)
+            .chain([("XHH", "2023-09-17")])
+            .enumerate()
+        {
+            let mut r = record(country, "7.62x39", 10 + n as u64);
+            r["event"]["date"]["start"] = json!(date);
+            r["items"][0]["lot"] = json!({"raw": "LOT 4711-B", "derived": {"key": "4711B"}});
+            facts.set(RecordId(uuid::Uuid::now_v7()), Some(&r));
+        }
+        let (rows, withheld) = cross_border_lots(&facts, 5, false, true);
+        assert_eq!(withheld, 0);
+        let row = &rows[0];
+        assert_eq!(row["countries"], json!(["XGG"]));
+        assert_eq!(row["other_countries"], 1);
+        assert_eq!(row["first_seen"], "2023-05");
+        assert_eq!(row["last_seen"], "2023-09");
+        let n = row["seizures"].as_u64().unwrap();
+        assert!((5..=8).contains(&n), "{n}");
+        let (rows, _) = cross_border_lots(&facts, 5, true, true);
+        assert_eq!(rows[0]["countries"], json!(["XGG", "XHH"]));
+        assert_eq!(rows[0]["last_seen"], "2023-09-17");
+        assert_eq!(rows[0]["seizures"], 6);
+        // Under k seizures in all, the lot is withheld.
+        let (rows, withheld) = cross_border_lots(&facts, 7, false, true);
+        assert!(rows.is_empty());
+        assert_eq!(withheld, 1);
     }
 
     proptest::proptest! {

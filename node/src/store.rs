@@ -1019,6 +1019,28 @@ impl Store {
         Ok(())
     }
 
+    /// A random 32-byte secret named `name`, kept with the store (so a restored backup keeps
+    /// it) and created, durably, on first use.
+    pub fn secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let note = format!("secret:{name}");
+        let _guard = self.lock();
+        if let Some(text) = self.note(&note)? {
+            return URL_SAFE_NO_PAD
+                .decode(&text)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| StoreError::Corrupt(format!("secret {name}")));
+        }
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| StoreError::Corrupt(format!("no OS randomness for secret {name}: {e}")))?;
+        self.set_note(&note, &URL_SAFE_NO_PAD.encode(bytes))?;
+        self.flush()?;
+        Ok(bytes)
+    }
+
     /// Bytes the store occupies on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)

@@ -35,6 +35,7 @@ fn parse(
         }
         params.own_only = Some(state.node.config().node_id.clone());
     }
+    params.unperturbed = !state.node.config().stats.perturb;
     Ok(params)
 }
 
@@ -82,10 +83,14 @@ pub async fn cross_border_lots(
         ));
     }
     let k = state.node.config().stats.k;
+    let perturb = state.node.config().stats.perturb;
     let node = state.node.clone();
     let (watermark, (lots, withheld)) = tokio::task::spawn_blocking(move || {
         let (seq, facts) = node.stats_cache().facts(node.store())?;
-        Ok::<_, ApiError>((seq, stats::cross_border_lots(&facts, k, unsuppressed)))
+        Ok::<_, ApiError>((
+            seq,
+            stats::cross_border_lots(&facts, k, unsuppressed, perturb),
+        ))
     })
     .await??;
     Ok(
