@@ -75,7 +75,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
 
-use super::Confidence;
+use super::{Confidence, fold};
 
 const CALIBRE_CSV: &str = include_str!("../../data/calibre_synonyms.csv");
 
@@ -953,6 +953,11 @@ fn fold_char(c: char, out: &mut String) {
             out.push('-')
         }
         '.' | ',' | '-' | '+' | '&' | '/' | ';' | '|' | '*' => out.push(c),
+        // Arabic decimal separator (٧٫٦٢) and comma (used as one too, as in 7,62).
+        '\u{066B}' => out.push('.'),
+        '\u{060C}' | '\u{066C}' => out.push(','),
+        // Invisible marks (direction marks around Arabic digits, soft hyphens, zero widths).
+        c if fold::is_invisible(c) => {}
         _ => match transliterate(c) {
             Some(t) => out.push_str(t),
             None if c.is_alphanumeric() => out.push(c),
@@ -2322,6 +2327,9 @@ mod tests {
             ("7.62x39 caliber", "7.62x39"),
             ("12/70", "12/70"),
             ("٧,٦٢x٣٩", "7.62x39"),
+            ("٧٫٦٢×٣٩", "7.62x39"),
+            ("١٢٫٧×١٠٨", "12.7x108"),
+            ("\u{200f}٧٫٦٢\u{200f}×٣٩", "7.62x39"),
             ("7.62*39", "7.62x39"),
             ("7.62.39", "7.62x39"),
             ("S & W", "s&w"),

@@ -157,12 +157,32 @@ pub fn fold_char(c: char) -> char {
     fold_char_with(&CONFUSIONS.char_fold, c)
 }
 
-/// NFKC, script and digit folding, dashes to `-`, `×` to `x`, upper case. Whitespace runs become
-/// one space and the ends are trimmed.
+/// Characters with no glyph of their own that transcriptions carry along: direction marks
+/// (typed around Arabic-Indic digits), soft hyphens, zero-width spaces and joiners, word
+/// joiners, the byte order mark. Folding drops them.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
+/// NFKC, script and digit folding, dashes to `-`, `×` to `x`, upper case, invisible marks
+/// dropped. Whitespace runs become one space and the ends are trimmed.
 pub fn fold(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     let mut pending_space = false;
     for c in raw.nfkc() {
+        if is_invisible(c) {
+            continue;
+        }
         if c.is_whitespace() {
             pending_space = !out.is_empty();
             continue;

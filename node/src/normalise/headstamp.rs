@@ -37,12 +37,70 @@ pub enum HeadstampMatch {
     None,
 }
 
+/// Between headstamp elements: spaces, and the punctuation transcribers put between them
+/// (`LC/17`, `LC-17`, `LC.17`, `LC_17`; dashes are `-` once folded).
 fn is_separator(c: char) -> bool {
     c.is_whitespace()
         || matches!(
             c,
-            '/' | '|' | ',' | ';' | ':' | '(' | ')' | '[' | ']' | '\\'
+            '/' | '|' | ',' | ';' | ':' | '(' | ')' | '[' | ']' | '\\' | '-' | '.' | '_' | '·'
         )
+}
+
+/// Puts back together what transcribers split or glued, where the maker table says so:
+/// a run of single characters that spells a known code (`L C 17`, `1 8 8 79`) becomes that
+/// code; a known letter code glued to a 2- or 4-digit year (`LC17`, `17LC`) is split.
+fn mend(tokens: Vec<String>) -> Vec<String> {
+    let table = MakerTable::embedded();
+    let known = |t: &str| !table.lookup(t).is_empty();
+    let mut out: Vec<String> = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        let single = |t: &String| t.chars().count() == 1 && t != "?" && t != "*";
+        let run = tokens[i..].iter().take_while(|t| single(t)).count();
+        if run >= 2 {
+            // The longest prefix of the run that spells a code, then the rest one by one.
+            let spelled = (2..=run)
+                .rev()
+                .map(|n| (n, tokens[i..i + n].concat()))
+                .find(|(_, code)| known(code));
+            if let Some((n, code)) = spelled {
+                out.push(code);
+                i += n;
+                continue;
+            }
+        }
+        let t = &tokens[i];
+        let split = t
+            .find(|c: char| c.is_ascii_digit())
+            .filter(|&at| at > 0)
+            .map(|at| (&t[..at], &t[at..]))
+            .or_else(|| {
+                t.find(|c: char| !c.is_ascii_digit())
+                    .filter(|&at| at > 0)
+                    .map(|at| (&t[at..], &t[..at]))
+            });
+        match split {
+            Some((code, year))
+                if code.chars().count() >= 2
+                    && code.chars().all(char::is_alphabetic)
+                    && matches!(year.len(), 2 | 4)
+                    && year.chars().all(|c| c.is_ascii_digit())
+                    && known(code) =>
+            {
+                let glued_first = t.starts_with(code);
+                let (code, year) = (code.to_owned(), year.to_owned());
+                if glued_first {
+                    out.extend([code, year]);
+                } else {
+                    out.extend([year, code]);
+                }
+            }
+            _ => out.push(t.clone()),
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Splits a transcription into folded tokens and symbols (no maker readings).
@@ -66,7 +124,7 @@ pub fn tokenise(raw: &str) -> (Vec<String>, Vec<String>) {
             None => tokens.push(part.to_owned()),
         }
     }
-    (tokens, symbols)
+    (mend(tokens), symbols)
 }
 
 /// Tokenises and reads a transcription.
@@ -238,6 +296,23 @@ mod tests {
         assert_eq!(s, vec!["NATO_CROSS"]);
         assert_eq!(toks("ппу 24"), vec!["PPU", "24"]);
         assert_eq!(similarity(&toks("539 85"), &toks("85 | 539")).0, 1.0);
+    }
+
+    #[test]
+    fn punctuation_invisible_marks_split_and_glued_codes() {
+        for raw in [
+            "LC-17", "LC.17", "LC_17", "LC–17", "LC17", "17LC", "L C 17", "L\u{00AD}C 17",
+            "LC \u{200f}١٧\u{200f}",
+        ] {
+            let mut t = toks(raw);
+            t.sort();
+            assert_eq!(t, vec!["17", "LC"], "{raw:?}");
+        }
+        assert_eq!(toks("1 8 8 79"), vec!["188", "79"]);
+        assert_eq!(toks("539 8 5").len(), 3, "8 5 spells no code");
+        // A worn code is not split or merged: S39 may be 539 misread.
+        assert_eq!(toks("S39 85"), vec!["S39", "85"]);
+        assert_eq!(toks("? ? 85"), vec!["?", "?", "85"]);
     }
 
     #[test]

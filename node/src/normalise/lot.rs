@@ -43,8 +43,12 @@ impl LotNorm {
 /// so Cyrillic and Chinese labels are seen as written. `1OT`/`L0T` are OCR readings of `LOT`.
 static LABEL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
-        // LOT, LOT NO., LOT #, and OCR readings of LOT (1OT, L0T).
-        r"^(?:(?:LOT|L0T|1OT|IOT|\|OT|LOTE|BATCH)(?:\s*(?:NO|N0|NR|NUMBER|N°|Nº|#)\b\.?)?\s*[:#.]?\s*",
+        // LOT, LOTE, LOT NO., LOT-NR., LOT #, and OCR readings of LOT (1OT, L0T). The longer
+        // word first: the leftmost alternative wins, and LOT would leave LOTE's E behind.
+        r"^(?:(?:LOTE|LOT|L0T|1OT|IOT|\|OT|BATCH)(?:\s*[-.]?\s*(?:NO|N0|NR|NUMBER|N°|Nº|#)\b\.?)?\s*[:#.]?\s*",
+        // Los (German), Parti/Partie (Nordic, Turkish; French, Dutch), Lotto: only when a
+        // separator follows, as these could begin a lot code.
+        r"|(?:LOS|PARTIE|PARTI|LOTTO)(?:\s*[-.]?\s*(?:NO|NR|N°|Nº|#)\b\.?)?(?:\s+|\s*[:#.]\s*)",
         // A worn LOT (one unreadable character): only when a separator follows.
         r"|(?:\?OT|\?0T|L\?T|LO\?|L0\?)(?:\s*(?:NO|N0|N\?|NR|N°|#)\.?)?(?:\s+|\s*[:#.]\s*)",
         // L/N (lot number), also worn (?/N, L/?), №, N°, NO., and Cyrillic and Chinese labels.
@@ -186,6 +190,12 @@ mod tests {
             "?/N 21 85 539",
             "L/? 21/85/539",
             "?ot No. 21-85-539",
+            "Lot-Nr. 21-85-539",
+            "Los-Nr. 21-85-539",
+            "Lote 21-85-539",
+            "Parti 21-85-539",
+            "Partie: 21-85-539",
+            "LOT.NO. 21-85-539",
         ];
         for raw in same {
             assert_eq!(normalise(raw).key, "2185539", "key of {raw:?}");

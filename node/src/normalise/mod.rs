@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the normalisation rules and tables. Bump it whenever a rule or a table changes
 /// the keys it produces; `ammotrace reindex` recomputes every record's derived values.
-pub const NORMALISER_VERSION: &str = "1";
+pub const NORMALISER_VERSION: &str = "2";
 
 /// How sure an interpretation is (the `confidence` vocabulary of `enums.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
