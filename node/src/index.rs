@@ -56,6 +56,7 @@ struct Fields {
     version: Field,
     lot_folded: Field,
     lot_key: Field,
+    lot_id: Field,
     lot_skel: Field,
     /// Skeletons of lots with a worn (`?`) character only: a small dictionary that complete
     /// queries scan with a pattern.
@@ -82,6 +83,7 @@ fn schema() -> (Schema, Fields) {
         version: b.add_u64_field("version", STORED),
         lot_folded: b.add_text_field("lot_folded", STORED),
         lot_key: b.add_text_field("lot_key", STRING | STORED),
+        lot_id: b.add_text_field("lot_id", STRING | STORED),
         lot_skel: b.add_text_field("lot_skel", STRING),
         lot_worn: b.add_text_field("lot_worn", STRING),
         hs: b.add_text_field("hs", STRING | STORED),
@@ -109,6 +111,8 @@ pub struct Candidate {
     pub version: u64,
     pub lot_folded: String,
     pub lot_key: String,
+    /// The lot's identity key (`maker|YYYY|lot`), empty when it has none.
+    pub lot_identity: String,
     pub headstamp: Vec<String>,
     pub calibres: Vec<String>,
     pub families: Vec<String>,
@@ -126,8 +130,10 @@ pub struct Candidate {
 /// The candidate-generation part of a search, built by `search`.
 #[derive(Debug, Clone, Default)]
 pub struct CandidateQuery {
-    /// Lot clauses (any may match): exact key, skeleton, wildcard pattern, fuzzy skeleton.
+    /// Lot clauses (any may match): exact key, identity key, skeleton, wildcard pattern, fuzzy
+    /// skeleton.
     pub lot_key: Option<String>,
+    pub lot_identity: Option<String>,
     pub lot_skeleton: Option<String>,
     /// A regular expression over skeletons (wildcards already translated).
     pub lot_regex: Option<String>,
@@ -287,6 +293,9 @@ fn item_docs(
             if skeleton.contains('?') {
                 d.add_text(fields.lot_worn, skeleton);
             }
+        }
+        if let Some(identity) = &keys.identity {
+            d.add_text(fields.lot_id, identity);
         }
         for token in &keys.headstamp_tokens {
             d.add_text(fields.hs, token);
@@ -606,6 +615,9 @@ impl SearchIndex {
         if let Some(key) = &q.lot_key {
             lot.push((Occur::Should, boost(term(f.lot_key, key), 8.0)));
         }
+        if let Some(identity) = &q.lot_identity {
+            lot.push((Occur::Should, boost(term(f.lot_id, identity), 8.0)));
+        }
         if let Some(skel) = &q.lot_skeleton {
             lot.push((Occur::Should, boost(term(f.lot_skel, skel), 6.0)));
         }
@@ -713,6 +725,7 @@ impl SearchIndex {
                 version: d.get_first(f.version).and_then(|v| v.as_u64()).unwrap_or(0),
                 lot_folded: text(f.lot_folded),
                 lot_key: text(f.lot_key),
+                lot_identity: text(f.lot_id),
                 headstamp: all(f.hs),
                 calibres: all(f.calibre),
                 families: all(f.family),

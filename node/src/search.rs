@@ -82,6 +82,10 @@ pub struct Plan {
     calibres: Vec<String>,
     families: Vec<String>,
     related: Vec<String>,
+    /// The queried lot's identity key (`maker|YYYY|lot`), when the query's headstamp reads as a
+    /// maker and a year: it finds the same lot however its number was written (the factory
+    /// left out or put first, the year in four digits).
+    identity: Option<String>,
     /// A sibling-lot query, with the maker and year its headstamp reads as (when it has one).
     siblings: Option<SiblingOf>,
     limit: usize,
@@ -310,15 +314,23 @@ pub fn plan(
         && params.lot.is_none()
         && params.headstamp.is_none()
         && !params.siblings;
-    let siblings = params.siblings.then(|| {
-        let reading = MakerTable::embedded()
-            .interpret(&headstamp)
-            .into_iter()
-            .next();
-        SiblingOf {
-            maker: reading.as_ref().and_then(|r| r.manufacturer_code.clone()),
-            year: reading.and_then(|r| r.year_gregorian).map(i64::from),
-        }
+    let reading = (!headstamp.is_empty())
+        .then(|| MakerTable::embedded().interpret(&headstamp).into_iter().next())
+        .flatten();
+    let identity = lot.as_ref().filter(|_| !params.siblings).and_then(|l| {
+        lot::identity_key(
+            l,
+            reading.as_ref().and_then(|r| r.manufacturer_code.as_deref()),
+            reading.as_ref().and_then(|r| r.year_gregorian),
+        )
+    });
+    cq.lot_identity = identity.clone();
+    let siblings = params.siblings.then(|| SiblingOf {
+        maker: reading.as_ref().and_then(|r| r.manufacturer_code.clone()),
+        year: reading
+            .as_ref()
+            .and_then(|r| r.year_gregorian)
+            .map(i64::from),
     });
     Ok(Plan {
         candidates: cq,
@@ -327,6 +339,7 @@ pub fn plan(
         calibres,
         families,
         related,
+        identity,
         siblings,
         limit,
     })
@@ -354,9 +367,21 @@ fn sibling_pattern(key: &str) -> String {
     format!("(?:{})", alternatives.join("|"))
 }
 
-fn lot_match(query: &lot::LotNorm, c: &Candidate) -> Option<(&'static str, f32)> {
+fn lot_match(
+    query: &lot::LotNorm,
+    identity: Option<&str>,
+    c: &Candidate,
+) -> Option<(&'static str, f32)> {
     if c.lot_key.is_empty() {
         return None;
+    }
+    // The same maker, year and lot number, however the number was written (the factory left
+    // out, the year in four digits), unless the two markings disagree on a part both give.
+    if identity.is_some_and(|i| i == c.lot_identity)
+        && query.folded != c.lot_folded
+        && parts_agree(query, &lot::normalise(&c.lot_folded))
+    {
+        return Some(("exact", 0.98));
     }
     if query.wildcard || c.lot_key.contains('?') {
         let cand = fold::skeleton(&c.lot_key);
@@ -390,6 +415,19 @@ fn lot_match(query: &lot::LotNorm, c: &Candidate) -> Option<(&'static str, f32)>
         0.0
     };
     (edits <= max).then_some(("fuzzy", 0.72 - 0.12 * d.min(2.0)))
+}
+
+/// True when no part that both lots' grammars give (lot number, year, factory…) differs; a
+/// year in two and in four digits agrees on its last two.
+fn parts_agree(a: &lot::LotNorm, b: &lot::LotNorm) -> bool {
+    a.components.iter().all(|(part, x)| match b.components.get(part) {
+        None => true,
+        Some(y) if *part == "year" => {
+            let last2 = |s: &str| s.get(s.len().saturating_sub(2)..).unwrap_or(s).to_owned();
+            last2(x) == last2(y)
+        }
+        Some(y) => x == y,
+    })
 }
 
 fn calibre_agreement(plan: &Plan, c: &Candidate) -> (Option<&'static str>, f32) {
@@ -435,7 +473,7 @@ pub fn rank(plan: &Plan, candidates: Vec<Candidate>) -> Vec<Ranked> {
             let found = if let Some(of) = &plan.siblings {
                 sibling_match(q, of, &c)
             } else {
-                lot_match(q, &c)
+                lot_match(q, plan.identity.as_deref(), &c)
             };
             match found {
                 Some((k, s)) => {
@@ -658,6 +696,46 @@ mod tests {
             c.year = r.year_gregorian.map(i64::from).unwrap_or(0);
         }
         c
+    }
+
+    /// The candidate as the index holds it: with its identity key from its own headstamp.
+    fn id_cand(lot: &str, hs: &str) -> Candidate {
+        let mut c = read_cand(lot, hs);
+        let year = i32::try_from(c.year).ok().filter(|y| *y > 0);
+        let maker = Some(c.maker.as_str()).filter(|m| !m.is_empty());
+        c.lot_identity = lot::identity_key(&lot::normalise(lot), maker, year).unwrap_or_default();
+        c
+    }
+
+    #[test]
+    fn one_lot_identity_however_the_number_was_written() {
+        // Stored as lot-year-factory; asked with the factory left out (it is on the headstamp),
+        // the year in four digits, or the factory named by a label.
+        let stored = || id_cand("901-61-188", "188 61");
+        for lot in ["901-61", "901-1961-188", "партия 901-61 завод 188"] {
+            let p = plan(&params(lot, "188 61", ""), 10, 100).unwrap();
+            assert_eq!(
+                p.candidates.lot_identity.as_deref(),
+                Some("188|1961|901"),
+                "{lot}"
+            );
+            let ranked = rank(&p, vec![stored()]);
+            assert_eq!(ranked.first().map(|r| r.matched.kind), Some("exact"), "{lot}");
+        }
+        // Another factory's or another year's lot of the same number is not the same lot,
+        // even when the query's headstamp gives the same maker and year.
+        let p = plan(&params("901-61-188", "188 61", ""), 10, 100).unwrap();
+        for other in [id_cand("901-61-270", "188 61"), id_cand("901-63-188", "188 61")] {
+            let ranked = rank(&p, vec![other]);
+            assert!(
+                ranked.iter().all(|r| r.matched.kind != "exact"),
+                "{:?}",
+                ranked.first().map(|r| &r.matched)
+            );
+        }
+        // No headstamp reading, no identity: the lot text decides alone.
+        let p = plan(&params("901-61", "", ""), 10, 100).unwrap();
+        assert_eq!(p.candidates.lot_identity, None);
     }
 
     #[test]

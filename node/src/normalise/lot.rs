@@ -63,8 +63,15 @@ static MIL_STD_1168: LazyLock<Regex> = LazyLock::new(|| {
 });
 static US_OLD: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^([A-Z]{2})-(\d{2})-(\d{2})([A-Z])?$").expect("static regex"));
-static SOVIET: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^(\d{1,4})-(\d{2})(?:-(\d{1,4}))?$").expect("static regex"));
+// Lot-year[-factory]; the year also in four digits (`901-1961-188`).
+static SOVIET: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(\d{1,4})-(\d{2}|(?:19|20)\d{2})(?:-(\d{1,4}))?$").expect("static regex")
+});
+
+/// A factory label inside the marking (`901-61 завод 188`): a separator, like the others.
+static FACTORY_LABEL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\b(?:ЗАВОД|ZAVOD|FACTORY)\b\.?\s*[:#№]?").expect("static regex")
+});
 
 /// Normalises one lot marking.
 pub fn normalise(raw: &str) -> LotNorm {
@@ -81,6 +88,7 @@ pub fn normalise(raw: &str) -> LotNorm {
             .trim_start_matches(|c: char| !c.is_alphanumeric() && c != '?' && c != '*' && c != '№')
             .to_owned();
     }
+    let unlabelled = FACTORY_LABEL.replace_all(&unlabelled, " ");
     let folded_text = fold::fold(&unlabelled);
     let mut folded = String::with_capacity(folded_text.len());
     let mut key = String::with_capacity(folded_text.len());
@@ -220,6 +228,15 @@ mod tests {
         let n = normalise("21-85 539");
         assert_eq!(n.scheme, "soviet_style_lot_year_factory");
         assert_eq!(n.components.get("year").map(String::as_str), Some("85"));
+        for raw in ["901-61 завод 188", "901-1961-188", "партия 901-61, завод № 188"] {
+            let n = normalise(raw);
+            assert_eq!(n.scheme, "soviet_style_lot_year_factory", "{raw}");
+            assert_eq!(n.components.get("lot").map(String::as_str), Some("901"));
+            assert_eq!(
+                identity_key(&n, Some("188"), Some(1961)).as_deref(),
+                Some("188|1961|901")
+            );
+        }
         assert_eq!(normalise("LW-06-01A").scheme, "us_old_system");
         assert_eq!(normalise("CC141614").scheme, "unknown");
     }

@@ -540,6 +540,8 @@ pub struct IndexKeys {
     pub families: Vec<String>,
     pub maker: Option<String>,
     pub year: Option<i64>,
+    /// The lot's identity key (`maker|YYYY|lot`), when its headstamp reads as a maker and year.
+    pub identity: Option<String>,
 }
 
 impl IndexKeys {
@@ -569,9 +571,12 @@ impl IndexKeys {
                 .collect()
         };
         let text = |d: &Map<String, Value>, k: &str| d.get(k)?.as_str().map(str::to_owned);
-        let lot = match derived("lot", "raw")? {
-            Some(d) => Some((text(d, "folded")?, text(d, "key")?, text(d, "skeleton")?)),
-            None => None,
+        let (lot, identity) = match derived("lot", "raw")? {
+            Some(d) => (
+                Some((text(d, "folded")?, text(d, "key")?, text(d, "skeleton")?)),
+                text(d, "identity_key"),
+            ),
+            None => (None, None),
         };
         let (headstamp_tokens, maker, year) = match derived("headstamp", "raw_transcription")? {
             Some(d) => {
@@ -598,6 +603,7 @@ impl IndexKeys {
             families,
             maker,
             year,
+            identity,
         })
     }
 }
@@ -606,6 +612,13 @@ impl From<ItemKeys> for IndexKeys {
     fn from(k: ItemKeys) -> IndexKeys {
         let first = k.readings.first();
         IndexKeys {
+            identity: k.lot.as_ref().and_then(|l| {
+                lot::identity_key(
+                    l,
+                    first.and_then(|r| r.manufacturer_code.as_deref()),
+                    first.and_then(|r| r.year_gregorian),
+                )
+            }),
             maker: first.and_then(|r| r.manufacturer_code.clone()),
             year: first.and_then(|r| r.year_gregorian).map(i64::from),
             lot: k.lot.map(|l| (l.folded, l.key, l.skeleton)),
