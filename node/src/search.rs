@@ -315,12 +315,19 @@ pub fn plan(
         && params.headstamp.is_none()
         && !params.siblings;
     let reading = (!headstamp.is_empty())
-        .then(|| MakerTable::embedded().interpret(&headstamp).into_iter().next())
+        .then(|| {
+            MakerTable::embedded()
+                .interpret(&headstamp)
+                .into_iter()
+                .next()
+        })
         .flatten();
     let identity = lot.as_ref().filter(|_| !params.siblings).and_then(|l| {
         lot::identity_key(
             l,
-            reading.as_ref().and_then(|r| r.manufacturer_code.as_deref()),
+            reading
+                .as_ref()
+                .and_then(|r| r.manufacturer_code.as_deref()),
             reading.as_ref().and_then(|r| r.year_gregorian),
         )
     });
@@ -420,14 +427,16 @@ fn lot_match(
 /// True when no part that both lots' grammars give (lot number, year, factory…) differs; a
 /// year in two and in four digits agrees on its last two.
 fn parts_agree(a: &lot::LotNorm, b: &lot::LotNorm) -> bool {
-    a.components.iter().all(|(part, x)| match b.components.get(part) {
-        None => true,
-        Some(y) if *part == "year" => {
-            let last2 = |s: &str| s.get(s.len().saturating_sub(2)..).unwrap_or(s).to_owned();
-            last2(x) == last2(y)
-        }
-        Some(y) => x == y,
-    })
+    a.components
+        .iter()
+        .all(|(part, x)| match b.components.get(part) {
+            None => true,
+            Some(y) if *part == "year" => {
+                let last2 = |s: &str| s.get(s.len().saturating_sub(2)..).unwrap_or(s).to_owned();
+                last2(x) == last2(y)
+            }
+            Some(y) => x == y,
+        })
 }
 
 fn calibre_agreement(plan: &Plan, c: &Candidate) -> (Option<&'static str>, f32) {
@@ -720,12 +729,19 @@ mod tests {
                 "{lot}"
             );
             let ranked = rank(&p, vec![stored()]);
-            assert_eq!(ranked.first().map(|r| r.matched.kind), Some("exact"), "{lot}");
+            assert_eq!(
+                ranked.first().map(|r| r.matched.kind),
+                Some("exact"),
+                "{lot}"
+            );
         }
         // Another factory's or another year's lot of the same number is not the same lot,
         // even when the query's headstamp gives the same maker and year.
         let p = plan(&params("901-61-188", "188 61", ""), 10, 100).unwrap();
-        for other in [id_cand("901-61-270", "188 61"), id_cand("901-63-188", "188 61")] {
+        for other in [
+            id_cand("901-61-270", "188 61"),
+            id_cand("901-63-188", "188 61"),
+        ] {
             let ranked = rank(&p, vec![other]);
             assert!(
                 ranked.iter().all(|r| r.matched.kind != "exact"),

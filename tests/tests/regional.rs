@@ -159,7 +159,10 @@ async fn a_regional_node_publishes_patterns_without_exposing_single_cases() {
     let again = stats(reg, &[("group_by", "seizing_country,calibre")]).await;
     assert_eq!(again["cells"], t["cells"]);
     let by_year = stats(reg, &[("group_by", "year")]).await;
-    assert_eq!(cell(&by_year, json!({}))["value"], cell(&t, json!({}))["value"]);
+    assert_eq!(
+        cell(&by_year, json!({}))["value"],
+        cell(&t, json!({}))["value"]
+    );
     let only_xcc = stats(reg, &[("group_by", "year"), ("seizing_country", "XCC")]).await;
     assert_eq!(
         cell(&only_xcc, json!({}))["value"],

@@ -103,9 +103,27 @@ fn mend(tokens: Vec<String>) -> Vec<String> {
     out
 }
 
+/// Clock positions transcribers add to say where an element sits on the head (`LC@12 17@6`,
+/// `LC (12) / 17 (6)`, `12 o'clock: LC; 6 o'clock: 17`): where, not what, so not tokens.
+/// Dropped only when the transcription gives two or more (one element's position alone looks
+/// too much like a year in brackets: `LC (12)`).
+static CLOCK: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(concat!(
+        r"@\s*(?:1[0-2]|[1-9])\b",
+        r"|\(\s*(?:1[0-2]|[1-9])\s*(?:H|O['’]?CLOCK)?\s*\)",
+        r"|\b(?:1[0-2]|[1-9])\s*(?:O['’]?CLOCK|H\b)\s*:?",
+    ))
+    .expect("static regex")
+});
+
 /// Splits a transcription into folded tokens and symbols (no maker readings).
 pub fn tokenise(raw: &str) -> (Vec<String>, Vec<String>) {
     let folded = fold::fold(raw);
+    let folded = if CLOCK.find_iter(&folded).nth(1).is_some() {
+        CLOCK.replace_all(&folded, " ")
+    } else {
+        std::borrow::Cow::Borrowed(folded.as_str())
+    };
     let mut tokens = Vec::new();
     let mut symbols = Vec::new();
     for part in folded.split(is_separator).filter(|p| !p.is_empty()) {
@@ -301,7 +319,14 @@ mod tests {
     #[test]
     fn punctuation_invisible_marks_split_and_glued_codes() {
         for raw in [
-            "LC-17", "LC.17", "LC_17", "LC–17", "LC17", "17LC", "L C 17", "L\u{00AD}C 17",
+            "LC-17",
+            "LC.17",
+            "LC_17",
+            "LC–17",
+            "LC17",
+            "17LC",
+            "L C 17",
+            "L\u{00AD}C 17",
             "LC \u{200f}١٧\u{200f}",
         ] {
             let mut t = toks(raw);
@@ -309,6 +334,24 @@ mod tests {
             assert_eq!(t, vec!["17", "LC"], "{raw:?}");
         }
         assert_eq!(toks("1 8 8 79"), vec!["188", "79"]);
+        for raw in [
+            "LC@12 17@6",
+            "LC (12) / 17 (6)",
+            "12 o'clock: LC; 6 o'clock: 17",
+            "LC (12h) 17 (6h)",
+        ] {
+            assert_eq!(toks(raw), vec!["LC", "17"], "{raw:?}");
+        }
+        assert_eq!(
+            toks("539 (85)"),
+            vec!["539", "85"],
+            "a year in brackets is no clock"
+        );
+        assert_eq!(
+            toks("LC (11)"),
+            vec!["LC", "11"],
+            "one bracketed number may be a year"
+        );
         assert_eq!(toks("539 8 5").len(), 3, "8 5 spells no code");
         // A worn code is not split or merged: S39 may be 539 misread.
         assert_eq!(toks("S39 85"), vec!["S39", "85"]);

@@ -69,9 +69,8 @@ static SOVIET: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 /// A factory label inside the marking (`901-61 завод 188`): a separator, like the others.
-static FACTORY_LABEL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\b(?:ЗАВОД|ZAVOD|FACTORY)\b\.?\s*[:#№]?").expect("static regex")
-});
+static FACTORY_LABEL: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b(?:ЗАВОД|ZAVOD|FACTORY)\b\.?\s*[:#№]?").expect("static regex"));
 
 /// Normalises one lot marking.
 pub fn normalise(raw: &str) -> LotNorm {
@@ -228,7 +227,11 @@ mod tests {
         let n = normalise("21-85 539");
         assert_eq!(n.scheme, "soviet_style_lot_year_factory");
         assert_eq!(n.components.get("year").map(String::as_str), Some("85"));
-        for raw in ["901-61 завод 188", "901-1961-188", "партия 901-61, завод № 188"] {
+        for raw in [
+            "901-61 завод 188",
+            "901-1961-188",
+            "партия 901-61, завод № 188",
+        ] {
             let n = normalise(raw);
             assert_eq!(n.scheme, "soviet_style_lot_year_factory", "{raw}");
             assert_eq!(n.components.get("lot").map(String::as_str), Some("901"));
