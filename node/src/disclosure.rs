@@ -203,6 +203,8 @@ pub async fn decide(
         store
             .note_disclosed(&peer.id, &[(id, env.claims.version)])
             .map_err(internal)?;
+        // Durable before the grant leaves (see `Store::note_disclosed`).
+        store.flush().map_err(internal)?;
     }
     crate::sync::request_bytes(
         node,

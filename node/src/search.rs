@@ -383,12 +383,17 @@ fn lot_match(
         return None;
     }
     // The same maker, year and lot number, however the number was written (the factory left
-    // out, the year in four digits), unless the two markings disagree on a part both give.
-    if identity.is_some_and(|i| i == c.lot_identity)
+    // out, the year in four digits), when a lot grammar read the number on both sides and no
+    // part disagrees (a factory left out counts as the headstamp's maker).
+    if let Some(identity) = identity.filter(|i| *i == c.lot_identity)
         && query.folded != c.lot_folded
-        && parts_agree(query, &lot::normalise(&c.lot_folded))
+        && query.components.contains_key("lot")
     {
-        return Some(("exact", 0.98));
+        let candidate = lot::normalise(&c.lot_folded);
+        let maker = identity.split('|').next().unwrap_or_default();
+        if candidate.components.contains_key("lot") && parts_agree(query, &candidate, maker) {
+            return Some(("exact", 0.98));
+        }
     }
     if query.wildcard || c.lot_key.contains('?') {
         let cand = fold::skeleton(&c.lot_key);
@@ -425,8 +430,16 @@ fn lot_match(
 }
 
 /// True when no part that both lots' grammars give (lot number, year, factory…) differs; a
-/// year in two and in four digits agrees on its last two.
-fn parts_agree(a: &lot::LotNorm, b: &lot::LotNorm) -> bool {
+/// year in two and in four digits agrees on its last two; a factory one side leaves out is
+/// taken to be `maker`, the maker both headstamps read as.
+fn parts_agree(a: &lot::LotNorm, b: &lot::LotNorm, maker: &str) -> bool {
+    fn factory(l: &lot::LotNorm) -> Option<&str> {
+        l.components.get("factory").map(String::as_str)
+    }
+    match (factory(a), factory(b)) {
+        (Some(f), None) | (None, Some(f)) if f != maker => return false,
+        _ => {}
+    }
     a.components
         .iter()
         .all(|(part, x)| match b.components.get(part) {
@@ -735,6 +748,15 @@ mod tests {
                 "{lot}"
             );
         }
+        // Nor is a lot whose factory is not the maker the query leaves it to; nor two lots no
+        // grammar reads (`A12-345`, `A123-45`: equal only once separators are dropped).
+        let exact =
+            |p: &Plan, c: Candidate| rank(p, vec![c]).iter().any(|r| r.matched.kind == "exact");
+        let p = plan(&params("901-61", "188 61", ""), 10, 100).unwrap();
+        assert!(!exact(&p, id_cand("901-61-270", "188 61")));
+        let p = plan(&params("A12-345", "LC 17", ""), 10, 100).unwrap();
+        assert_eq!(p.candidates.lot_identity.as_deref(), Some("LC|2017|A12345"));
+        assert!(!exact(&p, id_cand("A123-45", "LC 17")));
         // Another factory's or another year's lot of the same number is not the same lot,
         // even when the query's headstamp gives the same maker and year.
         let p = plan(&params("901-61-188", "188 61", ""), 10, 100).unwrap();

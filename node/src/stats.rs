@@ -18,9 +18,10 @@
 //! its seizures' keys, and the noise is a function of that key alone. The same set of seizures
 //! therefore always gets the same noise, in any table (asking again averages nothing out), and
 //! a difference of two published figures carries the noise of both. Counts move by at most ±2
-//! (never below k); rounds by 10-20% of the cell's largest single seizure, either way, so a
-//! seizure much larger than the rest cannot be subtracted out to better than that. A table
-//! over fewer than k seizures names no cell at all. Admins' own unsuppressed figures are exact.
+//! (never below k); rounds by Laplace noise whose scale is 15% of the cell's largest single
+//! seizure (unbounded, so readings cannot be intersected to the true value). A table over
+//! fewer than k seizures names no cell, and a filtered one answers alike for none and for
+//! fewer than k. Admins' own unsuppressed figures are exact.
 //!
 //! Facts are read from the stored records' `derived` interpretations (calibre canonical id,
 //! the best headstamp reading's maker, country and year), cached per store change sequence.
@@ -611,6 +612,18 @@ struct Cell {
 /// Count noise by the cell key: -2…+2, zero most often (probabilities 1, 2, 4, 2, 1 in 10).
 const COUNT_NOISE: [i64; 10] = [-2, -1, -1, 0, 0, 0, 0, 1, 1, 2];
 
+/// Scale of the rounds noise, as a share of the cell's largest seizure: the mean distance
+/// from the true figure.
+const ROUNDS_NOISE: f64 = 0.15;
+
+/// A Laplace-distributed value of scale 1 from 53 bits of `h` (inverse CDF). Unbounded and
+/// smooth: no set of published figures pins the true one by intersecting ranges, as bounded
+/// noise would let an analyst do.
+fn laplace(h: u64) -> f64 {
+    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64 - 0.5;
+    -u.signum() * (1.0 - 2.0 * u.abs()).ln()
+}
+
 /// SplitMix64's finaliser: spreads a cell key (and a measure's tag) over 64 bits.
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -630,7 +643,8 @@ impl Cell {
 
     /// The published, perturbed value of measure `m` (see the module comment): a function of
     /// the cell key, so the same seizures always get the same figure. Counts move by at most
-    /// 2 and never below `k`; rounds by 10-20% of the largest seizure in the cell.
+    /// 2 and never below `k`; rounds by Laplace noise of scale 15% of the largest seizure in
+    /// the cell.
     fn perturbed(&self, m: Measure, k: usize) -> u64 {
         let tag = match m {
             Measure::Seizures => 1,
@@ -648,14 +662,9 @@ impl Cell {
                 noisy.max(k as i64) as u64
             }
             Measure::Rounds => {
-                let percent = 10 + (h >> 8) % 11;
-                let delta = self.top.saturating_mul(percent) / 100;
-                if h & 1 == 0 {
-                    self.rounds.saturating_add(delta)
-                } else {
-                    // `top` ≤ `rounds`, so this stays ≥ 80% of it.
-                    self.rounds.saturating_sub(delta)
-                }
+                let noisy = self.rounds as f64 + laplace(h) * ROUNDS_NOISE * self.top as f64;
+                // `as` saturates: a negative figure is 0.
+                noisy.round() as u64
             }
         }
     }
@@ -1052,14 +1061,12 @@ pub fn table(facts: &Facts, p: &Params) -> Table {
         )
     };
     // Over fewer than k seizures, not even the names of the cells are published: they would
-    // describe those few seizures (their contexts, routes, calibres).
-    if !p.unsuppressed && grand.seizures > 0 && grand.seizures < p.k {
-        let margins_shown = if dims.len() == 2 {
-            margins.iter().map(BTreeMap::len).sum::<usize>()
-        } else {
-            0
-        };
-        let hidden = cells.len() + margins_shown;
+    // describe those few seizures (their contexts, routes, calibres). A filtered table (or a
+    // period) answers alike for none and for fewer than k, and says nothing of how many values
+    // they hold: otherwise each filter would be a yes/no question about one seizure (has it
+    // this context? was it seized that day?).
+    let restricted = !p.filters.is_empty() || p.from.is_some() || p.to.is_some();
+    if !p.unsuppressed && grand.seizures < p.k && (grand.seizures > 0 || restricted) {
         return Table {
             group_by: names,
             measure,
@@ -1069,7 +1076,7 @@ pub fn table(facts: &Facts, p: &Params) -> Table {
             totals: vec![
                 json!({ "key": {}, "value": null, "suppressed": true, "reason": "primary" }),
             ],
-            suppressed: hidden + 1,
+            suppressed: 1,
         };
     }
     let mut out_cells = Vec::new();
@@ -1337,10 +1344,14 @@ mod tests {
         })
     }
 
+    /// Facts of `rows`, with fixed record ids (so the noise, and the tests, are the same on
+    /// every run).
     fn facts(rows: &[(&str, &str, u64)]) -> Facts {
         let mut facts = Facts::default();
-        for (country, calibre, rounds) in rows {
-            let id = RecordId(uuid::Uuid::now_v7());
+        for (n, (country, calibre, rounds)) in rows.iter().enumerate() {
+            let id = RecordId(uuid::Uuid::from_u128(
+                0x0190_0000_0000_7000_8000_0000_0000_0000 + n as u128,
+            ));
             facts.set(id, Some(&record(country, calibre, *rounds)));
         }
         facts
@@ -1474,14 +1485,15 @@ mod tests {
     }
 
     /// The published value of `key`, checked to be `exact` moved by cell-key noise: a count by
-    /// at most 2 and never under k; rounds by 10-20% of `top`, the largest seizure in the cell.
+    /// at most 2 and never under k; rounds by Laplace noise of scale 15% of `top`, the largest
+    /// seizure in the cell (within 7 scales here: the ids, so the noise, are fixed).
     fn published(t: &Table, key: &[(&str, &str)], exact: u64, top: u64) -> u64 {
         let v = value(t, key).unwrap_or_else(|| panic!("{key:?} is not published"));
         let d = v.abs_diff(exact);
         match t.measure {
             Measure::Rounds => assert!(
-                (top / 10..=top / 5).contains(&d),
-                "{key:?}: {v} is not {exact} moved by 10-20% of {top}"
+                d as f64 <= 7.0 * ROUNDS_NOISE * top as f64,
+                "{key:?}: {v} is not {exact} moved by Laplace noise of scale 15% of {top}"
             ),
             _ => assert!(
                 d <= 2 && v >= t.k as u64,
@@ -1603,10 +1615,10 @@ mod tests {
             .filter_map(|c| value(&t, &[("seizing_country", c)]))
             .sum();
         let total = published(&t, &[], 14755, 12345);
-        let estimate = total.saturating_sub(others);
-        assert!(
-            estimate.abs_diff(12345) >= 1234 - 20 - 10 - 2,
-            "the hidden 12,345 rounds came out as {estimate}"
+        assert_ne!(
+            total - others,
+            12345,
+            "the total minus the others is not the hidden cell"
         );
         // The grand total is the same figure whatever the grouping, and on every asking.
         for dims in [[Dim::Calibre], [Dim::Year], [Dim::SeizingCountry]] {
@@ -1634,6 +1646,40 @@ mod tests {
         assert_eq!(value(&exact, &[]), Some(14755));
     }
 
+    /// Rounds noise (over many cells, i.e. many cell keys): centred on the true figure, of
+    /// mean distance 15% of the cell's largest seizure, and unbounded (bounded noise could be
+    /// intersected away over a few tables). Count noise: -2..=2, zero most often.
+    #[test]
+    fn noise_is_centred_scaled_and_rounds_noise_unbounded() {
+        let n = 20_000u64;
+        let (mut sum, mut abs, mut beyond) = (0.0f64, 0.0f64, 0);
+        let mut counts = [0u64; 5];
+        for i in 0..n {
+            let cell = Cell {
+                seizures: 10,
+                items: 10,
+                rounds: 5_000,
+                key: (mix(i) >> 32) as u32,
+                top: 1_000,
+            };
+            let d = cell.perturbed(Measure::Rounds, 5) as f64 - 5_000.0;
+            sum += d;
+            abs += d.abs();
+            beyond += usize::from(d.abs() > 5.0 * 150.0);
+            let c = cell.perturbed(Measure::Seizures, 5) as i64 - 10;
+            counts[(c + 2) as usize] += 1;
+        }
+        let mean = sum / n as f64;
+        let mad = abs / n as f64;
+        assert!(mean.abs() < 10.0, "mean noise {mean}");
+        assert!((135.0..165.0).contains(&mad), "mean distance {mad}");
+        // P(|noise| > 5 scales) = e^-5, about 134 of 20,000.
+        assert!((60..260).contains(&beyond), "{beyond} beyond 5 scales");
+        let share = |i: usize| counts[i] as f64 / n as f64;
+        assert!((0.37..0.43).contains(&share(2)), "{counts:?}");
+        assert!((0.08..0.12).contains(&share(0)) && (0.08..0.12).contains(&share(4)));
+    }
+
     /// A table over fewer than k seizures (a filter down to one seizure) names no cell: the
     /// names alone would describe that seizure.
     #[test]
@@ -1653,8 +1699,16 @@ mod tests {
         assert!(t.cells.is_empty(), "{:?}", t.cells);
         assert_eq!(t.totals.len(), 1);
         assert_eq!(t.totals[0]["suppressed"], true);
-        assert_eq!(t.suppressed, 2);
+        assert_eq!(t.suppressed, 1);
         assert!(!serde_json::to_string(&t).unwrap().contains("5.56"));
+        // Filtered to no seizure at all, the answer is the same: no yes/no oracle.
+        let mut none = p.clone();
+        none.filters.push((Dim::Calibre, "7.62x39".into()));
+        let empty = table(&facts, &none);
+        assert_eq!(
+            serde_json::to_value(&empty).unwrap(),
+            serde_json::to_value(&t).unwrap()
+        );
         // Over every seizure the cell is named, and suppressed.
         p.filters.clear();
         let t = table(&facts, &p);

@@ -926,10 +926,32 @@ impl Store {
             .collect()
     }
 
-    /// Fills `disclosed` from the receipts of a store written before it existed (once).
+    /// Fills `disclosed` from the receipts and the approved disclosure requests of a store
+    /// written before it existed (once).
     fn backfill_disclosed(&self) -> Result<(), StoreError> {
         if !self.disclosed.is_empty() {
             return Ok(());
+        }
+        for kv in self.requests.scan_prefix(b"in:") {
+            let (_, v) = kv?;
+            let Ok(entry) = serde_json::from_slice::<Value>(&v) else {
+                continue;
+            };
+            let text = |k: &str| entry.get(k).and_then(Value::as_str);
+            if text("status") != Some("approved") {
+                continue;
+            }
+            let (Some(partner), Some(id)) =
+                (text("partner"), text("record_id").and_then(RecordId::parse))
+            else {
+                continue;
+            };
+            let version = entry
+                .get("version")
+                .and_then(Value::as_u64)
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(1);
+            self.note_disclosed(partner, &[(id, version)])?;
         }
         for kv in self.receipts.iter() {
             let (k, v) = kv?;
@@ -952,8 +974,8 @@ impl Store {
     }
 
     /// Notes that `partner` was sent these versions of own records (highest version kept).
-    /// Not flushed here: a crash may lose the latest notes, which the partner's receipts
-    /// then cover (see `sync::holds`).
+    /// Not flushed here: callers flush before what they note leaves the node (a feed page, a
+    /// grant), so a crash never leaves a partner holding a record the node does not know of.
     pub fn note_disclosed(
         &self,
         partner: &str,
@@ -1122,6 +1144,44 @@ pub(crate) mod tests {
         ));
         assert_eq!(store.head(&id).unwrap().unwrap().version, u32::MAX);
         assert_eq!(store.versions(&id).unwrap().len(), 1);
+    }
+
+    /// A store written before the `disclosed` tree learns, once, who holds what from its
+    /// receipts (feeds) and its approved disclosure requests (grants, which send no receipt).
+    #[test]
+    fn holders_are_filled_from_receipts_and_grants_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fed, granted) = (
+            RecordId(uuid::Uuid::now_v7()),
+            RecordId(uuid::Uuid::now_v7()),
+        );
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .put_receipt(&fed, "XBB", &json!({"version": 2, "retracted": false}))
+                .unwrap();
+            store
+                .put_request(
+                    "in:r1",
+                    &json!({"status": "approved", "partner": "XDD",
+                            "record_id": granted.to_string(), "version": 1}),
+                )
+                .unwrap();
+            store
+                .put_request(
+                    "in:r2",
+                    &json!({"status": "declined", "partner": "XEE",
+                            "record_id": granted.to_string(), "version": 1}),
+                )
+                .unwrap();
+            store.disclosed.clear().unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.disclosed_version("XBB", &fed).unwrap(), Some(2));
+        assert_eq!(store.disclosed_version("XDD", &granted).unwrap(), Some(1));
+        assert_eq!(store.disclosed_version("XEE", &granted).unwrap(), None);
+        assert!(!store.disclosed_any("XCC").unwrap());
     }
 
     #[test]

@@ -181,8 +181,9 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
         });
     }
     if !sent.is_empty() {
-        // Noted before the page leaves: if this fails, nothing is served.
+        // Noted, durably, before the page leaves: if this fails, nothing is served.
         store.note_disclosed(&peer.id, &sent)?;
+        store.flush()?;
         node.audit().record(
             "disclosure",
             json!({
@@ -204,9 +205,9 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
     })
 }
 
-/// True when `partner` was sent a version of own record `id` (noted when a feed page or a
-/// grant leaves, and when the partner's receipt arrives, which also covers stores from before
-/// the notes and notes a crash lost).
+/// True when `partner` was sent a version of own record `id` (noted, durably, before a feed
+/// page or a grant leaves; a store from before the notes is filled once from its receipts and
+/// grants), or its receipt says it applied one.
 fn holds(store: &crate::store::Store, partner: &str, id: &RecordId) -> anyhow::Result<bool> {
     Ok(store.disclosed_version(partner, id)?.is_some()
         || store.receipts(id)?.iter().any(|(p, _)| p == partner))

@@ -54,7 +54,8 @@ fn cell(table: &Value, key: Value) -> Value {
 }
 
 /// Checks a published figure against the exact one: cell-key noise moves a count by at most 2
-/// (never under k = 5), rounds (`top` > 0: the largest seizure in the cell) by 10-20% of `top`.
+/// (never under k = 5); rounds (`top` > 0: the largest seizure in the cell) by Laplace noise of
+/// scale 15% of `top`, here within 2 × `top` (over 13 scales: a chance of about 2 in a million).
 fn near(v: &Value, exact: u64, top: u64) {
     let got = v
         .as_u64()
@@ -64,8 +65,8 @@ fn near(v: &Value, exact: u64, top: u64) {
         assert!(d <= 2 && got >= 5, "{got} is not {exact} ± 2");
     } else {
         assert!(
-            (top / 10..=top / 5).contains(&d),
-            "{got} is not {exact} moved by 10-20% of {top}"
+            d <= 2 * top,
+            "{got} is not {exact} with noise scaled to {top}"
         );
     }
 }
@@ -390,10 +391,15 @@ async fn a_regional_node_publishes_patterns_without_exposing_single_cases() {
         "REG's figures to follow XBB's retraction and new seizure",
         || async {
             // In rounds, XBB's 1,000-round seizure leaving the 5.56 cell shows through the
-            // noise: 1,050 ± 10-20% of 1,000 before, 50 ± 1-2 after.
+            // noise: 1,050 with noise of scale 150 before, 50 with noise of scale 1.5 after
+            // (within 20: 13 scales). REG must also hold XBB's new seizure (lot B-3).
+            let held = reg.export_lines().await?;
+            if !held.iter().any(|r| r["items"][0]["lot"]["raw"] == "B-3") {
+                return Ok(None);
+            }
             let t = stats(reg, &[("group_by", "calibre"), ("measure", "rounds")]).await;
             let v = cell(&t, json!({"calibre": "5.56x45-nato"}))["value"].as_u64();
-            Ok(v.is_some_and(|v| (48..=52).contains(&v)).then_some(()))
+            Ok(v.is_some_and(|v| (30..=70).contains(&v)).then_some(()))
         },
     )
     .await

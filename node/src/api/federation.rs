@@ -239,7 +239,7 @@ async fn feed(
     let Query(params) =
         params.map_err(|e| refused(&state.node, &peer.id, "feed", ApiError::query(e)))?;
     // A partner without the feed still pulls the retractions of what it was sent.
-    let holder = || state.node.store().disclosed_any(&peer.id).unwrap_or(true);
+    let holder = || state.node.store().disclosed_any(&peer.id).unwrap_or(false);
     if peer.policy.mode != Mode::Replicate && !holder() {
         return Err(refused(
             &state.node,
@@ -454,6 +454,14 @@ async fn receipts(State(state): State<FedState>, signed: Signed) -> Result<Respo
             if store.head(&id)?.is_none() || !store.is_own(&id)? {
                 continue;
             }
+            // Only for what was sent to this partner: a receipt cannot make a partner a holder
+            // (and so open the feed to it) of a record it never got.
+            if store
+                .disclosed_version(&peer.id, &id)?
+                .is_none_or(|sent| sent < applied.version)
+            {
+                continue;
+            }
             let held = store
                 .receipts(&id)?
                 .into_iter()
@@ -462,7 +470,6 @@ async fn receipts(State(state): State<FedState>, signed: Signed) -> Result<Respo
             if held.is_some_and(|v| v >= u64::from(applied.version)) {
                 continue;
             }
-            store.note_disclosed(&peer.id, &[(id, applied.version)])?;
             store.put_receipt(
                 &id,
                 &peer.id,

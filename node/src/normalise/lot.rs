@@ -45,10 +45,10 @@ static LABEL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
         // LOT, LOTE, LOT NO., LOT-NR., LOT #, and OCR readings of LOT (1OT, L0T). The longer
         // word first: the leftmost alternative wins, and LOT would leave LOTE's E behind.
-        r"^(?:(?:LOTE|LOT|L0T|1OT|IOT|\|OT|BATCH)(?:\s*[-.]?\s*(?:NO|N0|NR|NUMBER|N°|Nº|#)\b\.?)?\s*[:#.]?\s*",
-        // Los (German), Parti/Partie (Nordic, Turkish; French, Dutch), Lotto: only when a
-        // separator follows, as these could begin a lot code.
-        r"|(?:LOS|PARTIE|PARTI|LOTTO)(?:\s*[-.]?\s*(?:NO|NR|N°|Nº|#)\b\.?)?(?:\s+|\s*[:#.]\s*)",
+        r"^(?:(?:LOTTO|LOTE|LOT|L0T|1OT|IOT|\|OT|BATCH)(?:\s*[-.]?\s*(?:NO|N0|NR|NUMBER|N°|Nº|#)\b\.?)?\s*[:#.]?\s*",
+        // Los (German), Parti/Partie (Nordic, Turkish; French, Dutch): only when a separator
+        // follows, as these could begin a lot code.
+        r"|(?:LOS|PARTIE|PARTI)(?:\s*[-.]?\s*(?:NO|NR|N°|Nº|#)\b\.?)?(?:\s+|\s*[:#.]\s*)",
         // A worn LOT (one unreadable character): only when a separator follows.
         r"|(?:\?OT|\?0T|L\?T|LO\?|L0\?)(?:\s*(?:NO|N0|N\?|NR|N°|#)\.?)?(?:\s+|\s*[:#.]\s*)",
         // L/N (lot number), also worn (?/N, L/?), №, N°, NO., and Cyrillic and Chinese labels.
@@ -203,6 +203,8 @@ mod tests {
             "Parti 21-85-539",
             "Partie: 21-85-539",
             "LOT.NO. 21-85-539",
+            "Lotto 21-85-539",
+            "LOTTO NR. 21-85-539",
         ];
         for raw in same {
             assert_eq!(normalise(raw).key, "2185539", "key of {raw:?}");
