@@ -335,6 +335,17 @@ impl TestNode {
             .unwrap_or_default())
     }
 
+    /// The receipts partners sent for own record `id` (`GET /api/v1/records/{id}/receipts`).
+    pub async fn receipts(&self, id: &str) -> anyhow::Result<Vec<Value>> {
+        let a = self
+            .send(self.request(
+                reqwest::Method::GET,
+                &format!("/api/v1/records/{id}/receipts"),
+            ))
+            .await?;
+        Ok(a.body["receipts"].as_array().cloned().unwrap_or_default())
+    }
+
     /// Number of records in the store, by export.
     pub async fn export_lines(&self) -> anyhow::Result<Vec<Value>> {
         let response = self

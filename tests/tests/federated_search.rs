@@ -498,13 +498,7 @@ async fn a_hit_is_followed_up_approved_or_declined_and_audited() {
             .is_empty()
     );
     eventually(Duration::from_secs(20), "XDD's receipt", || async {
-        let a = xbb
-            .send(xbb.request(
-                reqwest::Method::GET,
-                &format!("/api/v1/records/{wanted}/receipts"),
-            ))
-            .await?;
-        let list = a.body["receipts"].as_array().cloned().unwrap_or_default();
+        let list = xbb.receipts(&wanted).await?;
         Ok(list
             .iter()
             .any(|r| r["partner"] == "XDD" && r["version"] == 2)

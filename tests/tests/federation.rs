@@ -208,13 +208,7 @@ async fn each_partner_gets_exactly_its_view_and_retractions_come_back_with_recei
         "a retracted record is still found at XBB"
     );
     let receipts = eventually(WAIT, "receipts for v3 from XBB and REG", || async {
-        let a = xaa
-            .send(xaa.request(
-                reqwest::Method::GET,
-                &format!("/api/v1/records/{shared}/receipts"),
-            ))
-            .await?;
-        let list = a.body["receipts"].as_array().cloned().unwrap_or_default();
+        let list = xaa.receipts(&shared).await?;
         let done = ["XBB", "REG"].iter().all(|p| {
             list.iter()
                 .any(|r| r["partner"] == *p && r["version"] == 3 && r["current"] == true)
@@ -493,13 +487,7 @@ async fn retraction_after_narrowing(narrowed: Value) {
         .unwrap();
     let xaa = fed.node("XAA");
     eventually(WAIT, "XBB's receipt", || async {
-        let a = xaa
-            .send(xaa.request(
-                reqwest::Method::GET,
-                &format!("/api/v1/records/{held}/receipts"),
-            ))
-            .await?;
-        let list = a.body["receipts"].as_array().cloned().unwrap_or_default();
+        let list = xaa.receipts(&held).await?;
         Ok(list.iter().any(|r| r["partner"] == "XBB").then_some(()))
     })
     .await
