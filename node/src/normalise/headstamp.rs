@@ -83,7 +83,7 @@ fn mend(tokens: Vec<String>) -> Vec<String> {
         match split {
             Some((code, year))
                 if code.chars().count() >= 2
-                    && code.chars().all(char::is_alphabetic)
+                    && code.chars().all(|c| c.is_alphabetic() || c == '&')
                     && matches!(year.len(), 2 | 4)
                     && year.chars().all(|c| c.is_ascii_digit())
                     && known(code) =>
@@ -333,6 +333,7 @@ mod tests {
             t.sort();
             assert_eq!(t, vec!["17", "LC"], "{raw:?}");
         }
+        assert_eq!(toks("S&B22"), vec!["S&B", "22"]);
         assert_eq!(toks("1 8 8 79"), vec!["188", "79"]);
         for raw in [
             "LC@12 17@6",
