@@ -161,7 +161,8 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
             // A retraction reaches every partner that holds the record, even when the policy
             // has narrowed, the mode changed or the labels changed since: the signed claims
             // alone (no field leaves).
-            View::Withheld if retraction && holds(store, &peer.id, &change.id)? => {
+            // (Without the feed, holding was checked above.)
+            View::Withheld if retraction && (!replicate || holds(store, &peer.id, &change.id)?) => {
                 Some(envelope.view(|_| false))
             }
             View::Withheld => None,
