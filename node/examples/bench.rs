@@ -1,7 +1,9 @@
 //! Benchmark helper for `scripts/bench.sh`.
 //!
 //! - `bench limits`: the physical limits on this machine (ed25519 sign/verify of 1.5 KB,
-//!   sled inserts of 1.5 KB values with a flush every 1,000, tantivy indexing in one commit).
+//!   sled inserts of 1.5 KB values with a flush every 1,000, tantivy indexing in one commit,
+//!   and the node's own store write: `Store::create_batch` of already validated and signed
+//!   records, in batches of 5,000, each flushed: what an import costs sled alone).
 //! - `bench gen N FILE`: N synthetic one-item records as JSON Lines (deterministic).
 //! - `bench latency URL TOKEN N TOTAL`: p50/p99 of `GET /api/v1/search` for exact, confusable,
 //!   wildcard and fuzzy lot queries on lots that `gen` made (TOTAL = records generated).
@@ -99,11 +101,76 @@ fn limits() -> anyhow::Result<()> {
     }
     writer.commit()?;
     let tantivy_rate = rate(n, t.elapsed());
+    let (store_rate, store_bytes) = store_write(&dir.path().join("store"))?;
     println!(
         "{}",
-        json!({"sign_per_s": sign.round(), "verify_per_s": verify.round(), "sled_insert_per_s": sled_rate.round(), "tantivy_docs_per_s": tantivy_rate.round()})
+        json!({"sign_per_s": sign.round(), "verify_per_s": verify.round(), "sled_insert_per_s": sled_rate.round(), "tantivy_docs_per_s": tantivy_rate.round(),
+               "store_write_per_s": store_rate.round(), "store_bytes_per_record": store_bytes.round()})
     );
     Ok(())
+}
+
+/// Hands the store envelopes signed beforehand, so that only the store's work is timed.
+struct Presealed(std::sync::Mutex<Vec<ammotrace::store::Sealed>>);
+
+impl ammotrace::store::Sealer for Presealed {
+    fn seal(
+        &self,
+        _batch: &[ammotrace::store::ToSeal<'_>],
+        _first_seq: u64,
+        _prev: &str,
+    ) -> Result<Vec<ammotrace::store::Sealed>, String> {
+        Ok(std::mem::take(
+            &mut *self.0.lock().map_err(|_| "poisoned".to_owned())?,
+        ))
+    }
+}
+
+/// The node's own write alone: `Store::create_batch` and a flush per batch of 5,000 synthetic
+/// records, validated, normalised and signed beforehand (untimed). Returns records/s and the
+/// store's bytes on disk per record.
+fn store_write(path: &std::path::Path) -> anyhow::Result<(f64, f64)> {
+    use ammotrace::store::Sealer;
+    let store = ammotrace::store::Store::open(path)?;
+    let validator = ammotrace::record::Validator::new("XAA");
+    let sealer = ammotrace::envelope::NodeSealer {
+        origin: "XAA".into(),
+        key: SigningKey::from_bytes(&[42u8; 32]),
+    };
+    let (batches, size) = (10u64, 5_000u64);
+    let mut timed = Duration::ZERO;
+    for b in 0..batches {
+        let mut batch = (b * size..(b + 1) * size)
+            .map(|i| {
+                validator
+                    .prepare(record(i), "2026-01-01T00:00:00Z")
+                    .map_err(|e| anyhow::anyhow!("synthetic record {i} is invalid: {e:?}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // What create_batch will seal, sealed here (record_version set as it sets it).
+        for p in &mut batch {
+            if let Some(o) = p.record.as_object_mut() {
+                o.insert("record_version".into(), json!(1));
+            }
+        }
+        let to_seal: Vec<ammotrace::store::ToSeal<'_>> = batch
+            .iter()
+            .map(|p| ammotrace::store::ToSeal {
+                record: &p.record,
+                retracted: false,
+            })
+            .collect();
+        let sealed = sealer
+            .seal(&to_seal, b * size + 1, "")
+            .map_err(anyhow::Error::msg)?;
+        let presealed = Presealed(std::sync::Mutex::new(sealed));
+        let t = Instant::now();
+        store.create_batch(&mut batch, &presealed)?;
+        store.flush()?;
+        timed += t.elapsed();
+    }
+    let n = batches * size;
+    Ok((rate(n, timed), store.size_on_disk() as f64 / n as f64))
 }
 
 fn gen_records(n: u64, path: &str) -> anyhow::Result<()> {
