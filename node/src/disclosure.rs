@@ -137,11 +137,10 @@ fn granted_view(node: &Node, peer: &Peer, entry: &Value) -> Result<Envelope, Str
             ));
         }
     }
-    let bytes = store
+    let envelope = node
         .envelope(&id, version)
         .map_err(|e| e.to_string())?
         .ok_or("the record version is gone")?;
-    let envelope: Envelope = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
     let record = store
         .get(&id, Some(version))
         .map_err(|e| e.to_string())?

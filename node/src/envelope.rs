@@ -298,16 +298,8 @@ fn unsigned(
     key_id: &str,
     mut salt_for: impl FnMut(&str) -> String,
 ) -> Result<(Claims, Vec<Disclosure>), EnvelopeError> {
-    let record_id = record
-        .get("record_id")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let version = record
-        .get("record_version")
-        .and_then(Value::as_u64)
-        .and_then(|v| u32::try_from(v).ok())
-        .unwrap_or(0);
+    let (record_id, version) = id_and_version(record);
+    let record_id = record_id.to_owned();
     let disclosures: Vec<Disclosure> = leaves(record)?
         .into_iter()
         .map(|(path, value)| Disclosure(salt_for(&path), path, value))
@@ -333,6 +325,20 @@ fn unsigned(
     Ok((claims, disclosures))
 }
 
+/// The `record_id` and `record_version` a record states (empty and 0 when it does not).
+fn id_and_version(record: &Value) -> (&str, u32) {
+    let record_id = record
+        .get("record_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let version = record
+        .get("record_version")
+        .and_then(Value::as_u64)
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(0);
+    (record_id, version)
+}
+
 /// Signs a record version with random salts.
 pub fn seal(record: &Value, seal: &Seal<'_>, key: &SigningKey) -> Result<Envelope, EnvelopeError> {
     seal_with(record, seal, key, salt_source())
@@ -347,6 +353,12 @@ fn salt_source() -> impl FnMut(&str) -> String {
     // Without OS randomness the salts would be guessable; getrandom fails only on broken
     // platforms, and the digests stay correct either way.
     let _ = getrandom::fill(&mut secret);
+    salts_from(secret)
+}
+
+/// The salts of one record version from its secret: 16 bytes of SHA-256 over the secret and
+/// the leaf's path.
+fn salts_from(secret: [u8; 32]) -> impl FnMut(&str) -> String {
     move |path: &str| {
         let mut h = Sha256::new();
         h.update(b"ammotrace-salt\0");
@@ -402,10 +414,154 @@ fn verify_chunk(
     Ok(())
 }
 
-/// Seals own record versions as the store writes them, with the node's current key.
+/// The node's salt key, kept in the store and never sent. An own record version's salts are
+/// derived from it (not drawn at random), so the version's envelope can be rebuilt from the
+/// stored record: the store keeps only its signed claims without their digests, a tenth of
+/// the bytes (decision 0011). A partner that sees some salts learns nothing of the others,
+/// as with random ones: it cannot compute the key's HMAC.
+#[derive(Clone)]
+pub struct SaltKey([u8; 32]);
+
+impl std::fmt::Debug for SaltKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SaltKey(..)")
+    }
+}
+
+impl SaltKey {
+    pub fn new(bytes: [u8; 32]) -> SaltKey {
+        SaltKey(bytes)
+    }
+
+    /// The salts of one record version: its secret is
+    /// `HMAC-SHA256(key, "ammotrace-salt-v1" 0x00 record_id 0x00 version as 4 bytes big-endian)`,
+    /// each leaf's salt then as from a random secret ([`salts_from`]).
+    fn salts(&self, record_id: &str, version: u32) -> impl FnMut(&str) -> String + use<> {
+        use hmac::Mac;
+        // HMAC takes keys of any length; a 32-byte key is padded to SHA-256's 64-byte block.
+        let mut block = [0u8; 64];
+        block[..32].copy_from_slice(&self.0);
+        let mut mac = <hmac::Hmac<Sha256> as hmac::digest::KeyInit>::new(&block.into());
+        mac.update(b"ammotrace-salt-v1\0");
+        mac.update(record_id.as_bytes());
+        mac.update(b"\0");
+        mac.update(&version.to_be_bytes());
+        salts_from(mac.finalize().into_bytes().into())
+    }
+}
+
+/// First byte of an own envelope stored compact ([`Compact`]); a full one is JSON, `{`.
+const COMPACT: u8 = 0x02;
+
+/// An own envelope as the store keeps it: the claims without their digests, the signature, and
+/// the claims' digest. [`load`] rebuilds the disclosures and digests from the stored record and
+/// the salt key, and the digest proves the rebuild exact.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Compact {
+    claims: Claims,
+    sig: String,
+    digest: String,
+}
+
+impl Compact {
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        let mut out = vec![COMPACT];
+        serde_json::to_writer(&mut out, self).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    /// The full envelope, from the record version it was sealed from, as submitted (without
+    /// what the node added: [`crate::record::parse_submitted`]).
+    fn rebuild(self, record: &Value, salts: &SaltKey) -> Result<Envelope, String> {
+        let (record_id, version) = id_and_version(record);
+        let c = &self.claims;
+        let seal = Seal {
+            origin: &c.origin,
+            seq: c.seq,
+            prev: &c.prev,
+            issued_at: &c.issued_at,
+            retracted: c.retracted,
+            normaliser: &c.normaliser,
+        };
+        let (claims, disclosures) =
+            unsigned(record, &seal, &c.key_id, salts.salts(record_id, version))
+                .map_err(|e| e.to_string())?;
+        if claims.v != c.v || claims.digest().map_err(|e| e.to_string())? != self.digest {
+            return Err("the stored record no longer matches the claims signed for it".into());
+        }
+        Ok(Envelope {
+            claims,
+            sig: self.sig,
+            disclosures,
+        })
+    }
+}
+
+/// Why a stored envelope could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("the stored envelope of {0} version {1} is unreadable: {2}")]
+    Corrupt(crate::record::RecordId, u32, String),
+}
+
+/// A record version's envelope as stored: a partner's as it was received; an own one rebuilt
+/// from the stored record with the node's salt key (see [`SaltKey`]).
+pub fn load(
+    store: &crate::store::Store,
+    salts: &SaltKey,
+    id: &crate::record::RecordId,
+    version: u32,
+) -> Result<Option<Envelope>, LoadError> {
+    Ok(read(store, salts, id, version)?.map(|(envelope, _)| envelope))
+}
+
+/// [`load`], with the record the envelope discloses in full ([`Envelope::record`]), which
+/// rebuilding an own envelope has at hand.
+pub fn load_with_record(
+    store: &crate::store::Store,
+    salts: &SaltKey,
+    id: &crate::record::RecordId,
+    version: u32,
+) -> Result<Option<(Envelope, Value)>, LoadError> {
+    Ok(read(store, salts, id, version)?.map(|(envelope, record)| {
+        let record = record.unwrap_or_else(|| envelope.record());
+        (envelope, record)
+    }))
+}
+
+/// The stored envelope, and for an own one the record it was rebuilt from.
+fn read(
+    store: &crate::store::Store,
+    salts: &SaltKey,
+    id: &crate::record::RecordId,
+    version: u32,
+) -> Result<Option<(Envelope, Option<Value>)>, LoadError> {
+    let Some(bytes) = store.envelope(id, version)? else {
+        return Ok(None);
+    };
+    let corrupt = |e: String| LoadError::Corrupt(*id, version, e);
+    let Some((&COMPACT, compact)) = bytes.split_first() else {
+        return serde_json::from_slice(&bytes)
+            .map(|envelope| Some((envelope, None)))
+            .map_err(|e| corrupt(e.to_string()));
+    };
+    let compact: Compact = serde_json::from_slice(compact).map_err(|e| corrupt(e.to_string()))?;
+    let record = store
+        .get_with(id, Some(version), crate::record::parse_submitted)?
+        .ok_or_else(|| corrupt("its record version is missing".into()))?;
+    let envelope = compact.rebuild(&record, salts).map_err(corrupt)?;
+    Ok(Some((envelope, Some(record))))
+}
+
+/// Seals own record versions as the store writes them, with the node's current key and its
+/// salt key. What it returns for the store is the [`Compact`] form.
 pub struct NodeSealer {
     pub origin: String,
     pub key: SigningKey,
+    pub salts: SaltKey,
 }
 
 impl crate::store::Sealer for NodeSealer {
@@ -429,20 +585,30 @@ impl crate::store::Sealer for NodeSealer {
                 retracted: item.retracted,
                 normaliser: crate::normalise::NORMALISER_VERSION,
             };
-            let (claims, disclosures) =
-                unsigned(&record, &seal, &key_id, salt_source()).map_err(|e| e.to_string())?;
-            prev = claims.digest().map_err(|e| e.to_string())?;
-            parts.push((claims, disclosures, prev.clone()));
+            let (record_id, version) = id_and_version(&record);
+            let salts = self.salts.salts(record_id, version);
+            let (claims, _) =
+                unsigned(&record, &seal, &key_id, salts).map_err(|e| e.to_string())?;
+            let canonical = claims.canonical().map_err(|e| e.to_string())?;
+            prev = b64_sha256(&canonical);
+            parts.push((claims, canonical, prev.clone()));
         }
-        let sign_all = |parts: Vec<(Claims, Vec<Disclosure>, String)>| {
+        let sign_all = |parts: Vec<(Claims, Vec<u8>, String)>| {
             parts
                 .into_iter()
-                .map(|(claims, disclosures, digest)| {
-                    let envelope =
-                        sign(claims, disclosures, &self.key).map_err(|e| e.to_string())?;
-                    Ok(crate::store::Sealed {
-                        envelope: serde_json::to_vec(&envelope).map_err(|e| e.to_string())?,
+                .map(|(claims, canonical, digest)| {
+                    let sig = URL_SAFE_NO_PAD.encode(self.key.sign(&canonical).to_bytes());
+                    let compact = Compact {
+                        claims: Claims {
+                            digests: Vec::new(),
+                            ..claims
+                        },
+                        sig,
                         digest,
+                    };
+                    Ok(crate::store::Sealed {
+                        envelope: compact.bytes()?,
+                        digest: compact.digest,
                     })
                 })
                 .collect::<Result<Vec<_>, String>>()
@@ -791,6 +957,163 @@ mod tests {
             seal(&json!({"a": {"12": 1}}), &s, &key()).unwrap_err(),
             EnvelopeError::NumericKey("/a/12".into())
         );
+    }
+
+    /// Writes own records with `sealer` through the store; returns the store and what it wrote.
+    fn stored_with(
+        sealer: &dyn crate::store::Sealer,
+        lots: &[&str],
+    ) -> (
+        tempfile::TempDir,
+        crate::store::Store,
+        Vec<crate::store::Written>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("store")).unwrap();
+        let mut batch: Vec<_> = lots
+            .iter()
+            .map(|lot| crate::store::tests::prepared_as(None, lot))
+            .collect();
+        let written = store.create_batch(&mut batch, sealer).unwrap();
+        (dir, store, written)
+    }
+
+    #[test]
+    fn an_own_envelope_is_stored_compact_and_rebuilt_exactly() {
+        let sealer = crate::store::tests::sealer();
+        let (_dir, store, written) = stored_with(&sealer, &["LC-19-A", "WCC-20-B"]);
+        let mut all_salts = HashSet::new();
+        for w in &written {
+            let stored = store.envelope(&w.id, w.version).unwrap().unwrap();
+            let envelope = load(&store, &sealer.salts, &w.id, w.version)
+                .unwrap()
+                .unwrap();
+            // The rebuilt envelope verifies, holds every leaf of the record as submitted and
+            // chains to the digest the own log kept.
+            envelope.verify(&sealer.key.verifying_key()).unwrap();
+            let record = store.get(&w.id, Some(w.version)).unwrap().unwrap();
+            assert_eq!(
+                envelope.record(),
+                crate::record::without_node_fields(&record)
+            );
+            let own = store.own_changes_after(0, 10).unwrap();
+            assert!(
+                own.iter()
+                    .any(|c| c.id == w.id && c.digest == envelope.claims.digest().unwrap())
+            );
+            // The store keeps a fraction of the full envelope.
+            let full = serde_json::to_vec(&envelope).unwrap();
+            assert_eq!(stored[0], COMPACT);
+            assert!(
+                stored.len() * 4 < full.len(),
+                "{} stored bytes for a {}-byte envelope",
+                stored.len(),
+                full.len()
+            );
+            // The same version rebuilds the same salts; no two leaves share one.
+            let again = load(&store, &sealer.salts, &w.id, w.version)
+                .unwrap()
+                .unwrap();
+            assert_eq!(again, envelope);
+            for d in &envelope.disclosures {
+                assert!(all_salts.insert(d.0.clone()), "salt {} twice", d.0);
+            }
+        }
+        // Another salt key rebuilds other salts, which the signed digests refuse.
+        let other = SaltKey::new([9u8; 32]);
+        let w = &written[0];
+        assert!(matches!(
+            load(&store, &other, &w.id, w.version),
+            Err(LoadError::Corrupt(..))
+        ));
+    }
+
+    #[test]
+    fn salts_depend_on_the_key_the_record_the_version_and_the_path() {
+        let key = SaltKey::new([3u8; 32]);
+        let id = "urn:uuid:019ad2f0-0000-7000-8000-00000000a001";
+        let one = |k: &SaltKey, id: &str, v: u32, path: &str| k.salts(id, v)(path);
+        let base = one(&key, id, 1, "/items/0/lot/raw");
+        assert_eq!(base, one(&key, id, 1, "/items/0/lot/raw"));
+        assert_eq!(URL_SAFE_NO_PAD.decode(&base).unwrap().len(), 16);
+        for other in [
+            one(&SaltKey::new([4u8; 32]), id, 1, "/items/0/lot/raw"),
+            one(
+                &key,
+                "urn:uuid:019ad2f0-0000-7000-8000-00000000a002",
+                1,
+                "/items/0/lot/raw",
+            ),
+            one(&key, id, 2, "/items/0/lot/raw"),
+            one(&key, id, 1, "/items/0/lot"),
+        ] {
+            assert_ne!(other, base);
+        }
+    }
+
+    #[test]
+    fn a_rebuild_from_a_changed_record_is_refused() {
+        let sealer = crate::store::tests::sealer();
+        let (_dir, store, written) = stored_with(&sealer, &["LC-19-A"]);
+        let w = &written[0];
+        let stored = store.envelope(&w.id, w.version).unwrap().unwrap();
+        let compact = || serde_json::from_slice::<Compact>(&stored[1..]).unwrap();
+        let mut record = crate::record::without_node_fields(
+            &store.get(&w.id, Some(w.version)).unwrap().unwrap(),
+        );
+        assert!(compact().rebuild(&record, &sealer.salts).is_ok());
+        record["items"][0]["lot"]["raw"] = json!("LC-19-B");
+        assert!(
+            compact()
+                .rebuild(&record, &sealer.salts)
+                .unwrap_err()
+                .contains("no longer matches")
+        );
+    }
+
+    /// Seals as nodes did before compact storage: whole envelopes, random salts.
+    struct WholeSealer(SigningKey);
+
+    impl crate::store::Sealer for WholeSealer {
+        fn seal(
+            &self,
+            batch: &[crate::store::ToSeal<'_>],
+            first_seq: u64,
+            prev: &str,
+        ) -> Result<Vec<crate::store::Sealed>, String> {
+            let mut prev = prev.to_owned();
+            let mut out = Vec::new();
+            for (n, item) in batch.iter().enumerate() {
+                let s = Seal {
+                    origin: "XAA",
+                    seq: first_seq + n as u64,
+                    prev: &prev,
+                    issued_at: "2026-01-01T00:00:00Z",
+                    retracted: item.retracted,
+                    normaliser: "2",
+                };
+                let record = crate::record::without_node_fields(item.record);
+                let envelope = seal(&record, &s, &self.0).map_err(|e| e.to_string())?;
+                prev = envelope.claims.digest().map_err(|e| e.to_string())?;
+                out.push(crate::store::Sealed {
+                    envelope: serde_json::to_vec(&envelope).map_err(|e| e.to_string())?,
+                    digest: prev.clone(),
+                });
+            }
+            Ok(out)
+        }
+    }
+
+    #[test]
+    fn whole_envelopes_stored_before_still_load() {
+        let sealer = WholeSealer(key());
+        let (_dir, store, written) = stored_with(&sealer, &["LC-19-A"]);
+        let w = &written[0];
+        let envelope = load(&store, &SaltKey::new([1u8; 32]), &w.id, w.version)
+            .unwrap()
+            .unwrap();
+        envelope.verify(&key().verifying_key()).unwrap();
+        assert_eq!(envelope.record()["items"][0]["lot"]["raw"], "LC-19-A");
     }
 }
 

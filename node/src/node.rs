@@ -13,11 +13,11 @@ use tokio::net::TcpListener;
 use crate::api::auth::{ApiToken, Role};
 use crate::audit::AuditLog;
 use crate::config::Config;
-use crate::envelope::NodeSealer;
+use crate::envelope::{self, Envelope, LoadError, NodeSealer, SaltKey};
 use crate::identity::{self, ADMIN_TOKEN_FILE, Identity, KeyHistory};
 use crate::index::SearchIndex;
 use crate::peer::Peers;
-use crate::record::Validator;
+use crate::record::{RecordId, Validator};
 use crate::store::Store;
 
 /// Sub-directories of the data directory.
@@ -158,10 +158,6 @@ impl Node {
             identity::KEYS_FILE,
             identity.key_id()
         );
-        let sealer = NodeSealer {
-            origin: config.node_id.clone(),
-            key: identity.signing_key().clone(),
-        };
         let peers = Peers::new(
             &config.peers,
             Duration::from_millis(config.federation.request_timeout_ms),
@@ -173,6 +169,11 @@ impl Node {
                 data_dir.join(STORE_DIR).display()
             )
         })?;
+        let sealer = NodeSealer {
+            origin: config.node_id.clone(),
+            key: identity.signing_key().clone(),
+            salts: SaltKey::new(store.secret("salts")?),
+        };
         let index = SearchIndex::open(
             &data_dir.join(INDEX_DIR),
             store.clone(),
@@ -208,6 +209,18 @@ impl Node {
     }
     pub fn sealer(&self) -> &NodeSealer {
         &self.sealer
+    }
+    /// A record version's envelope as stored (own ones rebuilt, see [`envelope::load`]).
+    pub fn envelope(&self, id: &RecordId, version: u32) -> Result<Option<Envelope>, LoadError> {
+        envelope::load(&self.store, &self.sealer.salts, id, version)
+    }
+    /// [`Node::envelope`] with the record it discloses in full ([`envelope::load_with_record`]).
+    pub fn envelope_with_record(
+        &self,
+        id: &RecordId,
+        version: u32,
+    ) -> Result<Option<(Envelope, serde_json::Value)>, LoadError> {
+        envelope::load_with_record(&self.store, &self.sealer.salts, id, version)
     }
     pub fn peers(&self) -> &Peers {
         &self.peers

@@ -142,14 +142,13 @@ pub fn answer(node: &Node, peer: &Peer, query: &Query) -> Result<Answer, Refused
             continue;
         };
         let version = u32::try_from(r.candidate.version).unwrap_or(0);
-        let internal = |e: crate::store::StoreError| Refused::Internal(e.to_string());
-        let (Some(bytes), Some(record)) = (
-            store.envelope(&id, version).map_err(internal)?,
-            store.get(&id, Some(version)).map_err(internal)?,
+        let (Some(envelope), Some(record)) = (
+            node.envelope(&id, version)
+                .map_err(|e| Refused::Internal(e.to_string()))?,
+            store
+                .get(&id, Some(version))
+                .map_err(|e| Refused::Internal(e.to_string()))?,
         ) else {
-            continue;
-        };
-        let Ok(envelope) = serde_json::from_slice::<Envelope>(&bytes) else {
             continue;
         };
         let view = match sync::view_for(peer, &envelope, &record) {

@@ -625,6 +625,16 @@ impl Store {
 
     /// A version of a record (the latest when `version` is `None`).
     pub fn get(&self, id: &RecordId, version: Option<u32>) -> Result<Option<Value>, StoreError> {
+        self.get_with(id, version, |json| serde_json::from_slice(json))
+    }
+
+    /// A version of a record as `parse` reads its JSON.
+    pub fn get_with<T>(
+        &self,
+        id: &RecordId,
+        version: Option<u32>,
+        parse: impl FnOnce(&[u8]) -> serde_json::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
         let version = match version {
             Some(v) => v,
             None => match self.head(id)? {
@@ -633,7 +643,7 @@ impl Store {
             },
         };
         match self.versions.get(version_key(id, version))? {
-            Some(bytes) => serde_json::from_slice(&unpack(&bytes, id)?)
+            Some(bytes) => parse(&unpack(&bytes, id)?)
                 .map(Some)
                 .map_err(|e| StoreError::Corrupt(format!("{id} v{version}: {e}"))),
             None => Ok(None),
@@ -1075,11 +1085,28 @@ pub(crate) mod tests {
     use crate::record::Validator;
     use serde_json::json;
 
+    /// Opens a store just dropped: sled's background threads let go of the file lock a
+    /// moment after the drop.
+    fn reopen(path: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(path) {
+                Ok(store) => return store,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("lock"), "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopening the store: {e}"),
+            }
+        }
+    }
+
     /// A sealer with a fixed key, for tests that write own records.
     pub(crate) fn sealer() -> crate::envelope::NodeSealer {
         crate::envelope::NodeSealer {
             origin: "XAA".into(),
             key: ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]),
+            salts: crate::envelope::SaltKey::new([2u8; 32]),
         }
     }
 
@@ -1177,7 +1204,7 @@ pub(crate) mod tests {
             store.disclosed.clear().unwrap();
             store.flush().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.disclosed_version("XBB", &fed).unwrap(), Some(2));
         assert_eq!(store.disclosed_version("XDD", &granted).unwrap(), Some(1));
         assert_eq!(store.disclosed_version("XEE", &granted).unwrap(), None);
@@ -1233,18 +1260,7 @@ pub(crate) mod tests {
         assert!(store.changes_after(0, 1).unwrap()[0].created);
         store.flush().unwrap();
         drop(store);
-        // sled's background threads let go of the file lock a moment after the drop.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let store = loop {
-            match Store::open(dir.path()) {
-                Ok(store) => break store,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    assert!(e.to_string().contains("lock"), "{e}");
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => panic!("reopening the store: {e}"),
-            }
-        };
+        let store = reopen(dir.path());
         assert_eq!(store.last_seq().unwrap(), 5);
         // Every own version is signed and chained in the own log.
         let own = store.own_changes_after(0, 10).unwrap();
@@ -1254,9 +1270,9 @@ pub(crate) mod tests {
         );
         let mut prev = String::new();
         for c in &own {
-            let env: crate::envelope::Envelope =
-                serde_json::from_slice(&store.envelope(&c.id, c.version).unwrap().unwrap())
-                    .unwrap();
+            let env = crate::envelope::load(&store, &sealer().salts, &c.id, c.version)
+                .unwrap()
+                .unwrap();
             env.verify(&sealer().key.verifying_key()).unwrap();
             assert_eq!(env.claims.prev, prev);
             assert_eq!(env.claims.digest().unwrap(), c.digest);

@@ -144,15 +144,14 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
             });
             continue;
         }
-        let bytes = store
-            .envelope(&change.id, change.version)?
+        let (envelope, submitted) = node
+            .envelope_with_record(&change.id, change.version)?
             .ok_or_else(|| anyhow::anyhow!("no envelope for {}@{}", change.id, change.version))?;
-        let envelope: Envelope = serde_json::from_slice(&bytes)?;
         let retraction = envelope.claims.retracted;
         let view = if replicate {
             // The policy reads the submitted fields (sharing labels, item categories), which an
-            // own envelope discloses in full: no need to read and parse the stored record too.
-            view_for(peer, &envelope, &envelope.record())
+            // own envelope discloses in full.
+            view_for(peer, &envelope, &submitted)
         } else {
             View::Withheld
         };

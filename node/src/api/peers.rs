@@ -11,7 +11,6 @@ use super::AppState;
 use super::auth::Reader;
 use super::error::{ApiError, ApiPath};
 use super::records::parse_id;
-use crate::envelope::Envelope;
 use crate::policy;
 
 /// # `GET /api/v1/peers`
@@ -70,12 +69,10 @@ pub async fn preview(
                 "fields": [], "view": null,
             }));
         }
-        let envelope: Envelope = serde_json::from_slice(
-            &store
-                .envelope(&id, head.version)?
-                .ok_or_else(|| ApiError::internal("the record version has no envelope"))?,
-        )
-        .map_err(ApiError::internal)?;
+        let envelope = node
+            .envelope(&id, head.version)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::internal("the record version has no envelope"))?;
         let record = store
             .get(&id, Some(head.version))?
             .ok_or_else(|| ApiError::not_found(format!("no record {id}")))?;

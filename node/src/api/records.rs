@@ -307,11 +307,12 @@ pub async fn export_tool(
                     if !store.is_own(&id)? {
                         continue;
                     }
-                    let Some(bytes) = store.envelope(&id, head.version)? else {
+                    let Some(envelope) = node
+                        .envelope(&id, head.version)
+                        .map_err(ApiError::internal)?
+                    else {
                         continue;
                     };
-                    let envelope: crate::envelope::Envelope =
-                        serde_json::from_slice(&bytes).map_err(ApiError::internal)?;
                     if let crate::sync::View::Shown(view) =
                         crate::sync::view_for(peer, &envelope, &record)
                     {

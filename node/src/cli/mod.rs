@@ -644,6 +644,7 @@ async fn serve(
     } else {
         None
     };
+    let shutdown = shutdown_signal();
     out!("ammotrace node {} serving", node.config().node_id);
     out!("  API:          http://{address}/api/v1   (OpenAPI: http://{address}/api/openapi.json)");
     if let Some(f) = &federation {
@@ -664,7 +665,7 @@ async fn serve(
     let serving = data_dir.join(SERVING_FILE);
     std::fs::write(&serving, format!("http://{address}\n"))
         .with_context(|| format!("cannot write {}", serving.display()))?;
-    let served = node.serve(listener, federation, shutdown_signal()).await;
+    let served = node.serve(listener, federation, shutdown).await;
     let _ = std::fs::remove_file(&serving);
     served
 }
@@ -672,20 +673,25 @@ async fn serve(
 /// In a data directory while its node serves: the base URL of the node's API.
 const SERVING_FILE: &str = "api.url";
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
+/// Installs the SIGINT and SIGTERM handlers now, so that a signal arriving any time after the
+/// node has said it serves stops it gracefully (an async fn would install them only when
+/// first polled), and resolves on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt()).ok();
+    let terminate = signal(SignalKind::terminate()).ok();
+    async fn received(signal: Option<Signal>) {
+        match signal {
+            Some(mut s) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            None => std::future::pending::<()>().await,
         }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down");
+    }
+    async move {
+        tokio::select! { _ = received(interrupt) => {}, _ = received(terminate) => {} }
+        tracing::info!("shutting down");
+    }
 }
 
 async fn import(

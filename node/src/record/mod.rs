@@ -378,6 +378,94 @@ fn strip_derived(record: &mut Map<String, Value>) {
     }
 }
 
+/// Parses a stored record version as [`without_node_fields`] would leave it, without building
+/// what that drops: the derived readings (the bulk of a stored record, and of the cost of
+/// parsing it) are skipped as they are read. Used to rebuild an own envelope.
+pub fn parse_submitted(json: &[u8]) -> serde_json::Result<Value> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let value = Level::Top.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// Where a value sits in a record, for [`parse_submitted`]: the levels on the way to a
+/// `derived` reading, and everything else.
+#[derive(Clone, Copy)]
+enum Level {
+    Top,
+    Items,
+    Item,
+    Reading,
+    Plain,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Level {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        match self {
+            Level::Plain => serde::Deserialize::deserialize(d),
+            _ => d.deserialize_any(self),
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Level {
+    type Value = Value;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let child = match self {
+            Level::Items => Level::Item,
+            _ => Level::Plain,
+        };
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(v) = seq.next_element_seed(child)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let child = match (self, key.as_str()) {
+                (Level::Top, "normaliser_version") | (Level::Reading, "derived") => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+                (Level::Top, "items") => Level::Items,
+                (Level::Item, "calibre" | "lot" | "headstamp") => Level::Reading,
+                _ => Level::Plain,
+            };
+            let value = map.next_value_seed(child)?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 /// Removes what the node adds to a record, leaving what the submitter wrote (used to compare a
 /// stored record with its submission).
 pub fn without_node_fields(record: &Value) -> Value {
@@ -714,6 +802,69 @@ pub fn event_summary(record: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Record-shaped JSON: the keys `parse_submitted` treats specially at their levels and
+    /// elsewhere, with derived readings and leaves of every kind.
+    fn record_like() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            "\\PC{0,8}".prop_map(Value::String),
+        ];
+        let key = prop_oneof![
+            Just("items".to_owned()),
+            Just("lot".to_owned()),
+            Just("calibre".to_owned()),
+            Just("headstamp".to_owned()),
+            Just("derived".to_owned()),
+            Just("normaliser_version".to_owned()),
+            Just("raw".to_owned()),
+            "[a-z]{1,6}",
+        ];
+        leaf.prop_recursive(5, 64, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((key.clone(), inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn parse_submitted_equals_parsing_then_removing_node_fields(value in record_like()) {
+            let json = serde_json::to_vec(&value).unwrap();
+            prop_assert_eq!(parse_submitted(&json).unwrap(), without_node_fields(&value));
+        }
+    }
+
+    #[test]
+    fn parse_submitted_drops_the_derived_readings_of_a_stored_record() {
+        let prepared = Validator::new("XAA")
+            .prepare(
+                json!({
+                    "originating_state": "XAA",
+                    "event": {"event_type": "seizure", "date": {"start": "2024"},
+                              "location": {"country": "XAA", "precision": "country"}},
+                    "items": [{"item_id": "i1", "item_category": "small_arms_ammunition",
+                               "calibre": "5.56x45", "headstamp": "LC 19", "lot": "LC19A001-002"}],
+                    "sharing": {"tlp": "GREEN"}
+                }),
+                "2026-01-01T00:00:00Z",
+            )
+            .unwrap();
+        let stored = serde_json::to_vec(&prepared.record).unwrap();
+        assert!(String::from_utf8_lossy(&stored).contains("\"derived\""));
+        let submitted = parse_submitted(&stored).unwrap();
+        assert_eq!(submitted, without_node_fields(&prepared.record));
+        assert!(!submitted.to_string().contains("derived"));
+        assert_eq!(submitted["items"][0]["lot"]["raw"], "LC19A001-002");
+        assert!(parse_submitted(b"{\"items\": [").is_err());
+        assert!(parse_submitted(b"{} trailing").is_err());
+    }
 
     fn minimal() -> Value {
         json!({
