@@ -136,7 +136,6 @@ fn store_write(path: &std::path::Path) -> anyhow::Result<(f64, f64)> {
     let sealer = ammotrace::envelope::NodeSealer {
         origin: "XAA".into(),
         key: SigningKey::from_bytes(&[42u8; 32]),
-        salts: ammotrace::envelope::SaltKey::new([43u8; 32]),
     };
     let (batches, size) = (10u64, 5_000u64);
     let mut timed = Duration::ZERO;

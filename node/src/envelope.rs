@@ -347,13 +347,21 @@ pub fn seal(record: &Value, seal: &Seal<'_>, key: &SigningKey) -> Result<Envelop
 /// Unpredictable salts for one record version: 16 bytes of SHA-256 over one fresh 32-byte
 /// secret from the OS and the leaf's path. One system call per record instead of one per
 /// leaf; a partner that sees some salts learns nothing of the others (the secret is never
-/// stored or sent).
+/// sent; for an own version the store keeps it, in the compact form of the envelope).
 fn salt_source() -> impl FnMut(&str) -> String {
     let mut secret = [0u8; 32];
     // Without OS randomness the salts would be guessable; getrandom fails only on broken
     // platforms, and the digests stay correct either way.
     let _ = getrandom::fill(&mut secret);
     salts_from(secret)
+}
+
+/// 32 bytes from the OS for one own version's salts; sealing fails without them (stored
+/// salts must never be guessable).
+fn fresh_secret() -> Result<[u8; 32], String> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| format!("no OS randomness for salts: {e}"))?;
+    Ok(secret)
 }
 
 /// The salts of one record version from its secret: 16 bytes of SHA-256 over the secret and
@@ -414,54 +422,21 @@ fn verify_chunk(
     Ok(())
 }
 
-/// The node's salt key, kept in the store and never sent. An own record version's salts are
-/// derived from it (not drawn at random), so the version's envelope can be rebuilt from the
-/// stored record: the store keeps only its signed claims without their digests, a tenth of
-/// the bytes (decision 0011). A partner that sees some salts learns nothing of the others,
-/// as with random ones: it cannot compute the key's HMAC.
-#[derive(Clone)]
-pub struct SaltKey([u8; 32]);
-
-impl std::fmt::Debug for SaltKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SaltKey(..)")
-    }
-}
-
-impl SaltKey {
-    pub fn new(bytes: [u8; 32]) -> SaltKey {
-        SaltKey(bytes)
-    }
-
-    /// The salts of one record version: its secret is
-    /// `HMAC-SHA256(key, "ammotrace-salt-v1" 0x00 record_id 0x00 version as 4 bytes big-endian)`,
-    /// each leaf's salt then as from a random secret ([`salts_from`]).
-    fn salts(&self, record_id: &str, version: u32) -> impl FnMut(&str) -> String + use<> {
-        use hmac::Mac;
-        // HMAC takes keys of any length; a 32-byte key is padded to SHA-256's 64-byte block.
-        let mut block = [0u8; 64];
-        block[..32].copy_from_slice(&self.0);
-        let mut mac = <hmac::Hmac<Sha256> as hmac::digest::KeyInit>::new(&block.into());
-        mac.update(b"ammotrace-salt-v1\0");
-        mac.update(record_id.as_bytes());
-        mac.update(b"\0");
-        mac.update(&version.to_be_bytes());
-        salts_from(mac.finalize().into_bytes().into())
-    }
-}
-
 /// First byte of an own envelope stored compact ([`Compact`]); a full one is JSON, `{`.
 const COMPACT: u8 = 0x02;
 
-/// An own envelope as the store keeps it: the claims without their digests, the signature, and
-/// the claims' digest. [`load`] rebuilds the disclosures and digests from the stored record and
-/// the salt key, and the digest proves the rebuild exact.
+/// An own envelope as the store keeps it (decision 0011): the claims without their digests,
+/// the signature, the claims' digest, and the version's random salt secret. [`load`] rebuilds
+/// the disclosures and digests from the stored record and the secret, and the digest proves
+/// the rebuild exact. About 400 bytes where the whole envelope takes several kilobytes.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Compact {
     claims: Claims,
     sig: String,
     digest: String,
+    /// The 32-byte secret the version's salts come from ([`salts_from`]), base64url.
+    secret: String,
 }
 
 impl Compact {
@@ -473,8 +448,12 @@ impl Compact {
 
     /// The full envelope, from the record version it was sealed from, as submitted (without
     /// what the node added: [`crate::record::parse_submitted`]).
-    fn rebuild(self, record: &Value, salts: &SaltKey) -> Result<Envelope, String> {
-        let (record_id, version) = id_and_version(record);
+    fn rebuild(self, record: &Value) -> Result<Envelope, String> {
+        let secret = URL_SAFE_NO_PAD
+            .decode(&self.secret)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or("the salt secret is not base64url of 32 bytes")?;
         let c = &self.claims;
         let seal = Seal {
             origin: &c.origin,
@@ -485,9 +464,8 @@ impl Compact {
             normaliser: &c.normaliser,
         };
         let (claims, disclosures) =
-            unsigned(record, &seal, &c.key_id, salts.salts(record_id, version))
-                .map_err(|e| e.to_string())?;
-        if claims.v != c.v || claims.digest().map_err(|e| e.to_string())? != self.digest {
+            unsigned(record, &seal, &c.key_id, salts_from(secret)).map_err(|e| e.to_string())?;
+        if claims.digest().map_err(|e| e.to_string())? != self.digest {
             return Err("the stored record no longer matches the claims signed for it".into());
         }
         Ok(Envelope {
@@ -508,25 +486,23 @@ pub enum LoadError {
 }
 
 /// A record version's envelope as stored: a partner's as it was received; an own one rebuilt
-/// from the stored record with the node's salt key (see [`SaltKey`]).
+/// from the stored record ([`Compact`]).
 pub fn load(
     store: &crate::store::Store,
-    salts: &SaltKey,
     id: &crate::record::RecordId,
     version: u32,
 ) -> Result<Option<Envelope>, LoadError> {
-    Ok(read(store, salts, id, version)?.map(|(envelope, _)| envelope))
+    Ok(read(store, id, version)?.map(|(envelope, _)| envelope))
 }
 
 /// [`load`], with the record the envelope discloses in full ([`Envelope::record`]), which
 /// rebuilding an own envelope has at hand.
 pub fn load_with_record(
     store: &crate::store::Store,
-    salts: &SaltKey,
     id: &crate::record::RecordId,
     version: u32,
 ) -> Result<Option<(Envelope, Value)>, LoadError> {
-    Ok(read(store, salts, id, version)?.map(|(envelope, record)| {
+    Ok(read(store, id, version)?.map(|(envelope, record)| {
         let record = record.unwrap_or_else(|| envelope.record());
         (envelope, record)
     }))
@@ -535,7 +511,6 @@ pub fn load_with_record(
 /// The stored envelope, and for an own one the record it was rebuilt from.
 fn read(
     store: &crate::store::Store,
-    salts: &SaltKey,
     id: &crate::record::RecordId,
     version: u32,
 ) -> Result<Option<(Envelope, Option<Value>)>, LoadError> {
@@ -552,16 +527,15 @@ fn read(
     let record = store
         .get_with(id, Some(version), crate::record::parse_submitted)?
         .ok_or_else(|| corrupt("its record version is missing".into()))?;
-    let envelope = compact.rebuild(&record, salts).map_err(corrupt)?;
+    let envelope = compact.rebuild(&record).map_err(corrupt)?;
     Ok(Some((envelope, Some(record))))
 }
 
-/// Seals own record versions as the store writes them, with the node's current key and its
-/// salt key. What it returns for the store is the [`Compact`] form.
+/// Seals own record versions as the store writes them, with the node's current key. What it
+/// returns for the store is the [`Compact`] form.
 pub struct NodeSealer {
     pub origin: String,
     pub key: SigningKey,
-    pub salts: SaltKey,
 }
 
 impl crate::store::Sealer for NodeSealer {
@@ -585,18 +559,17 @@ impl crate::store::Sealer for NodeSealer {
                 retracted: item.retracted,
                 normaliser: crate::normalise::NORMALISER_VERSION,
             };
-            let (record_id, version) = id_and_version(&record);
-            let salts = self.salts.salts(record_id, version);
+            let secret = fresh_secret()?;
             let (claims, _) =
-                unsigned(&record, &seal, &key_id, salts).map_err(|e| e.to_string())?;
+                unsigned(&record, &seal, &key_id, salts_from(secret)).map_err(|e| e.to_string())?;
             let canonical = claims.canonical().map_err(|e| e.to_string())?;
             prev = b64_sha256(&canonical);
-            parts.push((claims, canonical, prev.clone()));
+            parts.push((claims, canonical, prev.clone(), secret));
         }
-        let sign_all = |parts: Vec<(Claims, Vec<u8>, String)>| {
+        let sign_all = |parts: Vec<(Claims, Vec<u8>, String, [u8; 32])>| {
             parts
                 .into_iter()
-                .map(|(claims, canonical, digest)| {
+                .map(|(claims, canonical, digest, secret)| {
                     let sig = URL_SAFE_NO_PAD.encode(self.key.sign(&canonical).to_bytes());
                     let compact = Compact {
                         claims: Claims {
@@ -605,6 +578,7 @@ impl crate::store::Sealer for NodeSealer {
                         },
                         sig,
                         digest,
+                        secret: URL_SAFE_NO_PAD.encode(secret),
                     };
                     Ok(crate::store::Sealed {
                         envelope: compact.bytes()?,
@@ -985,9 +959,7 @@ mod tests {
         let mut all_salts = HashSet::new();
         for w in &written {
             let stored = store.envelope(&w.id, w.version).unwrap().unwrap();
-            let envelope = load(&store, &sealer.salts, &w.id, w.version)
-                .unwrap()
-                .unwrap();
+            let envelope = load(&store, &w.id, w.version).unwrap().unwrap();
             // The rebuilt envelope verifies, holds every leaf of the record as submitted and
             // chains to the digest the own log kept.
             envelope.verify(&sealer.key.verifying_key()).unwrap();
@@ -1005,54 +977,53 @@ mod tests {
             let full = serde_json::to_vec(&envelope).unwrap();
             assert_eq!(stored[0], COMPACT);
             assert!(
-                stored.len() * 4 < full.len(),
+                stored.len() * 3 < full.len(),
                 "{} stored bytes for a {}-byte envelope",
                 stored.len(),
                 full.len()
             );
-            // The same version rebuilds the same salts; no two leaves share one.
-            let again = load(&store, &sealer.salts, &w.id, w.version)
-                .unwrap()
-                .unwrap();
-            assert_eq!(again, envelope);
+            // Every load rebuilds the same envelope; no two leaves of any version share a salt.
+            assert_eq!(load(&store, &w.id, w.version).unwrap().unwrap(), envelope);
+            let (with_record, record) =
+                load_with_record(&store, &w.id, w.version).unwrap().unwrap();
+            assert_eq!(with_record, envelope);
+            assert_eq!(record, envelope.record());
             for d in &envelope.disclosures {
                 assert!(all_salts.insert(d.0.clone()), "salt {} twice", d.0);
             }
         }
-        // Another salt key rebuilds other salts, which the signed digests refuse.
-        let other = SaltKey::new([9u8; 32]);
-        let w = &written[0];
-        assert!(matches!(
-            load(&store, &other, &w.id, w.version),
-            Err(LoadError::Corrupt(..))
-        ));
     }
 
     #[test]
-    fn salts_depend_on_the_key_the_record_the_version_and_the_path() {
-        let key = SaltKey::new([3u8; 32]);
-        let id = "urn:uuid:019ad2f0-0000-7000-8000-00000000a001";
-        let one = |k: &SaltKey, id: &str, v: u32, path: &str| k.salts(id, v)(path);
-        let base = one(&key, id, 1, "/items/0/lot/raw");
-        assert_eq!(base, one(&key, id, 1, "/items/0/lot/raw"));
-        assert_eq!(URL_SAFE_NO_PAD.decode(&base).unwrap().len(), 16);
-        for other in [
-            one(&SaltKey::new([4u8; 32]), id, 1, "/items/0/lot/raw"),
-            one(
-                &key,
-                "urn:uuid:019ad2f0-0000-7000-8000-00000000a002",
-                1,
-                "/items/0/lot/raw",
-            ),
-            one(&key, id, 2, "/items/0/lot/raw"),
-            one(&key, id, 1, "/items/0/lot"),
-        ] {
-            assert_ne!(other, base);
-        }
+    fn each_version_has_its_own_random_salt_secret() {
+        let sealer = crate::store::tests::sealer();
+        // The same record content sealed twice (two stores): other secrets, other salts.
+        let (_a, store_a, written_a) = stored_with(&sealer, &["LC-19-A"]);
+        let (_b, store_b, written_b) = stored_with(&sealer, &["LC-19-A"]);
+        let secret = |store: &crate::store::Store, w: &crate::store::Written| {
+            let stored = store.envelope(&w.id, w.version).unwrap().unwrap();
+            let compact: Compact = serde_json::from_slice(&stored[1..]).unwrap();
+            URL_SAFE_NO_PAD.decode(compact.secret).unwrap()
+        };
+        let (a, b) = (
+            secret(&store_a, &written_a[0]),
+            secret(&store_b, &written_b[0]),
+        );
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        let salt = |store: &crate::store::Store, w: &crate::store::Written| {
+            let e = load(store, &w.id, w.version).unwrap().unwrap();
+            e.disclosures
+                .iter()
+                .find(|d| d.path() == "/items/0/lot/raw")
+                .map(|d| d.0.clone())
+                .unwrap()
+        };
+        assert_ne!(salt(&store_a, &written_a[0]), salt(&store_b, &written_b[0]));
     }
 
     #[test]
-    fn a_rebuild_from_a_changed_record_is_refused() {
+    fn a_rebuild_from_a_changed_record_or_secret_is_refused() {
         let sealer = crate::store::tests::sealer();
         let (_dir, store, written) = stored_with(&sealer, &["LC-19-A"]);
         let w = &written[0];
@@ -1061,11 +1032,27 @@ mod tests {
         let mut record = crate::record::without_node_fields(
             &store.get(&w.id, Some(w.version)).unwrap().unwrap(),
         );
-        assert!(compact().rebuild(&record, &sealer.salts).is_ok());
+        assert!(compact().rebuild(&record).is_ok());
+        let mut other_secret = compact();
+        other_secret.secret = URL_SAFE_NO_PAD.encode([9u8; 32]);
+        assert!(
+            other_secret
+                .rebuild(&record)
+                .unwrap_err()
+                .contains("no longer matches")
+        );
+        let mut short_secret = compact();
+        short_secret.secret = URL_SAFE_NO_PAD.encode([9u8; 8]);
+        assert!(
+            short_secret
+                .rebuild(&record)
+                .unwrap_err()
+                .contains("32 bytes")
+        );
         record["items"][0]["lot"]["raw"] = json!("LC-19-B");
         assert!(
             compact()
-                .rebuild(&record, &sealer.salts)
+                .rebuild(&record)
                 .unwrap_err()
                 .contains("no longer matches")
         );
@@ -1109,9 +1096,7 @@ mod tests {
         let sealer = WholeSealer(key());
         let (_dir, store, written) = stored_with(&sealer, &["LC-19-A"]);
         let w = &written[0];
-        let envelope = load(&store, &SaltKey::new([1u8; 32]), &w.id, w.version)
-            .unwrap()
-            .unwrap();
+        let envelope = load(&store, &w.id, w.version).unwrap().unwrap();
         envelope.verify(&key().verifying_key()).unwrap();
         assert_eq!(envelope.record()["items"][0]["lot"]["raw"], "LC-19-A");
     }

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use crate::api::auth::{ApiToken, Role};
 use crate::audit::AuditLog;
 use crate::config::Config;
-use crate::envelope::{self, Envelope, LoadError, NodeSealer, SaltKey};
+use crate::envelope::{self, Envelope, LoadError, NodeSealer};
 use crate::identity::{self, ADMIN_TOKEN_FILE, Identity, KeyHistory};
 use crate::index::SearchIndex;
 use crate::peer::Peers;
@@ -172,7 +172,6 @@ impl Node {
         let sealer = NodeSealer {
             origin: config.node_id.clone(),
             key: identity.signing_key().clone(),
-            salts: SaltKey::new(store.secret("salts")?),
         };
         let index = SearchIndex::open(
             &data_dir.join(INDEX_DIR),
@@ -212,7 +211,7 @@ impl Node {
     }
     /// A record version's envelope as stored (own ones rebuilt, see [`envelope::load`]).
     pub fn envelope(&self, id: &RecordId, version: u32) -> Result<Option<Envelope>, LoadError> {
-        envelope::load(&self.store, &self.sealer.salts, id, version)
+        envelope::load(&self.store, id, version)
     }
     /// [`Node::envelope`] with the record it discloses in full ([`envelope::load_with_record`]).
     pub fn envelope_with_record(
@@ -220,7 +219,7 @@ impl Node {
         id: &RecordId,
         version: u32,
     ) -> Result<Option<(Envelope, serde_json::Value)>, LoadError> {
-        envelope::load_with_record(&self.store, &self.sealer.salts, id, version)
+        envelope::load_with_record(&self.store, id, version)
     }
     pub fn peers(&self) -> &Peers {
         &self.peers

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, LoadError};
 use crate::node::Node;
 use crate::peer::Peer;
 use crate::policy::Mode;
@@ -142,14 +142,18 @@ pub fn answer(node: &Node, peer: &Peer, query: &Query) -> Result<Answer, Refused
             continue;
         };
         let version = u32::try_from(r.candidate.version).unwrap_or(0);
-        let (Some(envelope), Some(record)) = (
-            node.envelope(&id, version)
-                .map_err(|e| Refused::Internal(e.to_string()))?,
-            store
-                .get(&id, Some(version))
-                .map_err(|e| Refused::Internal(e.to_string()))?,
-        ) else {
-            continue;
+        // The record as submitted comes with the envelope: the policy reads only submitted
+        // fields (labels, categories, location).
+        let (envelope, record) = match node.envelope_with_record(&id, version) {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => continue,
+            // One unreadable version must not fail every query that ranks it: it is left out,
+            // loudly (the feed, which cannot skip a change, stops on it instead).
+            Err(LoadError::Corrupt(..)) => {
+                tracing::error!(%id, version, "left out of a partner's answer: unreadable envelope");
+                continue;
+            }
+            Err(e) => return Err(Refused::Internal(e.to_string())),
         };
         let view = match sync::view_for(peer, &envelope, &record) {
             sync::View::Shown(view) => view,

@@ -5,9 +5,12 @@
 //! - `record_versions`: `RecordId(16) ‖ version u32 BE` → the record version, JSON (values
 //!   here and in `envelopes` are LZ4-compressed, marked by a leading `0x01`; see `pack`)
 //! - `changes`: `seq u64 BE` → `RecordId(16) ‖ version u32 BE ‖ retracted u8 ‖ created u8`
-//! - `meta`: `b"last_seq"` → `u64 BE`; `b"own_seq"` → `u64 BE`; `b"own_head"` → digest
-//! - `envelopes`: `RecordId(16) ‖ version u32 BE` → the signed envelope, JSON (for own
-//!   records the full envelope; for partners' records the view received)
+//! - `meta`: `b"last_seq"` → `u64 BE`; `b"own_seq"` → `u64 BE`; `b"own_head"` → digest;
+//!   `note:NAME` → text ([`Store::note`]; `note:secret:NAME` the node's secrets)
+//! - `envelopes`: `RecordId(16) ‖ version u32 BE` → the signed envelope: for own records what
+//!   the sealer gave (since decision 0011 a compact form, `0x02` then JSON, from which
+//!   `envelope::load` rebuilds the envelope; before, the whole envelope as JSON); for
+//!   partners' records the view received, JSON
 //! - `own_log`: `own_seq u64 BE` → `RecordId(16) ‖ version u32 BE ‖ claims digest`: this
 //!   node's own changes, the sequence its partners pull (hash-chained through the claims)
 //! - `cursors`: origin → JSON [`Cursor`]: how far this node has pulled each partner's feed
@@ -67,8 +70,9 @@ impl From<sled::Error> for StoreError {
     }
 }
 
-/// What sealing gives back for one record version: the signed envelope (JSON) and the digest
-/// of its claims (the link of the own-change hash chain).
+/// What sealing gives back for one record version: the signed envelope as the store keeps it
+/// (see [`crate::envelope::load`]) and the digest of its claims (the link of the own-change
+/// hash chain).
 pub struct Sealed {
     pub envelope: Vec<u8>,
     pub digest: String,
@@ -706,7 +710,8 @@ impl Store {
         })
     }
 
-    /// The envelope of a record version (own: full; a partner's: the view received).
+    /// The stored envelope of a record version (own: as the sealer gave it; a partner's: the
+    /// view received). Read it with [`crate::envelope::load`].
     pub fn envelope(&self, id: &RecordId, version: u32) -> Result<Option<Vec<u8>>, StoreError> {
         match self.envelopes.get(version_key(id, version))? {
             Some(bytes) => Ok(Some(unpack(&bytes, id)?.into_owned())),
@@ -1106,7 +1111,6 @@ pub(crate) mod tests {
         crate::envelope::NodeSealer {
             origin: "XAA".into(),
             key: ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]),
-            salts: crate::envelope::SaltKey::new([2u8; 32]),
         }
     }
 
@@ -1175,6 +1179,31 @@ pub(crate) mod tests {
 
     /// A store written before the `disclosed` tree learns, once, who holds what from its
     /// receipts (feeds) and its approved disclosure requests (grants, which send no receipt).
+    /// A stored own version changed under its signature (by hand, or by a bug) is never
+    /// served: its envelope no longer rebuilds.
+    #[test]
+    fn an_own_version_changed_in_the_store_has_no_envelope_to_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let written = store
+            .create_batch(&mut [prepared("LC-19-A")], &sealer())
+            .unwrap();
+        let w = written[0];
+        assert!(crate::envelope::load(&store, &w.id, w.version).is_ok());
+        let mut record = store.get(&w.id, Some(w.version)).unwrap().unwrap();
+        record["items"][0]["lot"]["raw"] = json!("LC-19-B");
+        store
+            .versions
+            .insert(version_key(&w.id, w.version), record_bytes(&record))
+            .unwrap();
+        let err = crate::envelope::load(&store, &w.id, w.version).unwrap_err();
+        assert!(
+            matches!(err, crate::envelope::LoadError::Corrupt(id, 1, _) if id == w.id),
+            "{err}"
+        );
+        assert!(err.to_string().contains("no longer matches"), "{err}");
+    }
+
     #[test]
     fn holders_are_filled_from_receipts_and_grants_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -1270,7 +1299,7 @@ pub(crate) mod tests {
         );
         let mut prev = String::new();
         for c in &own {
-            let env = crate::envelope::load(&store, &sealer().salts, &c.id, c.version)
+            let env = crate::envelope::load(&store, &c.id, c.version)
                 .unwrap()
                 .unwrap();
             env.verify(&sealer().key.verifying_key()).unwrap();

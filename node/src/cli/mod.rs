@@ -678,8 +678,15 @@ const SERVING_FILE: &str = "api.url";
 /// first polled), and resolves on the first of them.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{Signal, SignalKind, signal};
-    let interrupt = signal(SignalKind::interrupt()).ok();
-    let terminate = signal(SignalKind::terminate()).ok();
+    let install = |kind: SignalKind, name: &str| {
+        signal(kind)
+            .inspect_err(|e| {
+                tracing::warn!("cannot handle {name}: {e}; it will stop the node abruptly")
+            })
+            .ok()
+    };
+    let interrupt = install(SignalKind::interrupt(), "SIGINT");
+    let terminate = install(SignalKind::terminate(), "SIGTERM");
     async fn received(signal: Option<Signal>) {
         match signal {
             Some(mut s) => {
