@@ -994,6 +994,39 @@ mod tests {
         }
     }
 
+    /// Updates, retractions and records that declare their version rebuild too: every write
+    /// path stores the record it sealed.
+    #[test]
+    fn every_write_path_stores_what_it_sealed() {
+        let sealer = crate::store::tests::sealer();
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("store")).unwrap();
+        let mut declared = crate::store::tests::prepared_as(None, "LC-19-A");
+        declared.declared_version = Some(3);
+        declared.record["record_version"] = json!(3);
+        let created = store
+            .create_batch(&mut [declared], &sealer)
+            .unwrap()
+            .remove(0);
+        assert_eq!(created.version, 3);
+        let mut edit = crate::store::tests::prepared_as(Some(&created.id.to_string()), "LC-19-B");
+        edit.declared_version = Some(3);
+        let updated = store.update(edit, &sealer).unwrap();
+        let retracted = store
+            .retract(created.id, "entered twice", "2026-01-02T00:00:00Z", &sealer)
+            .unwrap();
+        for w in [created, updated, retracted] {
+            let envelope = load(&store, &w.id, w.version).unwrap().unwrap();
+            envelope.verify(&sealer.key.verifying_key()).unwrap();
+            assert_eq!(envelope.claims.version, w.version);
+        }
+        let last = load(&store, &retracted.id, retracted.version)
+            .unwrap()
+            .unwrap();
+        assert!(last.claims.retracted);
+        assert_eq!(last.record()["items"][0]["lot"]["raw"], "LC-19-B");
+    }
+
     #[test]
     fn each_version_has_its_own_random_salt_secret() {
         let sealer = crate::store::tests::sealer();
