@@ -19,10 +19,10 @@ cargo build --release -q -p ammotrace --bin ammotrace --example bench --manifest
 bin="$here/target/release/ammotrace"
 bench="$here/target/release/examples/bench"
 work="$(mktemp -d "${TMPDIR:-/tmp}/ammotrace-fed.XXXXXX")"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"; }
+# shellcheck source=scripts/lib.sh
+. "$here/scripts/lib.sh"
+cleanup() { stop_nodes; [ -n "${KEEP:-}" ] || rm -rf "$work"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 echo '{"mode":"query","categories":["*"],"fields":["*"],"location_precision":"exact","max_tlp":"AMBER+STRICT"}' >"$work/policy.json"
 for id in $partners XQQ; do
@@ -35,19 +35,12 @@ for id in $partners; do
   "$bin" peers add --data-dir "$work/XQQ" --card "$work/$id.card" --no-pull >/dev/null
   sed -i 's/^query_rate_per_minute = 60/query_rate_per_minute = 1000000/; s/^query_burst = 20/query_burst = 100000/' "$work/$id/config.toml"
 done
-declare -A url
+declare -A api
 for id in $partners XQQ; do
-  RUST_LOG=ammotrace=warn "$bin" serve --data-dir "$work/$id" --listen 127.0.0.1:0 \
-    --federation-listen "127.0.0.1:$(cat "$work/$id.port")" >"$work/$id.log" 2>&1 &
-  pids+=($!)
+  launch_node "$work/$id" "$(cat "$work/$id.port")"
 done
 for id in $partners XQQ; do
-  for _ in $(seq 1 500); do
-    u="$(sed -n 's#^ *API: *\(http://[^/ ]*\)/api/v1.*#\1#p' "$work/$id.log")"
-    [ -n "$u" ] && curl -sf "$u/healthz" >/dev/null && break
-    sleep 0.02
-  done
-  url[$id]="$u"
+  api[$id]="$(node_url "$work/$id")"
 done
 
 echo "generating and importing $n items over five partners…" >&2
@@ -56,7 +49,7 @@ split -n l/5 -d --additional-suffix=.jsonl "$work/all.jsonl" "$work/part."
 i=0
 imports=()
 for id in $partners; do
-  "$bin" import "$work/part.0$i.jsonl" --url "${url[$id]}" --token "$(cat "$work/$id/admin.token")" \
+  "$bin" import "$work/part.0$i.jsonl" --url "${api[$id]}" --token "$(cat "$work/$id/admin.token")" \
     --as-own --batch 5000 --partial --jobs 1 >"$work/import-$id.log" 2>&1 &
   imports+=($!)
   i=$((i + 1))
@@ -65,7 +58,7 @@ for p in "${imports[@]}"; do wait "$p"; done
 tail -q -n1 "$work"/import-*.log >&2
 for id in $partners; do # until every partner has indexed what it holds
   while :; do
-    h="$(curl -sf "${url[$id]}/healthz")"
+    h="$(curl -sf "${api[$id]}/healthz")"
     [ "$(echo "$h" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["last_seq"] == d["indexed_seq"] and d["last_seq"] > 0)')" = True ] && break
     sleep 0.2
   done
@@ -73,8 +66,8 @@ done
 
 echo "measuring…" >&2
 # The generator numbers lots 0..n-1 across the file; partner XAA holds the first fifth.
-local_lat="$("$bench" latency "${url[XAA]}" "$(cat "$work/XAA/admin.token")" "$queries" "$((n / 5))")"
-fed_lat="$(BENCH_EXTRA="scope=federated&purpose=benchmark&case_ref=bench-1" "$bench" latency "${url[XQQ]}" "$(cat "$work/XQQ/admin.token")" "$queries" "$n")"
+local_lat="$("$bench" latency "${api[XAA]}" "$(cat "$work/XAA/admin.token")" "$queries" "$((n / 5))")"
+fed_lat="$(BENCH_EXTRA="scope=federated&purpose=benchmark&case_ref=bench-1" "$bench" latency "${api[XQQ]}" "$(cat "$work/XQQ/admin.token")" "$queries" "$n")"
 
 python3 - "$out" "$n" "$queries" "$local_lat" "$fed_lat" <<'PY' | python3 "$here/scripts/bench_section.py" "$out" federated
 import datetime, json, re, subprocess, sys

@@ -17,29 +17,14 @@ cargo build --release -q -p ammotrace --bin ammotrace --example bench --manifest
 bin="$here/target/release/ammotrace"
 bench="$here/target/release/examples/bench"
 work="$(mktemp -d "${TMPDIR:-/tmp}/ammotrace-sync.XXXXXX")"
-pids=()
+# shellcheck source=scripts/lib.sh
+. "$here/scripts/lib.sh"
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  stop_nodes
   if [ -n "${KEEP_LOGS:-}" ]; then cp "$work"/*.log "$KEEP_LOGS"/ 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
-now_ms() { date +%s%3N; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-json_get() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-
-start_node() { # data_dir fed_port -> sets url (API) and appends pid
-  RUST_LOG="${BENCH_LOG:-ammotrace=warn}" "$bin" serve --data-dir "$1" --listen 127.0.0.1:0 --federation-listen "127.0.0.1:$2" >"$1.log" 2>&1 &
-  pids+=($!)
-  url=""
-  for _ in $(seq 1 3000); do
-    url="$(sed -n 's#^ *API: *\(http://[^/ ]*\)/api/v1.*#\1#p' "$1.log")"
-    [ -n "$url" ] && curl -sf "$url/healthz" >/dev/null && return 0
-    sleep 0.01
-  done
-  cat "$1.log" >&2; exit 1
-}
-
 echo "measuring physical limits…" >&2
 limits="$("$bench" limits)"
 

@@ -18,23 +18,10 @@ cargo build --release -q -p ammotrace --bin ammotrace --example bench --manifest
 bin="$here/target/release/ammotrace"
 bench="$here/target/release/examples/bench"
 work="$(mktemp -d "${TMPDIR:-/tmp}/ammotrace-bench.XXXXXX")"
-pid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+# shellcheck source=scripts/lib.sh
+. "$here/scripts/lib.sh"
+cleanup() { stop_nodes; rm -rf "$work"; }
 trap cleanup EXIT
-
-now_ms() { date +%s%3N; }
-
-start_node() { # data_dir -> sets pid, url
-  RUST_LOG=ammotrace=warn "$bin" serve --data-dir "$1" --listen 127.0.0.1:0 --federation-listen 127.0.0.1:0 >"$1.log" 2>&1 &
-  pid=$!
-  url=""
-  for _ in $(seq 1 3000); do
-    url="$(sed -n 's#^ *API: *\(http://[^/ ]*\)/api/v1.*#\1#p' "$1.log")"
-    [ -n "$url" ] && curl -sf "$url/healthz" >/dev/null && return 0
-    sleep 0.01
-  done
-  cat "$1.log" >&2; exit 1
-}
 
 wait_indexed() { # waits until the index has caught up with the store
   while :; do
@@ -74,11 +61,11 @@ for n in $sizes; do
   wait_quiet
   latency="$("$bench" latency "$url" "$token" "$queries" "$n")"
   rss_kb="$(awk '/VmHWM/ {print $2}' /proc/$pid/status)"
-  kill -TERM "$pid"; wait "$pid" || true; pid=""
+  kill -TERM "$pid"; wait "$pid" || true
   store_bytes="$(du -sb "$data/store" | cut -f1)"
   index_bytes="$(du -sb "$data/index" | cut -f1)"
   s0=$(now_ms); start_node "$data"; s1=$(now_ms)
-  kill -TERM "$pid"; wait "$pid" || true; pid=""
+  kill -TERM "$pid"; wait "$pid" || true
   rows="$rows$(python3 - "$n" "$t0" "$t1" "$t2" "$rss_kb" "$store_bytes" "$index_bytes" "$s0" "$s1" "$latency" <<'PY'
 import json, sys
 n, t0, t1, t2, rss, store, index, s0, s1 = map(int, sys.argv[1:10])

@@ -14,15 +14,14 @@ cargo build --release -q -p ammotrace --bin ammotrace --manifest-path "$here/Car
 bin="$here/target/release/ammotrace"
 work="${DEMO_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/ammotrace-demo.XXXXXX")}"
 mkdir -p "$work"
-pids=()
+# shellcheck source=scripts/lib.sh
+. "$here/scripts/lib.sh"
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_nodes
   [ -n "${DEMO_DIR:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # Small printers for the JSON answers.
 cat >"$work/show.py" <<'PY'
 import json, sys
@@ -73,17 +72,10 @@ for id in XAA XBB REG; do sed -i 's/^pull_interval_ms = 5000/pull_interval_ms = 
 
 say "3. Start the nodes (local API on plain HTTP, federation API on HTTPS)"
 for id in XAA XBB REG; do
-  RUST_LOG=ammotrace=warn "$bin" serve --data-dir "$work/$id" --listen 127.0.0.1:0 \
-    --federation-listen "127.0.0.1:$(cat "$work/$id.port")" >"$work/$id.log" 2>&1 &
-  pids+=($!)
+  launch_node "$work/$id" "$(cat "$work/$id.port")"
 done
 for id in XAA XBB REG; do
-  for _ in $(seq 1 500); do
-    url="$(sed -n 's#^ *API: *\(http://[^/ ]*\)/api/v1.*#\1#p' "$work/$id.log")"
-    [ -n "$url" ] && curl -sf "$url/healthz" >/dev/null && break
-    sleep 0.02
-  done
-  echo "$url" >"$work/$id.url"
+  node_url "$work/$id" >"$work/$id.url"
   grep -E "API:|federation:" "$work/$id.log" | sed "s/^ */   $id /"
 done
 

@@ -19,14 +19,15 @@ dir="${1:-$here/../shared/data/dev-set}"
 cargo build --release -q -p ammotrace --manifest-path "$here/Cargo.toml"
 bin="$here/target/release/ammotrace"
 work="$(mktemp -d)"
+# shellcheck source=scripts/lib.sh
+. "$here/scripts/lib.sh"
+trap 'stop_nodes; rm -rf "$work"' EXIT
 if [ -n "$federated" ]; then
-  pids=()
-  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
   states="$(python3 -c 'import json,sys; print(" ".join(sorted({json.loads(l)["originating_state"] for l in open(sys.argv[1]) if l.strip()})))' "$dir/records.jsonl")"
   echo '{"mode":"query","categories":["*"],"fields":["*"],"location_precision":"exact","max_tlp":"AMBER+STRICT","case_references":true,"casualties":true}' >"$work/policy.json"
   for s in $states; do
     "$bin" init --data-dir "$work/$s" --node-id "$s" >/dev/null
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' >"$work/$s.port"
+    free_port >"$work/$s.port"
     "$bin" peers card --data-dir "$work/$s" --url "https://127.0.0.1:$(cat "$work/$s.port")" >"$work/$s.card"
     python3 -c 'import json,sys; [print(l, end="") for l in open(sys.argv[1]) if l.strip() and json.loads(l)["originating_state"] == sys.argv[2]]' "$dir/records.jsonl" "$s" >"$work/$s.jsonl"
   done
@@ -36,18 +37,11 @@ if [ -n "$federated" ]; then
     done
     # An evaluation asks far more than an investigator would: lift the query rate limit.
     sed -i 's/^query_rate_per_minute = 60/query_rate_per_minute = 1000000/; s/^query_burst = 20/query_burst = 100000/' "$work/$s/config.toml"
-    RUST_LOG=ammotrace=warn "$bin" serve --data-dir "$work/$s" --listen 127.0.0.1:0 --federation-listen "127.0.0.1:$(cat "$work/$s.port")" >"$work/$s.log" 2>&1 &
-    pids+=($!)
+    launch_node "$work/$s" "$(cat "$work/$s.port")"
   done
   echo "{" >"$work/nodes.json"; first=1
   for s in $states; do
-    url=""
-    for _ in $(seq 1 200); do
-      url="$(sed -n 's#^ *API: *\(http://[^/ ]*\)/api/v1.*#\1#p' "$work/$s.log")"
-      [ -n "$url" ] && break
-      sleep 0.05
-    done
-    [ -n "$url" ] || { cat "$work/$s.log" >&2; exit 1; }
+    url="$(node_url "$work/$s")"
     "$bin" import "$work/$s.jsonl" --url "$url" --token "$(cat "$work/$s/admin.token")" 2>&1 | tail -1
     [ -n "$first" ] || echo "," >>"$work/nodes.json"; first=""
     echo "\"$s\": {\"url\": \"$url\", \"token\": \"$(cat "$work/$s/admin.token")\"}" >>"$work/nodes.json"
@@ -56,17 +50,9 @@ if [ -n "$federated" ]; then
   python3 "$here/scripts/match_eval.py" --federated "$work/nodes.json" "$dir/records.jsonl" "$dir/queries.jsonl"
   exit 0
 fi
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 "$bin" init --data-dir "$work/data" --node-id XAA >/dev/null
-RUST_LOG=ammotrace=warn "$bin" serve --data-dir "$work/data" --listen 127.0.0.1:0 --federation-listen 127.0.0.1:0 >"$work/serve.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 100); do
-  url="$(sed -n 's#^ *API: *\(http://[^/ ]*\)/api/v1.*#\1#p' "$work/serve.log")"
-  [ -n "$url" ] && break
-  sleep 0.1
-done
-[ -n "$url" ] || { cat "$work/serve.log" >&2; exit 1; }
+start_node "$work/data"
 token="$(cat "$work/data/admin.token")"
 
 "$bin" import "$dir/records.jsonl" --as-own --url "$url" --token "$token"

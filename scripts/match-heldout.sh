@@ -16,20 +16,12 @@ mkdir -p "$out"
 cargo build --release -q -p ammotrace --manifest-path "$here/Cargo.toml"
 bin="$here/target/release/ammotrace"
 work="$(mktemp -d)"
-pid=""
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+# shellcheck source=scripts/lib.sh
+. "$here/scripts/lib.sh"
+trap 'stop_nodes; rm -rf "$work"' EXIT
 python3 "$here/scripts/heldout/gen.py" "$work"
 "$bin" init --data-dir "$work/node" --node-id XAA >/dev/null
-RUST_LOG=ammotrace=warn "$bin" serve --data-dir "$work/node" --listen 127.0.0.1:0 \
-  --federation-listen 127.0.0.1:0 >"$work/serve.log" 2>&1 &
-pid=$!
-url=""
-for _ in $(seq 1 300); do
-  url="$(sed -n 's#^ *API: *\(http://[^/ ]*\)/api/v1.*#\1#p' "$work/serve.log")"
-  [ -n "$url" ] && break
-  sleep 0.1
-done
-[ -n "$url" ] || { cat "$work/serve.log" >&2; exit 1; }
+start_node "$work/node"
 token="$(cat "$work/node/admin.token")"
 "$bin" import "$work/records.jsonl" --url "$url" --token "$token" | tail -1
 python3 "$here/scripts/heldout/eval.py" "$url" "$token" "$work" "$out"
