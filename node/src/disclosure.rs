@@ -137,12 +137,9 @@ fn granted_view(node: &Node, peer: &Peer, entry: &Value) -> Result<Envelope, Str
             ));
         }
     }
-    let envelope = node
-        .envelope(&id, version)
-        .map_err(|e| e.to_string())?
-        .ok_or("the record version is gone")?;
-    let record = store
-        .get(&id, Some(version))
+    // The record as submitted comes with the envelope (the policy reads submitted fields).
+    let (envelope, record) = node
+        .envelope_with_record(&id, version)
         .map_err(|e| e.to_string())?
         .ok_or("the record version is gone")?;
     // The partner's field rules, as if it could query.

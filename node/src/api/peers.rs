@@ -69,13 +69,11 @@ pub async fn preview(
                 "fields": [], "view": null,
             }));
         }
-        let envelope = node
-            .envelope(&id, head.version)
+        // The record as submitted comes with the envelope (the policy reads submitted fields).
+        let (envelope, record) = node
+            .envelope_with_record(&id, head.version)
             .map_err(ApiError::internal)?
             .ok_or_else(|| ApiError::internal("the record version has no envelope"))?;
-        let record = store
-            .get(&id, Some(head.version))?
-            .ok_or_else(|| ApiError::not_found(format!("no record {id}")))?;
         let decision = policy::decide(&peer.id, &peer.policy, &record, &envelope.paths(), i64::MAX);
         let embargo_until = chrono::DateTime::parse_from_rfc3339(&envelope.claims.issued_at)
             .ok()

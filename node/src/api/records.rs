@@ -298,17 +298,19 @@ pub async fn export_tool(
             if head.retracted {
                 continue;
             }
-            let Some(record) = store.get(&id, Some(head.version))? else {
-                continue;
-            };
             match &peer {
-                None => out.push(record),
+                None => {
+                    if let Some(record) = store.get(&id, Some(head.version))? {
+                        out.push(record);
+                    }
+                }
                 Some(peer) => {
                     if !store.is_own(&id)? {
                         continue;
                     }
-                    let Some(envelope) = node
-                        .envelope(&id, head.version)
+                    // The record as submitted comes with the envelope.
+                    let Some((envelope, record)) = node
+                        .envelope_with_record(&id, head.version)
                         .map_err(ApiError::internal)?
                     else {
                         continue;
