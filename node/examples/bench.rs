@@ -114,9 +114,15 @@ fn limits() -> anyhow::Result<()> {
 struct Presealed(std::sync::Mutex<Vec<ammotrace::store::Sealed>>);
 
 impl ammotrace::store::Sealer for Presealed {
+    type Pending = ();
+
+    fn prepare(&self, _item: &ammotrace::store::ToSeal<'_>) -> Result<(), String> {
+        Ok(())
+    }
+
     fn seal(
         &self,
-        _batch: &[ammotrace::store::ToSeal<'_>],
+        _batch: Vec<()>,
         _first_seq: u64,
         _prev: &str,
     ) -> Result<Vec<ammotrace::store::Sealed>, String> {
@@ -153,15 +159,18 @@ fn store_write(path: &std::path::Path) -> anyhow::Result<(f64, f64)> {
                 o.insert("record_version".into(), json!(1));
             }
         }
-        let to_seal: Vec<ammotrace::store::ToSeal<'_>> = batch
+        let pending = batch
             .iter()
-            .map(|p| ammotrace::store::ToSeal {
-                record: &p.record,
-                retracted: false,
+            .map(|p| {
+                sealer.prepare(&ammotrace::store::ToSeal {
+                    record: &p.record,
+                    retracted: false,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?;
         let sealed = sealer
-            .seal(&to_seal, b * size + 1, "")
+            .seal(pending, b * size + 1, "")
             .map_err(anyhow::Error::msg)?;
         let presealed = Presealed(std::sync::Mutex::new(sealed));
         let t = Instant::now();

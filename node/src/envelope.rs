@@ -63,27 +63,30 @@ impl Disclosure {
     }
     /// `base64url(SHA-256(JCS([salt, path, value])))`.
     pub fn digest(&self) -> Result<String, EnvelopeError> {
-        Ok(b64_sha256(&self.canonical()?))
+        disclosure_digest(&self.0, &self.1, &self.2)
     }
+}
 
-    /// JCS of the disclosure. For a leaf value (string, integer, boolean, null, empty object
-    /// or array) serde_json's compact output is already RFC 8785 (same escapes, no
-    /// whitespace, integers as written), and much faster than the general canonicaliser.
-    fn canonical(&self) -> Result<Vec<u8>, EnvelopeError> {
-        let leaf = match &self.2 {
-            Value::Object(m) => m.is_empty(),
-            Value::Array(a) => a.is_empty(),
-            // JCS writes numbers as IEEE doubles: only integers within ±(2^53 - 1) print
-            // the same way in both.
-            Value::Number(n) => n.as_i64().is_some_and(|i| i.unsigned_abs() < (1u64 << 53)),
-            _ => true,
-        };
-        if leaf {
-            serde_json::to_vec(self).map_err(|e| EnvelopeError::Canonical(e.to_string()))
-        } else {
-            canonical(self)
-        }
-    }
+/// The digest of the disclosure `[salt, path, value]` ([`Disclosure::digest`]), from borrowed
+/// parts. For a leaf value (string, integer, boolean, null, empty object or array) serde_json's
+/// compact output is already RFC 8785 (same escapes, no whitespace, integers as written), and
+/// much faster than the general canonicaliser.
+fn disclosure_digest(salt: &str, path: &str, value: &Value) -> Result<String, EnvelopeError> {
+    let leaf = match value {
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        // JCS writes numbers as IEEE doubles: only integers within ±(2^53 - 1) print the
+        // same way in both.
+        Value::Number(n) => n.as_i64().is_some_and(|i| i.unsigned_abs() < (1u64 << 53)),
+        _ => true,
+    };
+    let parts = (salt, path, value);
+    let bytes = if leaf {
+        serde_json::to_vec(&parts).map_err(|e| EnvelopeError::Canonical(e.to_string()))?
+    } else {
+        canonical(&parts)?
+    };
+    Ok(b64_sha256(&bytes))
 }
 
 /// The signed part.
@@ -249,6 +252,85 @@ pub fn leaves(record: &Value) -> Result<Vec<(String, Value)>, EnvelopeError> {
     let mut out = Vec::new();
     walk(record, &mut String::new(), &mut out)?;
     Ok(out)
+}
+
+/// The sorted digests [`unsigned`] lists for `record::without_node_fields(record)`, taken from
+/// the record as stored: its leaves are visited in place, skipping what the node adds
+/// (`normaliser_version` and the `derived` readings of each item's calibre, lot and headstamp),
+/// and nothing is copied. The sealer's hot path; a property test holds it to the long way.
+fn submitted_digests(
+    record: &Value,
+    mut salt_for: impl FnMut(&str) -> String,
+) -> Result<Vec<String>, EnvelopeError> {
+    /// Where a value sits, as far as the node's additions are concerned.
+    #[derive(Clone, Copy, PartialEq)]
+    enum At {
+        Top,
+        Items,
+        Item,
+        Reading,
+        Plain,
+    }
+    fn walk(
+        value: &Value,
+        at: At,
+        path: &mut String,
+        visit: &mut dyn FnMut(&str, &Value) -> Result<(), EnvelopeError>,
+    ) -> Result<(), EnvelopeError> {
+        match value {
+            Value::Object(map) => {
+                let added = |key: &str| {
+                    matches!(
+                        (at, key),
+                        (At::Top, "normaliser_version") | (At::Reading, "derived")
+                    )
+                };
+                // An object with nothing of the submitter's is an empty object: a leaf.
+                if map.keys().all(|k| added(k)) {
+                    return visit(path, &Value::Object(serde_json::Map::new()));
+                }
+                for (key, child) in map.iter().filter(|(k, _)| !added(k)) {
+                    if is_index(key) {
+                        return Err(EnvelopeError::NumericKey(format!("{path}/{key}")));
+                    }
+                    let next = match (at, key.as_str()) {
+                        (At::Top, "items") => At::Items,
+                        (At::Item, "calibre" | "lot" | "headstamp") => At::Reading,
+                        _ => At::Plain,
+                    };
+                    let len = path.len();
+                    path.push('/');
+                    path.push_str(&escape_segment(key));
+                    walk(child, next, path, visit)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            Value::Array(items) if !items.is_empty() => {
+                let next = if at == At::Items { At::Item } else { At::Plain };
+                for (i, child) in items.iter().enumerate() {
+                    use std::fmt::Write;
+                    let len = path.len();
+                    // Writing to a String cannot fail.
+                    let _ = write!(path, "/{i}");
+                    walk(child, next, path, visit)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            Value::Number(n) if !(n.is_i64() || n.is_u64()) => {
+                Err(EnvelopeError::Float(path.clone()))
+            }
+            leaf => visit(path, leaf),
+        }
+    }
+    let mut digests = Vec::new();
+    walk(record, At::Top, &mut String::new(), &mut |path, leaf| {
+        digests.push(disclosure_digest(&salt_for(path), path, leaf)?);
+        Ok(())
+    })?;
+    digests.sort();
+    Ok(digests)
 }
 
 /// Signs a record version: one disclosure per leaf, with a salt from `salt_for(path)`.
@@ -538,10 +620,42 @@ pub struct NodeSealer {
     pub key: SigningKey,
 }
 
+/// A record version's claims before its place in the own log is known (`seq`, `prev`,
+/// `issued_at` and `key_id` still empty), with the secret its salts come from.
+pub struct Pending {
+    claims: Claims,
+    secret: [u8; 32],
+}
+
 impl crate::store::Sealer for NodeSealer {
+    type Pending = Pending;
+
+    /// The salts, disclosures and digests: most of the work, and none of it depends on the
+    /// own log, so the store does it before taking its write lock.
+    fn prepare(&self, item: &crate::store::ToSeal<'_>) -> Result<Pending, String> {
+        let secret = fresh_secret()?;
+        let digests =
+            submitted_digests(item.record, salts_from(secret)).map_err(|e| e.to_string())?;
+        let (record_id, version) = id_and_version(item.record);
+        let claims = Claims {
+            v: FORMAT_VERSION,
+            origin: self.origin.clone(),
+            record_id: record_id.to_owned(),
+            version,
+            seq: 0,
+            prev: String::new(),
+            issued_at: String::new(),
+            retracted: item.retracted,
+            normaliser: crate::normalise::NORMALISER_VERSION.to_owned(),
+            key_id: String::new(),
+            digests,
+        };
+        Ok(Pending { claims, secret })
+    }
+
     fn seal(
         &self,
-        batch: &[crate::store::ToSeal<'_>],
+        batch: Vec<Pending>,
         first_seq: u64,
         prev: &str,
     ) -> Result<Vec<crate::store::Sealed>, String> {
@@ -549,19 +663,14 @@ impl crate::store::Sealer for NodeSealer {
         let key_id = crate::identity::key_id(&self.key.verifying_key());
         let mut prev = prev.to_owned();
         let mut parts = Vec::with_capacity(batch.len());
-        for (n, item) in batch.iter().enumerate() {
-            let record = crate::record::without_node_fields(item.record);
-            let seal = Seal {
-                origin: &self.origin,
+        for (n, Pending { claims, secret }) in batch.into_iter().enumerate() {
+            let claims = Claims {
                 seq: first_seq + n as u64,
-                prev: &prev,
-                issued_at: &issued_at,
-                retracted: item.retracted,
-                normaliser: crate::normalise::NORMALISER_VERSION,
+                prev: std::mem::take(&mut prev),
+                issued_at: issued_at.clone(),
+                key_id: key_id.clone(),
+                ..claims
             };
-            let secret = fresh_secret()?;
-            let (claims, _) =
-                unsigned(&record, &seal, &key_id, salts_from(secret)).map_err(|e| e.to_string())?;
             let canonical = claims.canonical().map_err(|e| e.to_string())?;
             prev = b64_sha256(&canonical);
             parts.push((claims, canonical, prev.clone(), secret));
@@ -860,7 +969,35 @@ mod tests {
             json!([]),
         ] {
             let d = Disclosure("c2FsdA".into(), "/a~1b/0".into(), value);
-            assert_eq!(d.canonical().unwrap(), canonical(&d).unwrap(), "{d:?}");
+            assert_eq!(
+                d.digest().unwrap(),
+                b64_sha256(&canonical(&d).unwrap()),
+                "{d:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// The sealer's digests, taken from the stored record in place, are those of the
+        /// record as submitted, made the long way.
+        #[test]
+        fn digests_taken_in_place_equal_those_of_the_submitted_record(
+            value in crate::record::tests::record_like(),
+            secret in proptest::prelude::any::<[u8; 32]>(),
+        ) {
+            let seal = Seal {
+                origin: "XAA",
+                seq: 1,
+                prev: "",
+                issued_at: "2026-01-01T00:00:00Z",
+                retracted: false,
+                normaliser: "2",
+            };
+            let submitted = crate::record::without_node_fields(&value);
+            let long = unsigned(&submitted, &seal, "k", salts_from(secret)).map(|(c, _)| c.digests);
+            let short = submitted_digests(&value, salts_from(secret));
+            proptest::prop_assert_eq!(short.is_err(), long.is_err());
+            proptest::prop_assert_eq!(short.ok(), long.ok());
         }
     }
 
@@ -935,7 +1072,7 @@ mod tests {
 
     /// Writes own records with `sealer` through the store; returns the store and what it wrote.
     fn stored_with(
-        sealer: &dyn crate::store::Sealer,
+        sealer: &impl crate::store::Sealer,
         lots: &[&str],
     ) -> (
         tempfile::TempDir,
@@ -992,6 +1129,49 @@ mod tests {
                 assert!(all_salts.insert(d.0.clone()), "salt {} twice", d.0);
             }
         }
+    }
+
+    /// Writers prepare their envelopes concurrently (outside the store's write lock) but chain
+    /// and sign them one at a time: the own log stays one unbroken, gap-free chain.
+    #[test]
+    fn concurrent_writers_keep_one_unbroken_chain() {
+        let sealer = crate::store::tests::sealer();
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("store")).unwrap();
+        let (writers, batches, size) = (3, 4, 70);
+        std::thread::scope(|scope| {
+            for w in 0..writers {
+                let (store, sealer) = (&store, &sealer);
+                scope.spawn(move || {
+                    for b in 0..batches {
+                        let mut batch: Vec<_> = (0..size)
+                            .map(|i| {
+                                crate::store::tests::prepared_as(None, &format!("L{w}-{b}-{i}"))
+                            })
+                            .collect();
+                        store.create_batch(&mut batch, sealer).unwrap();
+                    }
+                });
+            }
+        });
+        let own = store.own_changes_after(0, usize::MAX).unwrap();
+        assert_eq!(own.len(), writers * batches * size);
+        let mut prev = String::new();
+        for (n, change) in own.iter().enumerate() {
+            assert_eq!(change.seq, n as u64 + 1);
+            let envelope = load(&store, &change.id, change.version).unwrap().unwrap();
+            envelope.verify(&sealer.key.verifying_key()).unwrap();
+            assert_eq!(envelope.claims.seq, change.seq);
+            assert_eq!(
+                envelope.claims.prev, prev,
+                "change {} does not chain",
+                change.seq
+            );
+            assert_eq!(envelope.claims.record_id, change.id.to_string());
+            prev = envelope.claims.digest().unwrap();
+            assert_eq!(prev, change.digest);
+        }
+        assert_eq!(store.own_tail().unwrap(), (own.len() as u64, prev));
     }
 
     /// Updates, retractions and records that declare their version rebuild too: every write
@@ -1081,24 +1261,32 @@ mod tests {
     struct WholeSealer(SigningKey);
 
     impl crate::store::Sealer for WholeSealer {
+        type Pending = (Value, bool);
+
+        fn prepare(&self, item: &crate::store::ToSeal<'_>) -> Result<(Value, bool), String> {
+            Ok((
+                crate::record::without_node_fields(item.record),
+                item.retracted,
+            ))
+        }
+
         fn seal(
             &self,
-            batch: &[crate::store::ToSeal<'_>],
+            batch: Vec<(Value, bool)>,
             first_seq: u64,
             prev: &str,
         ) -> Result<Vec<crate::store::Sealed>, String> {
             let mut prev = prev.to_owned();
             let mut out = Vec::new();
-            for (n, item) in batch.iter().enumerate() {
+            for (n, (record, retracted)) in batch.into_iter().enumerate() {
                 let s = Seal {
                     origin: "XAA",
                     seq: first_seq + n as u64,
                     prev: &prev,
                     issued_at: "2026-01-01T00:00:00Z",
-                    retracted: item.retracted,
+                    retracted,
                     normaliser: "2",
                 };
-                let record = crate::record::without_node_fields(item.record);
                 let envelope = seal(&record, &s, &self.0).map_err(|e| e.to_string())?;
                 prev = envelope.claims.digest().map_err(|e| e.to_string())?;
                 out.push(crate::store::Sealed {

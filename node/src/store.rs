@@ -85,11 +85,22 @@ pub struct ToSeal<'a> {
 }
 
 /// Signs own record versions as they are written (implemented with the node key, see
-/// [`crate::envelope`]). `first_seq` is the own sequence number of the first, `prev` the
-/// digest of the change before it; the n-th result must chain to the (n-1)-th.
+/// [`crate::envelope`]), in two steps:
+/// - [`Sealer::prepare`] does what does not depend on the version's place in the own log (for
+///   the node's envelopes: the salts, disclosures and digests). A batch of new records is
+///   prepared before the store's write lock is taken, so concurrent writers overlap it;
+/// - [`Sealer::seal`] chains and signs, under the lock. `first_seq` is the own sequence number
+///   of the first, `prev` the digest of the change before it; the n-th result must chain to
+///   the (n-1)-th.
 pub trait Sealer: Send + Sync {
-    fn seal(&self, batch: &[ToSeal<'_>], first_seq: u64, prev: &str)
-    -> Result<Vec<Sealed>, String>;
+    type Pending: Send;
+    fn prepare(&self, item: &ToSeal<'_>) -> Result<Self::Pending, String>;
+    fn seal(
+        &self,
+        batch: Vec<Self::Pending>,
+        first_seq: u64,
+        prev: &str,
+    ) -> Result<Vec<Sealed>, String>;
 }
 
 /// How far this node has pulled one partner's feed.
@@ -398,15 +409,23 @@ impl Store {
         Ok((seq, head))
     }
 
-    fn seal(
+    /// Called with the write lock held.
+    fn seal<S: Sealer>(
         &self,
-        sealer: &dyn Sealer,
-        batch: &[ToSeal<'_>],
+        sealer: &S,
+        batch: Vec<S::Pending>,
     ) -> Result<(u64, Vec<Sealed>), StoreError> {
         let (seq, prev) = self.own_tail()?;
+        let expected = batch.len();
         let mut sealed = sealer
             .seal(batch, seq + 1, &prev)
             .map_err(StoreError::Seal)?;
+        if sealed.len() != expected {
+            return Err(StoreError::Seal(format!(
+                "the sealer returned {} envelopes for {expected} versions",
+                sealed.len()
+            )));
+        }
         for s in &mut sealed {
             s.envelope = pack(&s.envelope);
         }
@@ -424,7 +443,7 @@ impl Store {
     pub fn create_batch(
         &self,
         batch: &mut [Prepared],
-        sealer: &dyn Sealer,
+        sealer: &impl Sealer,
     ) -> Result<Vec<Written>, StoreError> {
         let mut ids = std::collections::HashSet::new();
         for p in batch.iter() {
@@ -448,20 +467,20 @@ impl Store {
                 )
             })
             .collect();
-        let _guard = self.lock();
-        for (id, _, _) in &encoded {
-            if self.head.contains_key(id.as_bytes())? {
-                return Err(StoreError::Exists(*id));
-            }
-        }
-        let to_seal: Vec<ToSeal<'_>> = batch
+        let pending = batch
             .iter()
-            .map(|p| ToSeal {
-                record: &p.record,
-                retracted: false,
+            .map(|p| {
+                sealer.prepare(&ToSeal {
+                    record: &p.record,
+                    retracted: false,
+                })
             })
-            .collect();
-        let (first_own, sealed) = self.seal(sealer, &to_seal)?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::Seal)?;
+        // (A record that exists already aborts the transaction below; the API checks each
+        // row before, so that costs a batch's signatures only when two writers race.)
+        let _guard = self.lock();
+        let (first_own, sealed) = self.seal(sealer, pending)?;
         let trees = self.own_write_trees();
         flatten(trees.transaction(|t| {
             let mut written = Vec::with_capacity(encoded.len());
@@ -495,7 +514,7 @@ impl Store {
     pub fn update(
         &self,
         mut prepared: Prepared,
-        sealer: &dyn Sealer,
+        sealer: &impl Sealer,
     ) -> Result<Written, StoreError> {
         let id = prepared.id;
         let _guard = self.lock();
@@ -535,7 +554,7 @@ impl Store {
         id: RecordId,
         reason: &str,
         now: &str,
-        sealer: &dyn Sealer,
+        sealer: &impl Sealer,
     ) -> Result<Written, StoreError> {
         let _guard = self.lock();
         let head = self.head(&id)?.ok_or(StoreError::NotFound(id))?;
@@ -585,10 +604,13 @@ impl Store {
         version: u32,
         record: &Value,
         retracted: bool,
-        sealer: &dyn Sealer,
+        sealer: &impl Sealer,
     ) -> Result<Written, StoreError> {
         let bytes = record_bytes(record);
-        let (own_seq, sealed) = self.seal(sealer, &[ToSeal { record, retracted }])?;
+        let pending = sealer
+            .prepare(&ToSeal { record, retracted })
+            .map_err(StoreError::Seal)?;
+        let (own_seq, sealed) = self.seal(sealer, vec![pending])?;
         let sealed = sealed
             .first()
             .ok_or_else(|| StoreError::Seal("the sealer returned nothing".into()))?;

@@ -213,8 +213,12 @@ impl Validator {
 }
 
 /// Escapes one JSON pointer segment (RFC 6901).
-pub fn pointer_segment(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
+pub fn pointer_segment(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.contains(['~', '/']) {
+        key.replace('~', "~0").replace('/', "~1").into()
+    } else {
+        key.into()
+    }
 }
 
 fn schema_errors(value: &Value, errors: &mut Vec<FieldError>) {
@@ -264,22 +268,24 @@ fn walk(
     if !visit(path, key, value) {
         return;
     }
-    let mut descend = |segment: String, child: &Value, key: Option<&str>, path: &mut String| {
-        let len = path.len();
-        path.push('/');
-        path.push_str(&segment);
-        walk(child, path, key, visit);
-        path.truncate(len);
-    };
+    let mut descend =
+        |segment: &dyn std::fmt::Display, child: &Value, key: Option<&str>, path: &mut String| {
+            use std::fmt::Write;
+            let len = path.len();
+            // Writing to a String cannot fail.
+            let _ = write!(path, "/{segment}");
+            walk(child, path, key, visit);
+            path.truncate(len);
+        };
     match value {
         Value::Object(map) => {
             for (k, child) in map {
-                descend(pointer_segment(k), child, Some(k), path);
+                descend(&pointer_segment(k), child, Some(k), path);
             }
         }
         Value::Array(items) => {
             for (i, child) in items.iter().enumerate() {
-                descend(i.to_string(), child, None, path);
+                descend(&i, child, None, path);
             }
         }
         _ => {}
@@ -800,13 +806,13 @@ pub fn event_summary(record: &Value) -> Value {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
     /// Record-shaped JSON: the keys `parse_submitted` treats specially at their levels and
     /// elsewhere, with derived readings and leaves of every kind.
-    fn record_like() -> impl Strategy<Value = Value> {
+    pub(crate) fn record_like() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
