@@ -192,8 +192,13 @@ pub fn random_salt() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn escape_segment(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
+/// A JSON Pointer segment escaped (RFC 6901); borrowed when it has nothing to escape.
+fn escape_segment(key: &str) -> Cow<'_, str> {
+    if key.contains(['~', '/']) {
+        Cow::Owned(key.replace('~', "~0").replace('/', "~1"))
+    } else {
+        Cow::Borrowed(key)
+    }
 }
 
 /// A JSON Pointer segment unescaped (RFC 6901); borrowed when it has nothing to unescape,

@@ -342,6 +342,7 @@ pub fn verify_page(peer: &Peer, cursor: &Cursor, page: &FeedPage) -> Result<Curs
     let mut prev = cursor.prev.clone();
     let mut to_verify = Vec::new();
     let mut seqs = Vec::new();
+    let mut last_key: Option<(&str, &str, ed25519_dalek::VerifyingKey)> = None;
     for entry in &page.entries {
         if entry.seq != expected {
             return Err(format!(
@@ -367,9 +368,17 @@ pub fn verify_page(peer: &Peer, cursor: &Cursor, page: &FeedPage) -> Result<Curs
                     entry.seq
                 ));
             }
-            let key = keys
-                .key_valid_at(&c.key_id, &c.issued_at)
-                .map_err(|e| format!("change {}: {e}", entry.seq))?;
+            // A batch of changes shares its key and time: check and decode the key once.
+            let key = match &last_key {
+                Some((id, at, key)) if *id == c.key_id && *at == c.issued_at => *key,
+                _ => {
+                    let key = keys
+                        .key_valid_at(&c.key_id, &c.issued_at)
+                        .map_err(|e| format!("change {}: {e}", entry.seq))?;
+                    last_key = Some((c.key_id.as_str(), c.issued_at.as_str(), key));
+                    key
+                }
+            };
             if RecordId::parse(&c.record_id).is_none() {
                 return Err(format!("change {}: bad record id", entry.seq));
             }
