@@ -479,10 +479,13 @@ impl Store {
             .map_err(StoreError::Seal)?;
         // (A record that exists already aborts the transaction below; the API checks each
         // row before, so that costs a batch's signatures only when two writers race.)
+        let waited = std::time::Instant::now();
         let _guard = self.lock();
+        let locked = std::time::Instant::now();
         let (first_own, sealed) = self.seal(sealer, pending)?;
+        let sealed_at = std::time::Instant::now();
         let trees = self.own_write_trees();
-        flatten(trees.transaction(|t| {
+        let result = flatten(trees.transaction(|t| {
             let mut written = Vec::with_capacity(encoded.len());
             for (n, (id, version, bytes)) in encoded.iter().enumerate() {
                 if t.0.get(id.as_bytes())?.is_some() {
@@ -505,7 +508,15 @@ impl Store {
                 });
             }
             Ok(written)
-        }))
+        }));
+        tracing::debug!(
+            records = encoded.len(),
+            lock_wait_ms = (locked - waited).as_millis() as u64,
+            seal_ms = (sealed_at - locked).as_millis() as u64,
+            transaction_ms = sealed_at.elapsed().as_millis() as u64,
+            "batch stored"
+        );
+        result
     }
 
     /// Stores a new version of an existing record. A declared `record_version` is the version

@@ -68,6 +68,7 @@ pub async fn import(
     let node = state.node.clone();
     let caller_name = caller.name.clone();
     let response = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
         let rows = import::parse(format, &body, node.config().node_id.as_str()).map_err(|e| {
             ApiError { title: "unreadable import", ..ApiError::invalid(vec![e]) }
         })?;
@@ -134,13 +135,22 @@ pub async fn import(
             let (rows, mut batch): (Vec<usize>, Vec<Prepared>) = accepted.into_iter().unzip();
             let index = node.index();
             let offered = index.offer(batch.iter().map(|p| index.documents(p.id, p.declared_version.unwrap_or(1), &p.record)));
+            let prepared_at = std::time::Instant::now();
             let written = node.store().create_batch(&mut batch, node.sealer()).inspect_err(|_| index.withdraw(offered))?;
+            let stored_at = std::time::Instant::now();
             for (row, w) in rows.into_iter().zip(written) {
                 last_seq = w.seq;
                 records.push(json!({ "row": row, "record_id": w.id.to_string(), "record_version": w.version }));
             }
             node.store().flush()?;
             node.written();
+            tracing::debug!(
+                records = records.len(),
+                prepare_ms = (prepared_at - started).as_millis() as u64,
+                store_ms = (stored_at - prepared_at).as_millis() as u64,
+                flush_ms = stored_at.elapsed().as_millis() as u64,
+                "import batch durable"
+            );
         } else {
             records = accepted.iter().map(|(row, p)| json!({ "row": row, "record_id": p.id.to_string() })).collect();
         }
