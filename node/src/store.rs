@@ -467,6 +467,14 @@ impl Store {
                 )
             })
             .collect();
+        // A fast refusal before any sealing work; the check inside the transaction below is
+        // the one that holds when two writers race.
+        for (id, _, _) in &encoded {
+            if self.head.contains_key(id.as_bytes())? {
+                return Err(StoreError::Exists(*id));
+            }
+        }
+        let started = std::time::Instant::now();
         let pending = batch
             .iter()
             .map(|p| {
@@ -477,8 +485,6 @@ impl Store {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(StoreError::Seal)?;
-        // (A record that exists already aborts the transaction below; the API checks each
-        // row before, so that costs a batch's signatures only when two writers race.)
         let waited = std::time::Instant::now();
         let _guard = self.lock();
         let locked = std::time::Instant::now();
@@ -511,6 +517,8 @@ impl Store {
         }));
         tracing::debug!(
             records = encoded.len(),
+            stored = result.is_ok(),
+            prepare_ms = (waited - started).as_millis() as u64,
             lock_wait_ms = (locked - waited).as_millis() as u64,
             seal_ms = (sealed_at - locked).as_millis() as u64,
             transaction_ms = sealed_at.elapsed().as_millis() as u64,

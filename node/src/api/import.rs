@@ -146,7 +146,7 @@ pub async fn import(
             node.written();
             tracing::debug!(
                 records = records.len(),
-                prepare_ms = (prepared_at - started).as_millis() as u64,
+                validate_ms = (prepared_at - started).as_millis() as u64,
                 store_ms = (stored_at - prepared_at).as_millis() as u64,
                 flush_ms = stored_at.elapsed().as_millis() as u64,
                 "import batch durable"

@@ -819,6 +819,7 @@ pub(crate) mod tests {
             any::<i64>().prop_map(Value::from),
             any::<u64>().prop_map(Value::from),
             "\\PC{0,8}".prop_map(Value::String),
+            (-1e9f64..1e9f64).prop_map(Value::from),
         ];
         let key = prop_oneof![
             Just("items".to_owned()),
@@ -828,6 +829,11 @@ pub(crate) mod tests {
             Just("derived".to_owned()),
             Just("normaliser_version".to_owned()),
             Just("raw".to_owned()),
+            // Keys a JSON Pointer must escape, array-like keys and the empty key.
+            Just("a/b~c".to_owned()),
+            Just("0".to_owned()),
+            Just("12".to_owned()),
+            Just(String::new()),
             "[a-z]{1,6}",
         ];
         leaf.prop_recursive(5, 64, 6, move |inner| {
