@@ -53,11 +53,11 @@ for n in $sizes; do
   "$bin" init --data-dir "$data" --node-id XAA >/dev/null
   start_node "$data"
   token="$(cat "$data/admin.token")"
-  t0=$(now_ms)
+  c0=$(cpu_ms "$pid"); t0=$(now_ms)
   "$bin" import "$file" --url "$url" --token "$token" --batch 5000 --partial --jobs 2 >&2
   t1=$(now_ms)
   wait_indexed
-  t2=$(now_ms)
+  t2=$(now_ms); c2=$(cpu_ms "$pid")
   wait_quiet
   latency="$("$bench" latency "$url" "$token" "$queries" "$n")"
   rss_kb="$(awk '/VmHWM/ {print $2}' /proc/$pid/status)"
@@ -66,13 +66,14 @@ for n in $sizes; do
   index_bytes="$(du -sb "$data/index" | cut -f1)"
   s0=$(now_ms); start_node "$data"; s1=$(now_ms)
   kill -TERM "$pid"; wait "$pid" || true
-  rows="$rows$(python3 - "$n" "$t0" "$t1" "$t2" "$rss_kb" "$store_bytes" "$index_bytes" "$s0" "$s1" "$latency" <<'PY'
+  rows="$rows$(python3 - "$n" "$t0" "$t1" "$t2" "$rss_kb" "$store_bytes" "$index_bytes" "$s0" "$s1" "$latency" "$c0" "$c2" <<'PY'
 import json, sys
 n, t0, t1, t2, rss, store, index, s0, s1 = map(int, sys.argv[1:10])
 lat = json.loads(sys.argv[10])
+c0, c2 = map(int, sys.argv[11:13])
 durable = n / ((t1 - t0) / 1000)
 indexed = n / ((t2 - t0) / 1000)
-cells = [f"{n:,}", f"{durable:,.0f}", f"{indexed:,.0f}"]
+cells = [f"{n:,}", f"{durable:,.0f}", f"{indexed:,.0f}", f"{(c2 - c0) * 1000 / n:,.0f} µs"]
 for kind in ("exact", "confusable", "wildcard", "fuzzy"):
     l = lat[kind]
     cells.append(f"{l['p50_ms']:.2f} / {l['p99_ms']:.2f} ({l['found_share']:.0%})")
@@ -123,7 +124,9 @@ imported with `ammotrace import --batch 5000 --partial --jobs 2` through
 `POST /api/v1/import` (validated, normalised, stored in sled and flushed before each answer;
 two requests in flight; `--partial` sends each batch once — every row is valid, so nothing is
 skipped — where the default all-or-nothing mode first checks every batch with `dry_run`). "durable" counts until the last import answer; "indexed" until
-the index watermark reached the store's last change. Latency: `GET /api/v1/search?lot=…` over
+the index watermark reached the store's last change; the node's CPU time (user and system,
+all threads) over that span, per record, is the figure least disturbed by other load on this
+machine (`scripts/import-ab.sh` compares two builds by it). Latency: `GET /api/v1/search?lot=…` over
 HTTP, sequential, one client on the same 2 cores, once the node is idle (background index merges
 done), after 400 warm-up queries on other lots,
 p50 / p99 in ms, with the share of queries whose true lot was among the ten hits (the
@@ -132,8 +135,8 @@ well, so a share below 100% there is the query's ambiguity, not a miss). Queries
 read as a look-alike letter (0→O, 1→I, 5→S, 8→B, 2→Z); wildcard = one of the last four
 characters as `?`; fuzzy = one character dropped.
 
-| items | import, durable (records/s) | import, indexed (records/s) | exact p50 / p99 | confusable p50 / p99 | wildcard p50 / p99 | fuzzy p50 / p99 | peak RSS | store on disk | index on disk | start-up |
-|---|---|---|---|---|---|---|---|---|---|---|
+| items | import, durable (records/s) | import, indexed (records/s) | node CPU per record imported and indexed | exact p50 / p99 | confusable p50 / p99 | wildcard p50 / p99 | fuzzy p50 / p99 | peak RSS | store on disk | index on disk | start-up |
+|---|---|---|---|---|---|---|---|---|---|---|---|
 {rows.strip()}
 
 Targets (issue 2): import ≥ 10k records/s at 1M items; exact lot p99 ≤ 5 ms and fuzzy p99 ≤ 25 ms

@@ -8,6 +8,8 @@ url=""  # the last one's API base URL (start_node)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now_ms() { date +%s%3N; }
+# cpu_ms PID: the CPU time (user + system) the process has used so far, in ms.
+cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{printf "%d\n", ($14 + $15) * 1000 / hz}' "/proc/$1/stat"; }
 json_get() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
 # launch_node DATA_DIR [FEDERATION_PORT]: starts a node in the background, its API on a free
