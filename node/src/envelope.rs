@@ -220,42 +220,11 @@ fn is_index(segment: &str) -> bool {
 /// Every leaf of `record` with its JSON pointer, in document order. Empty objects and arrays
 /// are leaves, so a record survives the round trip exactly.
 pub fn leaves(record: &Value) -> Result<Vec<(String, Value)>, EnvelopeError> {
-    fn walk(
-        value: &Value,
-        path: &mut String,
-        out: &mut Vec<(String, Value)>,
-    ) -> Result<(), EnvelopeError> {
-        match value {
-            Value::Object(map) if !map.is_empty() => {
-                for (key, child) in map {
-                    if is_index(key) {
-                        return Err(EnvelopeError::NumericKey(format!("{path}/{key}")));
-                    }
-                    let len = path.len();
-                    path.push('/');
-                    path.push_str(&escape_segment(key));
-                    walk(child, path, out)?;
-                    path.truncate(len);
-                }
-            }
-            Value::Array(items) if !items.is_empty() => {
-                for (i, child) in items.iter().enumerate() {
-                    let len = path.len();
-                    path.push('/');
-                    path.push_str(&i.to_string());
-                    walk(child, path, out)?;
-                    path.truncate(len);
-                }
-            }
-            Value::Number(n) if !(n.is_i64() || n.is_u64()) => {
-                return Err(EnvelopeError::Float(path.clone()));
-            }
-            leaf => out.push((path.clone(), leaf.clone())),
-        }
-        Ok(())
-    }
     let mut out = Vec::new();
-    walk(record, &mut String::new(), &mut out)?;
+    walk_leaves(record, At::Plain, &mut String::new(), &mut |path, leaf| {
+        out.push((path.to_owned(), leaf.clone()));
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -268,75 +237,78 @@ fn submitted_digests(
     record: &Value,
     mut salt_for: impl FnMut(&str) -> String,
 ) -> Result<Vec<String>, EnvelopeError> {
-    /// Where a value sits, as far as the node's additions are concerned.
-    #[derive(Clone, Copy, PartialEq)]
-    enum At {
-        Top,
-        Items,
-        Item,
-        Reading,
-        Plain,
-    }
-    fn walk(
-        value: &Value,
-        at: At,
-        path: &mut String,
-        visit: &mut dyn FnMut(&str, &Value) -> Result<(), EnvelopeError>,
-    ) -> Result<(), EnvelopeError> {
-        match value {
-            Value::Object(map) => {
-                let added = |key: &str| {
-                    matches!(
-                        (at, key),
-                        (At::Top, "normaliser_version") | (At::Reading, "derived")
-                    )
-                };
-                // An object with nothing of the submitter's is an empty object: a leaf.
-                if map.keys().all(|k| added(k)) {
-                    return visit(path, &Value::Object(serde_json::Map::new()));
-                }
-                for (key, child) in map.iter().filter(|(k, _)| !added(k)) {
-                    if is_index(key) {
-                        return Err(EnvelopeError::NumericKey(format!("{path}/{key}")));
-                    }
-                    let next = match (at, key.as_str()) {
-                        (At::Top, "items") => At::Items,
-                        (At::Item, "calibre" | "lot" | "headstamp") => At::Reading,
-                        _ => At::Plain,
-                    };
-                    let len = path.len();
-                    path.push('/');
-                    path.push_str(&escape_segment(key));
-                    walk(child, next, path, visit)?;
-                    path.truncate(len);
-                }
-                Ok(())
-            }
-            Value::Array(items) if !items.is_empty() => {
-                let next = if at == At::Items { At::Item } else { At::Plain };
-                for (i, child) in items.iter().enumerate() {
-                    use std::fmt::Write;
-                    let len = path.len();
-                    // Writing to a String cannot fail.
-                    let _ = write!(path, "/{i}");
-                    walk(child, next, path, visit)?;
-                    path.truncate(len);
-                }
-                Ok(())
-            }
-            Value::Number(n) if !(n.is_i64() || n.is_u64()) => {
-                Err(EnvelopeError::Float(path.clone()))
-            }
-            leaf => visit(path, leaf),
-        }
-    }
     let mut digests = Vec::new();
-    walk(record, At::Top, &mut String::new(), &mut |path, leaf| {
+    walk_leaves(record, At::Top, &mut String::new(), &mut |path, leaf| {
         digests.push(disclosure_digest(&salt_for(path), path, leaf)?);
         Ok(())
     })?;
     digests.sort();
     Ok(digests)
+}
+
+/// Where a value sits, as far as the node's additions to a record are concerned. A walk that
+/// starts at `Plain` skips nothing.
+#[derive(Clone, Copy, PartialEq)]
+enum At {
+    Top,
+    Items,
+    Item,
+    Reading,
+    Plain,
+}
+
+/// Calls `visit(pointer, leaf)` for every leaf under `value`, in document order, leaving out
+/// what the node adds when the walk starts at `At::Top`. An object left with nothing, and an
+/// empty array, are leaves. Floats and numeric object keys are refused.
+fn walk_leaves(
+    value: &Value,
+    at: At,
+    path: &mut String,
+    visit: &mut dyn FnMut(&str, &Value) -> Result<(), EnvelopeError>,
+) -> Result<(), EnvelopeError> {
+    match value {
+        Value::Object(map) => {
+            let added = |key: &str| {
+                matches!(
+                    (at, key),
+                    (At::Top, "normaliser_version") | (At::Reading, "derived")
+                )
+            };
+            if map.keys().all(|k| added(k)) {
+                return visit(path, &Value::Object(serde_json::Map::new()));
+            }
+            for (key, child) in map.iter().filter(|(k, _)| !added(k)) {
+                if is_index(key) {
+                    return Err(EnvelopeError::NumericKey(format!("{path}/{key}")));
+                }
+                let next = match (at, key.as_str()) {
+                    (At::Top, "items") => At::Items,
+                    (At::Item, "calibre" | "lot" | "headstamp") => At::Reading,
+                    _ => At::Plain,
+                };
+                let len = path.len();
+                path.push('/');
+                path.push_str(&escape_segment(key));
+                walk_leaves(child, next, path, visit)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        Value::Array(items) if !items.is_empty() => {
+            let next = if at == At::Items { At::Item } else { At::Plain };
+            for (i, child) in items.iter().enumerate() {
+                use std::fmt::Write;
+                let len = path.len();
+                // Writing to a String cannot fail.
+                let _ = write!(path, "/{i}");
+                walk_leaves(child, next, path, visit)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        Value::Number(n) if !(n.is_i64() || n.is_u64()) => Err(EnvelopeError::Float(path.clone())),
+        leaf => visit(path, leaf),
+    }
 }
 
 /// Signs a record version: one disclosure per leaf, with a salt from `salt_for(path)`.

@@ -87,7 +87,7 @@ pub struct ToSeal<'a> {
 /// Signs own record versions as they are written (implemented with the node key, see
 /// [`crate::envelope`]), in two steps:
 /// - [`Sealer::prepare`] does what does not depend on the version's place in the own log (for
-///   the node's envelopes: the salts, disclosures and digests). A batch of new records is
+///   the node's envelopes: the salts and the disclosures' digests). A batch of new records is
 ///   prepared before the store's write lock is taken, so concurrent writers overlap it;
 /// - [`Sealer::seal`] chains and signs, under the lock. `first_seq` is the own sequence number
 ///   of the first, `prev` the digest of the change before it; the n-th result must chain to
