@@ -17,10 +17,17 @@ pub struct TestFederation {
 
 /// A free TCP port on 127.0.0.1 for a node to bind a little later. It is taken below the
 /// kernel's ephemeral range (32768 and up), so outgoing connections of running nodes cannot
-/// grab it in between; probing starts at a spot that differs per process and call.
+/// grab it in between; probing starts at a spot that differs per process and call. A port is
+/// handed out once per process, so a test running alongside cannot take one that a stopped
+/// node (or one not yet started) is about to bind.
 pub fn free_port() -> anyhow::Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let seed = std::process::id().wrapping_mul(7919)
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -29,7 +36,8 @@ pub fn free_port() -> anyhow::Result<u16> {
     for _ in 0..2000 {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(101)) % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return Ok(port);
         }
     }

@@ -306,7 +306,9 @@ impl TestNode {
         .await
     }
 
-    /// Searches, waiting until every write so far is indexed.
+    /// Searches, waiting until every write so far is indexed. The node waits up to 10 s for
+    /// its index and then answers 503 "index behind"; on a loaded machine (a rebuild after a
+    /// crash, a large import) this asks again, for up to two minutes.
     pub async fn search(&self, params: &[(&str, &str)]) -> anyhow::Result<Answer> {
         let health = self
             .send(self.http.get(format!("{}/healthz", self.url)))
@@ -314,11 +316,19 @@ impl TestNode {
         let seq = health.body["last_seq"].as_u64().unwrap_or(0).to_string();
         let mut query: Vec<(&str, &str)> = params.to_vec();
         query.push(("min_seq", &seq));
-        self.send(
-            self.request(reqwest::Method::GET, "/api/v1/search")
-                .query(&query),
-        )
-        .await
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let answer = self
+                .send(
+                    self.request(reqwest::Method::GET, "/api/v1/search")
+                        .query(&query),
+                )
+                .await?;
+            let behind = answer.status == 503 && answer.body["title"] == "index behind";
+            if !behind || std::time::Instant::now() >= deadline {
+                return Ok(answer);
+            }
+        }
     }
 
     /// Record ids of the hits of a search, in order.

@@ -27,9 +27,10 @@ async fn kill_9_during_bulk_import_loses_no_acknowledged_record() {
     let url = node.url.clone();
     let token = node.token.clone();
     // Writers that keep importing until the node dies, remembering what was acknowledged.
+    let counted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut writers = Vec::new();
     for w in 0..2 {
-        let (url, token) = (url.clone(), token.clone());
+        let (url, token, counted) = (url.clone(), token.clone(), counted.clone());
         writers.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let mut acked = Vec::new();
@@ -51,6 +52,7 @@ async fn kill_9_during_bulk_import_loses_no_acknowledged_record() {
                                     .iter()
                                     .filter_map(|r| r["record_id"].as_str().map(str::to_owned)),
                             );
+                            counted.fetch_add(records.len(), std::sync::atomic::Ordering::SeqCst);
                         }
                     }
                     _ => break,
@@ -59,8 +61,17 @@ async fn kill_9_during_bulk_import_loses_no_acknowledged_record() {
             acked
         }));
     }
-    // Let the import run, then crash the node mid-write.
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Let the import run until at least 400 records are acknowledged (however slow the
+    // machine), then crash the node mid-write.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while counted.load(std::sync::atomic::Ordering::SeqCst) < 400 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import acknowledged too little in two minutes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     node.kill9().unwrap();
     let mut acked = Vec::new();
     for w in writers {

@@ -93,14 +93,21 @@ async fn one_question_gets_an_honest_answer_from_every_partner_within_the_deadli
     )
     .await
     .unwrap();
-    // XDD's deadline: 1.5 s. XAA allows bursts of 3 queries.
+    // XDD's deadline: 5 s, ample for a loaded CI machine running eight nodes on two cores. XAA
+    // allows bursts of 3 queries and refills one a minute, so its bucket is empty by the time
+    // the test checks the limit, however slowly the steps before it ran.
     for (id, from, to) in [
         (
             "XDD",
             "search_deadline_ms = 3000",
-            "search_deadline_ms = 1500",
+            "search_deadline_ms = 5000",
         ),
         ("XAA", "query_burst = 20", "query_burst = 3"),
+        (
+            "XAA",
+            "query_rate_per_minute = 60",
+            "query_rate_per_minute = 1",
+        ),
     ] {
         let node = fed.node_mut(id);
         node.stop().unwrap();
@@ -118,7 +125,7 @@ async fn one_question_gets_an_honest_answer_from_every_partner_within_the_deadli
         fed.node(id).search(&[("lot", "x")]).await.unwrap(); // waits for the index
     }
 
-    // XEE is down; XSS answers only after 10 s (a TLS server with XSS's certificate).
+    // XEE is down; XSS answers only after 60 s (a TLS server with XSS's certificate).
     fed.node_mut("XEE").stop().unwrap();
     let xss_port = fed.node("XSS").federation_port;
     let xss_dir = fed.node("XSS").data_dir.clone();
@@ -130,7 +137,7 @@ async fn one_question_gets_an_honest_answer_from_every_partner_within_the_deadli
     .await
     .unwrap();
     let slow = axum::Router::new().fallback(|| async {
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
         "{}"
     });
     tokio::spawn(
@@ -184,10 +191,9 @@ async fn one_question_gets_an_honest_answer_from_every_partner_within_the_deadli
         .unwrap();
     let took = started.elapsed();
     assert_eq!(answer.status, 200, "{:?}", answer.body);
-    // The sleeper answers after 10 s: a deadline of 1.5 s must not wait for it (margin for a
-    // loaded CI machine running eight nodes on two cores).
+    // The sleeper answers after 60 s: a deadline of 5 s must not wait for it.
     assert!(
-        took < Duration::from_millis(4000),
+        took < Duration::from_secs(20),
         "the deadline was not kept: {took:?}"
     );
 
@@ -217,7 +223,7 @@ async fn one_question_gets_an_honest_answer_from_every_partner_within_the_deadli
     assert_eq!(partner("XTT")["status"], "bad_signature");
     assert_eq!(partner("XTT")["hits"], 0);
     for p in answer.body["partners"].as_array().unwrap() {
-        assert!(p["latency_ms"].as_u64().unwrap() <= 3500, "{p}");
+        assert!(p["latency_ms"].as_u64().unwrap() <= 10_000, "{p}");
     }
 
     let hits = answer.body["hits"].as_array().unwrap();

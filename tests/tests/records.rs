@@ -511,7 +511,7 @@ async fn bad_parameters_are_problems_that_point_at_the_parameter() {
         assert!(a.is_problem(), "{shown}: {}", a.content_type);
         assert_eq!(a.pointer(), Some(pointer), "{shown}: {:?}", a.body);
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(2),
+            started.elapsed() < std::time::Duration::from_secs(10),
             "{shown} took {:?}",
             started.elapsed()
         );
