@@ -816,9 +816,19 @@ pub fn verify_receipt(peer: &Peer, signed: &SignedReceipt) -> Result<(), String>
         .map_err(|_| "the receipt's signature does not verify".to_owned())
 }
 
+/// How long a puller waits for its next round after `failures` rounds in a row that got
+/// nothing (the partner down, or refusing this node): the pull interval, doubled with each
+/// such round up to twelve intervals (a minute by default). A partner that shares no feed is
+/// so asked, and its audit log written, about once a minute rather than every 5 s. A notify
+/// from the partner ends any wait at once.
+fn next_pull_in(interval: Duration, failures: u32) -> Duration {
+    let factor = 2u32.saturating_pow(failures).min(12);
+    interval.saturating_mul(factor)
+}
+
 /// Starts the background work of federation: one puller per partner we pull from (woken by
-/// its notify calls and by a timer), and the notifier that tells replicating partners about
-/// new writes.
+/// its notify calls and by a timer, which waits longer while the partner fails or refuses),
+/// and the notifier that tells replicating partners about new writes.
 pub fn start(node: Arc<Node>, stop: tokio::sync::watch::Receiver<bool>) {
     let interval = Duration::from_millis(node.config().federation.pull_interval_ms);
     for peer in node.peers().iter().filter(|p| p.pull).cloned() {
@@ -828,8 +838,16 @@ pub fn start(node: Arc<Node>, stop: tokio::sync::watch::Receiver<bool>) {
         tokio::spawn(async move {
             // The last failure, so a partner that stays down is logged once, not every round.
             let mut failing: Option<String> = None;
+            // Rounds in a row that got nothing: the wait before the next one grows with them.
+            let mut failures = 0u32;
             loop {
-                match pull(&node, &peer).await {
+                let outcome = pull(&node, &peer).await;
+                failures = if outcome.is_ok() {
+                    0
+                } else {
+                    failures.saturating_add(1)
+                };
+                match outcome {
                     Ok(p) => {
                         if failing.take().is_some() {
                             tracing::info!(peer = %peer.id, "partner reachable again");
@@ -854,7 +872,7 @@ pub fn start(node: Arc<Node>, stop: tokio::sync::watch::Receiver<bool>) {
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => return,
                     _ = wake.notified() => {}
-                    _ = tokio::time::sleep(interval) => {}
+                    _ = tokio::time::sleep(next_pull_in(interval, failures)) => {}
                 }
             }
         });
@@ -919,6 +937,23 @@ impl Wakes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failing_partner_is_pulled_less_and_less_often_up_to_twelve_intervals() {
+        let i = Duration::from_millis(5000);
+        let waits: Vec<u64> = (0..7)
+            .map(|f| next_pull_in(i, f).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            waits,
+            [5000, 10_000, 20_000, 40_000, 60_000, 60_000, 60_000]
+        );
+        assert_eq!(next_pull_in(i, u32::MAX), Duration::from_secs(60));
+        assert_eq!(
+            next_pull_in(Duration::from_millis(500), 9),
+            Duration::from_secs(6)
+        );
+    }
     use crate::envelope::{Seal, seal};
     use crate::peer::{PeerConfig, Peers};
     use base64::Engine;
