@@ -412,10 +412,14 @@ type Writing = (
 
 /// Pulls `peer`'s feed until caught up. Three pages are in flight: the next one is fetched
 /// while this one is verified and prepared, and the previous one is written and flushed
-/// meanwhile; writes stay in order, each with its cursor.
-pub async fn pull(node: &Arc<Node>, peer: &Arc<Peer>) -> Result<Pulled, SyncError> {
+/// meanwhile; writes stay in order, each with its cursor. `pulled` counts the pages written,
+/// also when a later one fails; no write is still running when this returns.
+pub async fn pull(
+    node: &Arc<Node>,
+    peer: &Arc<Peer>,
+    pulled: &mut Pulled,
+) -> Result<(), SyncError> {
     refresh_keys(node, peer).await?;
-    let mut pulled = Pulled::default();
     let limit = node.config().federation.page_size;
     let n = node.clone();
     let id = peer.id.clone();
@@ -428,13 +432,26 @@ pub async fn pull(node: &Arc<Node>, peer: &Arc<Peer>) -> Result<Pulled, SyncErro
     loop {
         let started = std::time::Instant::now();
         let page = match prefetched.take() {
-            Some(handle) => handle.await.map_err(anyhow::Error::from)??,
-            None => fetch_page(node.clone(), peer.clone(), cursor.after, limit).await?,
+            Some(handle) => match handle.await {
+                Ok(fetched) => fetched,
+                Err(e) => Err(anyhow::Error::from(e).into()),
+            },
+            None => fetch_page(node.clone(), peer.clone(), cursor.after, limit).await,
+        };
+        let page = match page {
+            Ok(page) => page,
+            Err(e) => {
+                // The page before may still be being written: let it finish (it is verified
+                // and whole) before giving up, or the next round, reading the cursor from
+                // before it, would write it a second time alongside.
+                finish_write(node, peer, writing.take(), pulled).await?;
+                return Err(e);
+            }
         };
         if page.policy != cursor.policy && cursor.after > 0 {
             // The partner changed what it shares with us: replay its feed from the start, so
             // a widened policy reaches back (held versions are merged, never lost).
-            finish_write(node, peer, writing.take(), &mut pulled).await?;
+            finish_write(node, peer, writing.take(), pulled).await?;
             tracing::info!(peer = %peer.id, "partner's policy changed: replaying its feed");
             cursor = Cursor {
                 after: 0,
@@ -463,12 +480,14 @@ pub async fn pull(node: &Arc<Node>, peer: &Arc<Peer>) -> Result<Pulled, SyncErro
         }
         let fetched = started.elapsed();
         let (n, p, c) = (node.clone(), peer.clone(), cursor.clone());
-        let prepared = tokio::task::spawn_blocking(move || prepare_page(&n, &p, &c, page))
-            .await
-            .map_err(anyhow::Error::from)?;
+        let prepared =
+            match tokio::task::spawn_blocking(move || prepare_page(&n, &p, &c, page)).await {
+                Ok(prepared) => prepared,
+                Err(e) => Err(anyhow::Error::from(e).into()),
+            };
         let verified = started.elapsed();
         // Whatever happened to this page, the previous one is written first.
-        finish_write(node, peer, writing.take(), &mut pulled).await?;
+        finish_write(node, peer, writing.take(), pulled).await?;
         tracing::debug!(
             peer = %peer.id,
             count,
@@ -485,8 +504,8 @@ pub async fn pull(node: &Arc<Node>, peer: &Arc<Peer>) -> Result<Pulled, SyncErro
             started,
         ));
         if count < limit {
-            finish_write(node, peer, writing.take(), &mut pulled).await?;
-            return Ok(pulled);
+            finish_write(node, peer, writing.take(), pulled).await?;
+            return Ok(());
         }
     }
 }
@@ -816,11 +835,13 @@ pub fn verify_receipt(peer: &Peer, signed: &SignedReceipt) -> Result<(), String>
         .map_err(|_| "the receipt's signature does not verify".to_owned())
 }
 
-/// How long a puller waits for its next round after `failures` rounds in a row that got
-/// nothing (the partner down, or refusing this node): the pull interval, doubled with each
-/// such round up to twelve intervals (a minute by default). A partner that shares no feed is
-/// so asked, and its audit log written, about once a minute rather than every 5 s. A notify
-/// from the partner ends any wait at once.
+/// How long a puller waits for its next round after `failures` failed rounds in a row (the
+/// partner unreachable, any answer but a 2xx, a refused page; a round that wrote a page
+/// before it failed is not one): the pull interval, doubled
+/// with each such round up to twelve intervals (a minute by default). A partner that shares
+/// no feed is so asked, and its audit log written, about once a minute rather than every 5 s.
+/// A notify from the partner ends any wait at once, and every node notifies its partners when
+/// it starts.
 fn next_pull_in(interval: Duration, failures: u32) -> Duration {
     let factor = 2u32.saturating_pow(failures).min(12);
     interval.saturating_mul(factor)
@@ -828,7 +849,8 @@ fn next_pull_in(interval: Duration, failures: u32) -> Duration {
 
 /// Starts the background work of federation: one puller per partner we pull from (woken by
 /// its notify calls and by a timer, which waits longer while the partner fails or refuses),
-/// and the notifier that tells replicating partners about new writes.
+/// and the notifier that tells replicating partners about new writes, and that this node is
+/// up (once at start: partners that backed off while it was down pull at once).
 pub fn start(node: Arc<Node>, stop: tokio::sync::watch::Receiver<bool>) {
     let interval = Duration::from_millis(node.config().federation.pull_interval_ms);
     for peer in node.peers().iter().filter(|p| p.pull).cloned() {
@@ -838,17 +860,19 @@ pub fn start(node: Arc<Node>, stop: tokio::sync::watch::Receiver<bool>) {
         tokio::spawn(async move {
             // The last failure, so a partner that stays down is logged once, not every round.
             let mut failing: Option<String> = None;
-            // Rounds in a row that got nothing: the wait before the next one grows with them.
+            // Failed rounds in a row: the wait before the next one grows with them. A round
+            // that wrote a page before it failed made progress, and counts as none.
             let mut failures = 0u32;
             loop {
-                let outcome = pull(&node, &peer).await;
-                failures = if outcome.is_ok() {
+                let mut p = Pulled::default();
+                let outcome = pull(&node, &peer, &mut p).await;
+                failures = if outcome.is_ok() || p.pages > 0 {
                     0
                 } else {
                     failures.saturating_add(1)
                 };
                 match outcome {
-                    Ok(p) => {
+                    Ok(()) => {
                         if failing.take().is_some() {
                             tracing::info!(peer = %peer.id, "partner reachable again");
                         }
@@ -883,13 +907,16 @@ pub fn start(node: Arc<Node>, stop: tokio::sync::watch::Receiver<bool>) {
     }
     let mut stop = stop;
     tokio::spawn(async move {
+        let mut started = true;
         loop {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                _ = node.wait_written() => {}
+            if !std::mem::take(&mut started) {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = node.wait_written() => {}
+                }
+                // Gather a burst of writes into one notify.
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            // Gather a burst of writes into one notify.
-            tokio::time::sleep(Duration::from_millis(100)).await;
             let body = serde_json::to_vec(&json!({
                 "last_seq": node.store().own_tail().map(|t| t.0).unwrap_or(0)
             }))

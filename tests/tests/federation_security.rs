@@ -181,6 +181,9 @@ enum Fault {
     /// Alters the signed part and recomputes its digest, so only the signature can tell.
     TamperSigned,
     DropEntry,
+    /// Every other feed request fails (503, not forwarded), so a prefetched page often fails
+    /// while the page before it is being written.
+    FailEveryOther,
 }
 
 #[derive(Clone)]
@@ -188,6 +191,9 @@ struct Proxy {
     upstream: String,
     client: reqwest::Client,
     fault: Arc<Mutex<Fault>>,
+    /// Feed requests seen, and how many of them were failed.
+    feeds: Arc<std::sync::atomic::AtomicUsize>,
+    failed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 async fn forward(State(proxy): State<Proxy>, req: Request) -> axum::response::Response {
@@ -201,6 +207,21 @@ async fn forward(State(proxy): State<Proxy>, req: Request) -> axum::response::Re
         .map(|p| p.as_str())
         .unwrap_or("/")
         .to_owned();
+    if path.starts_with("/federation/v1/feed") {
+        let n = proxy
+            .feeds
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if *proxy.fault.lock().unwrap() == Fault::FailEveryOther && n % 2 == 1 {
+            proxy
+                .failed
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "injected fault",
+            )
+                .into_response();
+        }
+    }
     let mut out = proxy
         .client
         .request(parts.method.clone(), format!("{}{path}", proxy.upstream));
@@ -240,7 +261,7 @@ async fn forward(State(proxy): State<Proxy>, req: Request) -> axum::response::Re
                 Fault::DropEntry => {
                     entries.remove(0);
                 }
-                Fault::None => {}
+                Fault::None | Fault::FailEveryOther => {}
             }
         }
         body = Bytes::from(serde_json::to_vec(&page).unwrap());
@@ -248,23 +269,22 @@ async fn forward(State(proxy): State<Proxy>, req: Request) -> axum::response::Re
     (status, [("content-type", "application/json")], body).into_response()
 }
 
-#[tokio::test]
-async fn tampered_feed_pages_are_refused_and_nothing_is_stored() {
-    let mut fed = TestFederation::start(
-        &["XAA", "XBB"],
-        &[("XAA", "XBB", policy("replicate", json!({})))],
-    )
-    .await
-    .unwrap();
+/// Puts a TLS proxy that presents XAA's certificate, and alters what XAA answers as `fault`
+/// says, between XBB and XAA (XBB is restarted with the proxy as XAA's address, and `edit`
+/// applied to its config). Returns the proxy's state.
+async fn proxy_before_xaa(
+    fed: &mut TestFederation,
+    fault: Fault,
+    edit: impl Fn(String) -> String,
+) -> Proxy {
     let xaa_port = fed.node("XAA").federation_port;
     let dir = fed.node("XAA").data_dir.clone();
-
-    // A TLS proxy that presents XAA's certificate and alters what XAA answers.
-    let fault = Arc::new(Mutex::new(Fault::TamperDisclosure));
     let proxy = Proxy {
         upstream: format!("https://127.0.0.1:{xaa_port}"),
         client: pinned_client(fed.node("XAA")),
-        fault: fault.clone(),
+        fault: Arc::new(Mutex::new(fault)),
+        feeds: Default::default(),
+        failed: Default::default(),
     };
     let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(
         dir.join("tls.crt"),
@@ -275,7 +295,9 @@ async fn tampered_feed_pages_are_refused_and_nothing_is_stored() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let proxy_port = listener.local_addr().unwrap().port();
-    let app = axum::Router::new().fallback(forward).with_state(proxy);
+    let app = axum::Router::new()
+        .fallback(forward)
+        .with_state(proxy.clone());
     tokio::spawn(
         axum_server::from_tcp_rustls(listener, tls)
             .unwrap()
@@ -288,8 +310,22 @@ async fn tampered_feed_pages_are_refused_and_nothing_is_stored() {
         &format!("https://127.0.0.1:{xaa_port}"),
         &format!("https://127.0.0.1:{proxy_port}"),
     );
-    std::fs::write(&config, text).unwrap();
+    std::fs::write(&config, edit(text)).unwrap();
     fed.node_mut("XBB").start_again().await.unwrap();
+    proxy
+}
+
+#[tokio::test]
+async fn tampered_feed_pages_are_refused_and_nothing_is_stored() {
+    let mut fed = TestFederation::start(
+        &["XAA", "XBB"],
+        &[("XAA", "XBB", policy("replicate", json!({})))],
+    )
+    .await
+    .unwrap();
+    let fault = proxy_before_xaa(&mut fed, Fault::TamperDisclosure, |c| c)
+        .await
+        .fault;
 
     let mut ids = Vec::new();
     for (n, (mode, reason)) in [
@@ -340,4 +376,67 @@ async fn tampered_feed_pages_are_refused_and_nothing_is_stored() {
                 .starts_with("21-85 53")
         );
     }
+}
+
+/// Feed fetches that fail while the page before is still being written (every other one, over
+/// a catch-up of many small pages, with notifies arriving meanwhile): XBB ends with every
+/// record exactly once and its cursor at XAA's end.
+#[tokio::test]
+async fn failing_fetches_mid_catch_up_lose_and_repeat_nothing() {
+    let mut fed = TestFederation::start(
+        &["XAA", "XBB"],
+        &[("XAA", "XBB", policy("replicate", json!({})))],
+    )
+    .await
+    .unwrap();
+    let proxy = proxy_before_xaa(&mut fed, Fault::FailEveryOther, |c| {
+        c.replace("page_size = 1000", "page_size = 20")
+    })
+    .await;
+    let xaa = fed.node("XAA");
+    for batch in 0..4 {
+        let mut body = Vec::new();
+        for n in 0..250 {
+            body.extend(serde_json::to_vec(&record(&format!("FAIL-{batch}-{n}"))).unwrap());
+            body.push(b'\n');
+        }
+        let a = xaa.import("application/x-ndjson", body, "").await.unwrap();
+        assert_eq!(a.status, 200, "{:?}", a.body);
+    }
+    let xbb = fed.node("XBB");
+    let lines = eventually(
+        Duration::from_secs(180),
+        "XBB to hold 1,000 records",
+        || async {
+            let lines = xbb.export_lines().await?;
+            Ok((lines.len() >= 1000).then_some(lines))
+        },
+    )
+    .await
+    .unwrap();
+    let failed = proxy.failed.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(failed >= 10, "only {failed} fetches failed");
+    assert_eq!(lines.len(), 1000, "no duplicates");
+    let mut ids: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["record_id"].as_str())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 1000);
+    let peers = xbb
+        .send(xbb.request(reqwest::Method::GET, "/api/v1/peers"))
+        .await
+        .unwrap();
+    let entry = peers.body["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "XAA")
+        .cloned()
+        .unwrap();
+    assert_eq!(entry["pulled_after"], 1000);
+    // Nothing was refused as a gap or a bad page on the way.
+    let log = std::fs::read_to_string(xbb.data_dir.join("audit.log")).unwrap();
+    assert!(!log.contains("feed_page_refused"), "a page was refused");
 }

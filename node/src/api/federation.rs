@@ -136,7 +136,11 @@ impl FromRequest<FedState> for Signed {
                 {
                     let node = node.clone();
                     tokio::spawn(async move {
-                        let _ = sync::refresh_keys(&node, &p).await;
+                        // With its new key known, pull from it at once: the refused request
+                        // was most likely its notify, and the puller may be backing off.
+                        if sync::refresh_keys(&node, &p).await.is_ok() {
+                            node.pull_wake(&p.id).notify_one();
+                        }
                     });
                 }
             }
