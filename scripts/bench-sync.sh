@@ -8,13 +8,14 @@
 # usage: scripts/bench-sync.sh            (100,000 records)
 #        SYNC_N=20000 scripts/bench-sync.sh
 #        SYNC_PAGE=2000 scripts/bench-sync.sh   (feed page size; default 1000, the nodes' default)
+#        SYNC_BIN=/tmp/ammotrace-old scripts/bench-sync.sh   (another build of the node, to compare)
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 n="${SYNC_N:-100000}"
 out="$here/docs/benchmarks.md"
 
 cargo build --release -q -p ammotrace --bin ammotrace --example bench --manifest-path "$here/Cargo.toml"
-bin="$here/target/release/ammotrace"
+bin="${SYNC_BIN:-$here/target/release/ammotrace}"
 bench="$here/target/release/examples/bench"
 work="$(mktemp -d "${TMPDIR:-/tmp}/ammotrace-sync.XXXXXX")"
 # shellcheck source=scripts/lib.sh

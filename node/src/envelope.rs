@@ -692,6 +692,15 @@ impl crate::store::Sealer for NodeSealer {
 }
 
 impl Envelope {
+    /// The view that keeps the disclosures whose entry in `keep` (one per disclosure, in
+    /// order; missing ones count as false) is true, made from this envelope without copying.
+    pub fn into_view(mut self, keep: &[bool]) -> Envelope {
+        let mut keep = keep.iter();
+        self.disclosures
+            .retain(|_| keep.next().copied().unwrap_or(false));
+        self
+    }
+
     /// The view that keeps only the disclosures whose path `keep` accepts.
     pub fn view(&self, mut keep: impl FnMut(&str) -> bool) -> Envelope {
         Envelope {

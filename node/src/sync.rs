@@ -8,7 +8,7 @@
 //! the chain shows a gap) without seeing withheld ones. A page and the new cursor are stored
 //! in one transaction; the puller resumes after any outage without loss or duplicates.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,18 +107,38 @@ pub enum View {
     Embargoed,
 }
 
-/// The view `peer` gets of one stored own version.
-pub fn view_for(peer: &Peer, envelope: &Envelope, record: &Value) -> View {
+/// What `peer` may get of one own version, before its view is made.
+enum Sharing {
+    /// Whether each disclosure, in order, is in its view.
+    Shown(Vec<bool>),
+    Withheld,
+    Embargoed,
+}
+
+/// The policy's answer for `peer` on one stored own version ([`policy::disclosed`], the
+/// reasons of [`policy::decide`] left out).
+fn sharing(peer: &Peer, envelope: &Envelope, record: &Value) -> Sharing {
     let age = hours_since(&envelope.claims.issued_at);
     if age < i64::from(peer.policy.embargo_hours) {
-        return View::Embargoed;
+        return Sharing::Embargoed;
     }
-    let decision = policy::decide(&peer.id, &peer.policy, record, &envelope.paths(), age);
-    if !decision.shared {
-        return View::Withheld;
+    let paths = envelope.disclosures.iter().map(|d| d.path());
+    match policy::disclosed(&peer.id, &peer.policy, record, paths, age) {
+        Some(keep) => Sharing::Shown(keep),
+        None => Sharing::Withheld,
     }
-    let allowed: HashSet<&str> = decision.disclosed().collect();
-    View::Shown(Box::new(envelope.view(|p| allowed.contains(p))))
+}
+
+/// The view `peer` gets of one stored own version.
+pub fn view_for(peer: &Peer, envelope: &Envelope, record: &Value) -> View {
+    match sharing(peer, envelope, record) {
+        Sharing::Shown(keep) => {
+            let mut keep = keep.into_iter();
+            View::Shown(Box::new(envelope.view(|_| keep.next().unwrap_or(false))))
+        }
+        Sharing::Withheld => View::Withheld,
+        Sharing::Embargoed => View::Embargoed,
+    }
 }
 
 /// Builds `peer`'s feed page after `after` (blocking: reads the store).
@@ -148,25 +168,28 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
             .envelope_with_record(&change.id, change.version)?
             .ok_or_else(|| anyhow::anyhow!("no envelope for {}@{}", change.id, change.version))?;
         let retraction = envelope.claims.retracted;
-        let view = if replicate {
+        let shared = if replicate {
             // The policy reads the submitted fields (sharing labels, item categories), which an
             // own envelope discloses in full.
-            view_for(peer, &envelope, &submitted)
+            sharing(peer, &envelope, &submitted)
         } else {
-            View::Withheld
+            Sharing::Withheld
         };
-        let view = match view {
-            View::Shown(view) => Some(*view),
+        // (The views are made from the loaded envelope, which is not needed after.)
+        let view = match shared {
+            Sharing::Shown(keep) => Some(envelope.into_view(&keep)),
             // A retraction reaches every partner that holds the record, even when the policy
             // has narrowed, the mode changed or the labels changed since: the signed claims
             // alone (no field leaves).
             // (Without the feed, holding was checked above.)
-            View::Withheld if retraction && (!replicate || holds(store, &peer.id, &change.id)?) => {
-                Some(envelope.view(|_| false))
+            Sharing::Withheld
+                if retraction && (!replicate || holds(store, &peer.id, &change.id)?) =>
+            {
+                Some(envelope.into_view(&[]))
             }
-            View::Withheld => None,
+            Sharing::Withheld => None,
             // The page stops here; the partner asks again later.
-            View::Embargoed => break,
+            Sharing::Embargoed => break,
         };
         if let Some(view) = &view {
             sent.push((change.id, change.version));

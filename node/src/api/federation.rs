@@ -732,10 +732,16 @@ pub(crate) mod tests {
                 .collect()
         }
 
-        /// The first request `to` receives on `path` (waiting up to 20 s for it).
-        pub(crate) async fn first_received(&self, to: &str, path: &str) -> Exchange {
+        /// The first request `to` receives on `path` that `wanted` accepts (waiting up to 20 s
+        /// for it).
+        pub(crate) async fn first_received(
+            &self,
+            to: &str,
+            path: &str,
+            wanted: impl Fn(&Exchange) -> bool,
+        ) -> Exchange {
             for _ in 0..400 {
-                if let Some(e) = self.received(to, path).into_iter().next() {
+                if let Some(e) = self.received(to, path).into_iter().find(&wanted) {
                     return e;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -812,7 +818,12 @@ pub(crate) mod tests {
         let replicate = json!({"mode": "replicate", "categories": ["*"], "fields": ["*"]});
         let fed = Federation::start(&["XAA", "XBB"], &[("XAA", "XBB", replicate)]).await;
         let seq = fed.write("XAA", &[("LC10A000-001", "XAA")]).await;
-        let notify = fed.first_received("XBB", "/federation/v1/notify").await;
+        // (XAA also notifies when it starts, with the sequence it had then.)
+        let notify = fed
+            .first_received("XBB", "/federation/v1/notify", |e| {
+                e.body == json!({ "last_seq": seq })
+            })
+            .await;
         assert_eq!(notify.from, "XAA");
         assert_eq!(notify.status, 202, "{notify:?}");
         assert_eq!(notify.body, json!({ "last_seq": seq }));
