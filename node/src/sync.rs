@@ -860,11 +860,10 @@ pub fn verify_receipt(peer: &Peer, signed: &SignedReceipt) -> Result<(), String>
 
 /// How long a puller waits for its next round after `failures` failed rounds in a row (the
 /// partner unreachable, any answer but a 2xx, a refused page; a round that wrote a page
-/// before it failed is not one): the pull interval, doubled
-/// with each such round up to twelve intervals (a minute by default). A partner that shares
-/// no feed is so asked, and its audit log written, about once a minute rather than every 5 s.
-/// A notify from the partner ends any wait at once, and every node notifies its partners when
-/// it starts.
+/// before it failed is not one): the pull interval, doubled with each such round up to twelve
+/// intervals (a minute by default). A partner that shares no feed is so asked, and its audit
+/// log written, about once a minute rather than every 5 s. A notify from the partner ends any
+/// wait at once, and every node notifies its partners when it starts (decision 0013).
 fn next_pull_in(interval: Duration, failures: u32) -> Duration {
     let factor = 2u32.saturating_pow(failures).min(12);
     interval.saturating_mul(factor)

@@ -11,6 +11,38 @@ use serde_json::{Value, json};
 
 use crate::{TestNode, node_binary};
 
+/// Waits (up to 3 minutes) until `node` holds `n` records, then checks that they are `n`
+/// distinct ones, all from `origin`, and that its cursor for `origin` is at `last_seq`: a
+/// catch-up with no loss and no duplicates. Returns the exported records.
+pub async fn assert_caught_up(
+    node: &TestNode,
+    origin: &str,
+    n: usize,
+    last_seq: u64,
+) -> Vec<Value> {
+    let lines = eventually(
+        Duration::from_secs(180),
+        &format!("{} to hold {n} records", node.node_id),
+        || async {
+            let lines = node.export_lines().await?;
+            Ok((lines.len() >= n).then_some(lines))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(lines.len(), n, "no duplicates, no loss");
+    let mut ids: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["record_id"].as_str())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "every record once");
+    assert!(lines.iter().all(|l| l["originating_state"] == origin));
+    assert_eq!(node.pulled_after(origin).await.unwrap(), last_seq);
+    lines
+}
+
 pub struct TestFederation {
     pub nodes: BTreeMap<String, TestNode>,
 }

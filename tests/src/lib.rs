@@ -356,6 +356,21 @@ impl TestNode {
         Ok(a.body["receipts"].as_array().cloned().unwrap_or_default())
     }
 
+    /// How far this node has pulled `origin`'s feed (`pulled_after` in `GET /api/v1/peers`;
+    /// 0 when it has not yet).
+    pub async fn pulled_after(&self, origin: &str) -> anyhow::Result<u64> {
+        let peers = self
+            .send(self.request(reqwest::Method::GET, "/api/v1/peers"))
+            .await?;
+        Ok(peers.body["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["id"] == origin)
+            .and_then(|p| p["pulled_after"].as_u64())
+            .unwrap_or(0))
+    }
+
     /// Number of records in the store, by export.
     pub async fn export_lines(&self) -> anyhow::Result<Vec<Value>> {
         let response = self

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use ammotrace_e2e::TestNode;
-use ammotrace_e2e::federation::{TestFederation, eventually, policy};
+use ammotrace_e2e::federation::{TestFederation, assert_caught_up, eventually, policy};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -314,31 +314,18 @@ async fn a_stopped_partner_catches_up_exactly_even_if_killed_midway() {
     std::fs::write(&config, text).unwrap();
     fed.node_mut("XBB").start_again().await.unwrap();
     let xbb = fed.node("XBB");
-    let pulled = || async {
-        let peers = xbb
-            .send(xbb.request(reqwest::Method::GET, "/api/v1/peers"))
-            .await?;
-        let after = peers.body["peers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| p["id"] == "XAA")
-            .and_then(|p| p["pulled_after"].as_u64());
-        anyhow::Ok(after.unwrap_or(0))
-    };
     // Two pages in: the first of them is flushed, since a page is written only once the one
     // before it is durable.
     let midway = eventually(WAIT, "XBB to be catching up", || async {
-        let after = pulled().await?;
+        let after = xbb.pulled_after("XAA").await?;
         Ok((after > 1 + PAGE).then_some(after))
     })
     .await
     .unwrap();
     fed.node_mut("XBB").kill9().unwrap();
     // What the killed node had stored: part of the way (or, on a slow poll, all of it). The
-    // cursor the API
-    // showed may be that of a page whose flush the kill cut short (never acknowledged to
-    // anyone), so the store may be one page behind it, never more.
+    // cursor the API showed may be that of a page whose flush the kill cut short (never
+    // acknowledged to anyone), so the store may be one page behind it, never more.
     let stored = {
         let store = ammotrace::store::Store::open(
             &fed.node("XBB").data_dir.join(ammotrace::node::STORE_DIR),
@@ -353,37 +340,7 @@ async fn a_stopped_partner_catches_up_exactly_even_if_killed_midway() {
     );
     fed.node_mut("XBB").start_again().await.unwrap();
     let xbb = fed.node("XBB");
-    let lines = eventually(
-        Duration::from_secs(180),
-        "XBB to hold 5,001 records",
-        || async {
-            let lines = xbb.export_lines().await?;
-            Ok((lines.len() >= 5001).then_some(lines))
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(lines.len(), 5001, "no duplicates, no loss");
-    let mut ids: Vec<&str> = lines
-        .iter()
-        .filter_map(|l| l["record_id"].as_str())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), 5001);
-    assert!(lines.iter().all(|l| l["originating_state"] == "XAA"));
-    let peers = xbb
-        .send(xbb.request(reqwest::Method::GET, "/api/v1/peers"))
-        .await
-        .unwrap();
-    let xaa_entry = peers.body["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["id"] == "XAA")
-        .cloned()
-        .unwrap();
-    assert_eq!(xaa_entry["pulled_after"], 5001);
+    assert_caught_up(xbb, "XAA", 5001, 5001).await;
     // The last record written is found by search, as XAA's.
     let hits = xbb.search(&[("lot", "CATCH-4-999")]).await.unwrap();
     let top = &hits.body["hits"][0];

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ammotrace::identity::Identity;
 use ammotrace::peer::{sign_request, sign_request_at};
 use ammotrace_e2e::TestNode;
-use ammotrace_e2e::federation::{TestFederation, eventually, policy};
+use ammotrace_e2e::federation::{TestFederation, assert_caught_up, eventually, policy};
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::response::IntoResponse;
@@ -404,38 +404,9 @@ async fn failing_fetches_mid_catch_up_lose_and_repeat_nothing() {
         assert_eq!(a.status, 200, "{:?}", a.body);
     }
     let xbb = fed.node("XBB");
-    let lines = eventually(
-        Duration::from_secs(180),
-        "XBB to hold 1,000 records",
-        || async {
-            let lines = xbb.export_lines().await?;
-            Ok((lines.len() >= 1000).then_some(lines))
-        },
-    )
-    .await
-    .unwrap();
+    assert_caught_up(xbb, "XAA", 1000, 1000).await;
     let failed = proxy.failed.load(std::sync::atomic::Ordering::SeqCst);
     assert!(failed >= 10, "only {failed} fetches failed");
-    assert_eq!(lines.len(), 1000, "no duplicates");
-    let mut ids: Vec<&str> = lines
-        .iter()
-        .filter_map(|l| l["record_id"].as_str())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), 1000);
-    let peers = xbb
-        .send(xbb.request(reqwest::Method::GET, "/api/v1/peers"))
-        .await
-        .unwrap();
-    let entry = peers.body["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["id"] == "XAA")
-        .cloned()
-        .unwrap();
-    assert_eq!(entry["pulled_after"], 1000);
     // Nothing was refused as a gap or a bad page on the way.
     let log = std::fs::read_to_string(xbb.data_dir.join("audit.log")).unwrap();
     assert!(!log.contains("feed_page_refused"), "a page was refused");
