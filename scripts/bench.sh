@@ -14,6 +14,7 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 sizes="${SIZES:-100000 1000000}"
 queries="${QUERIES:-500}"
 lat_runs="${LAT_RUNS:-3}"
+[ "$lat_runs" -ge 1 ] 2>/dev/null || { echo "LAT_RUNS must be a whole number ≥ 1" >&2; exit 1; }
 out="$here/docs/benchmarks.md"
 
 cargo build --release -q -p ammotrace --bin ammotrace --example bench --manifest-path "$here/Cargo.toml"
@@ -61,8 +62,9 @@ for n in $sizes; do
   wait_indexed
   t2=$(now_ms); c2=$(cpu_ms "$pid")
   wait_quiet
-  # Three runs: one p99 is the 1% slowest queries of a run, which any burst of other load on
-  # this shared machine can move; the table shows the median run and the range.
+  # LAT_RUNS runs of the same queries (the later ones on a warm cache): one p99 is the 1%
+  # slowest queries of a run, which any burst of other load on this shared machine can move;
+  # the table shows, per kind, the median p50 and p99 of the runs and the range of the p99s.
   latency="["
   for r in $(seq 1 "$lat_runs"); do
     [ "$r" -gt 1 ] && latency="$latency,"
@@ -85,7 +87,8 @@ indexed = n / ((t2 - t0) / 1000)
 cells = [f"{n:,}", f"{durable:,.0f}", f"{indexed:,.0f}", f"{(c2 - c0) * 1000 / n:,.0f} µs"]
 def median(xs):
     xs = sorted(xs)
-    return xs[len(xs) // 2]
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
 for kind in ("exact", "confusable", "wildcard", "fuzzy"):
     p50 = median([r[kind]["p50_ms"] for r in runs])
     p99s = [r[kind]["p99_ms"] for r in runs]
@@ -143,8 +146,8 @@ all threads) over that span, per record, is the figure least disturbed by other 
 machine (`scripts/import-ab.sh` compares two builds by it). Latency: `GET /api/v1/search?lot=…` over
 HTTP, sequential, one client on the same 2 cores, once the node is idle (background index merges
 done), after 400 warm-up queries on other lots,
-p50 / p99 in ms (each the median of {lat_runs} runs of {queries} queries per kind; in brackets the
-lowest and highest p99 of those runs), with the share of queries whose true lot was among the ten hits (the
+p50 / p99 in ms (each the median of {lat_runs} runs of the same {queries} queries per kind, the later
+runs on a warm cache; in brackets the lowest and highest p99 of those runs), with the share of queries whose true lot was among the ten hits (the
 synthetic lots are dense: a `?` or a dropped character often matches ten other lots exactly as
 well, so a share below 100% there is the query's ambiguity, not a miss). Queries: exact = the lot as stored; confusable = one digit
 read as a look-alike letter (0→O, 1→I, 5→S, 8→B, 2→Z); wildcard = one of the last four

@@ -135,10 +135,16 @@ impl FromRequest<FedState> for Signed {
                     && p.key_refresh_due(chrono::Utc::now().timestamp())
                 {
                     let node = node.clone();
+                    let key_id = headers.key_id.to_owned();
                     tokio::spawn(async move {
-                        // With its new key known, pull from it at once: the refused request
-                        // was most likely its notify, and the puller may be backing off.
-                        if sync::refresh_keys(&node, &p).await.is_ok() {
+                        // If that key is now known, pull from the partner at once: the refused
+                        // request was most likely its notify, and the puller may be backing
+                        // off. (A made-up key id wakes nothing.)
+                        let now =
+                            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                        if sync::refresh_keys(&node, &p).await.is_ok()
+                            && p.keys().key_valid_at(&key_id, &now).is_ok()
+                        {
                             node.pull_wake(&p.id).notify_one();
                         }
                     });
