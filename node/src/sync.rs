@@ -1074,6 +1074,71 @@ mod tests {
             .collect()
     }
 
+    /// The view a partner gets is the one `policy::decide` describes, path for path, though
+    /// the record's disclosures are not in sorted order (`case_refs` and `items` sort before
+    /// `event`, which comes first here) and a whole item is withheld by category.
+    #[test]
+    fn a_view_holds_exactly_the_paths_the_policy_discloses() {
+        let key = SigningKey::from_bytes(&[13u8; 32]);
+        let record = json!({
+            "record_id": "01900000-0000-7000-8000-00000000d001", "record_version": 1,
+            "originating_state": "XAA",
+            "event": {"event_type": "seizure", "date": {"start": "2024-03-01"},
+                      "location": {"country": "XAA", "admin1": "XAA-01", "place_name": "Port"}},
+            "items": [{"item_id": "i1", "item_category": "small_arms_ammunition", "lot": {"raw": "1"}},
+                      {"item_id": "i2", "item_category": "grenade", "lot": {"raw": "2"}}],
+            "case_refs": [{"system": "police", "ref": "C-1"}],
+            "sharing": {"tlp": "GREEN"}
+        });
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let seal_as = Seal {
+            origin: "XAA",
+            seq: 1,
+            prev: "",
+            issued_at: &now,
+            retracted: false,
+            normaliser: "1",
+        };
+        let envelope = seal(&record, &seal_as, &key).unwrap();
+        let sorted = envelope.paths();
+        let order: Vec<&str> = envelope.disclosures.iter().map(|d| d.path()).collect();
+        assert_ne!(
+            order, sorted,
+            "the test needs disclosures out of sorted order"
+        );
+        let policy = policy::Policy {
+            mode: policy::Mode::Replicate,
+            categories: vec!["small_arms_ammunition".into()],
+            fields: vec!["*".into()],
+            location_precision: policy::LocationPrecision::Admin1,
+            ..Default::default()
+        };
+        let xbb = peer_with("XBB", &SigningKey::from_bytes(&[14u8; 32]), policy.clone());
+        let decision = policy::decide("XBB", &policy, &record, &sorted, 0);
+        let mut expected: Vec<&str> = decision.disclosed().collect();
+        expected.sort_unstable();
+        let View::Shown(view) = view_for(&xbb, &envelope, &record) else {
+            panic!("the record is shared");
+        };
+        let mut shown: Vec<&str> = view.disclosures.iter().map(|d| d.path()).collect();
+        shown.sort_unstable();
+        assert_eq!(shown, expected);
+        for gone in [
+            "/case_refs/0/ref",
+            "/items/1/lot/raw",
+            "/event/location/place_name",
+        ] {
+            assert!(!shown.contains(&gone), "{gone} left");
+        }
+        assert!(shown.contains(&"/event/location/admin1"));
+        view.verify(&key.verifying_key()).unwrap();
+        // The feed's way, cutting the envelope itself, gives the same view.
+        let Sharing::Shown(keep) = sharing(&xbb, &envelope, &record) else {
+            panic!("the record is shared");
+        };
+        assert_eq!(envelope.clone().into_view(&keep), *view);
+    }
+
     /// XBB signs, as itself, a version of a record that came from XCC: its signature is good,
     /// but only XCC changes XCC's records. The page is refused and the store keeps XCC's.
     #[test]
