@@ -132,10 +132,7 @@ fn sharing(peer: &Peer, envelope: &Envelope, record: &Value) -> Sharing {
 /// The view `peer` gets of one stored own version.
 pub fn view_for(peer: &Peer, envelope: &Envelope, record: &Value) -> View {
     match sharing(peer, envelope, record) {
-        Sharing::Shown(keep) => {
-            let mut keep = keep.into_iter();
-            View::Shown(Box::new(envelope.view(|_| keep.next().unwrap_or(false))))
-        }
+        Sharing::Shown(keep) => View::Shown(Box::new(envelope.clone().into_view(&keep))),
         Sharing::Withheld => View::Withheld,
         Sharing::Embargoed => View::Embargoed,
     }
@@ -455,10 +452,9 @@ pub async fn pull(
     loop {
         let started = std::time::Instant::now();
         let page = match prefetched.take() {
-            Some(handle) => match handle.await {
-                Ok(fetched) => fetched,
-                Err(e) => Err(anyhow::Error::from(e).into()),
-            },
+            Some(handle) => handle
+                .await
+                .unwrap_or_else(|e| Err(anyhow::Error::from(e).into())),
             None => fetch_page(node.clone(), peer.clone(), cursor.after, limit).await,
         };
         let page = match page {
@@ -503,11 +499,9 @@ pub async fn pull(
         }
         let fetched = started.elapsed();
         let (n, p, c) = (node.clone(), peer.clone(), cursor.clone());
-        let prepared =
-            match tokio::task::spawn_blocking(move || prepare_page(&n, &p, &c, page)).await {
-                Ok(prepared) => prepared,
-                Err(e) => Err(anyhow::Error::from(e).into()),
-            };
+        let prepared = tokio::task::spawn_blocking(move || prepare_page(&n, &p, &c, page))
+            .await
+            .unwrap_or_else(|e| Err(anyhow::Error::from(e).into()));
         let verified = started.elapsed();
         // Whatever happened to this page, the previous one is written first.
         finish_write(node, peer, writing.take(), pulled).await?;
@@ -929,16 +923,8 @@ pub fn start(node: Arc<Node>, stop: tokio::sync::watch::Receiver<bool>) {
     }
     let mut stop = stop;
     tokio::spawn(async move {
-        let mut started = true;
+        // A round at start (this node is up), then one after each burst of writes.
         loop {
-            if !std::mem::take(&mut started) {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    _ = node.wait_written() => {}
-                }
-                // Gather a burst of writes into one notify.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
             let body = serde_json::to_vec(&json!({
                 "last_seq": node.store().own_tail().map(|t| t.0).unwrap_or(0)
             }))
@@ -962,6 +948,12 @@ pub fn start(node: Arc<Node>, stop: tokio::sync::watch::Receiver<bool>) {
                 });
             }
             calls.join_all().await;
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = node.wait_written() => {}
+            }
+            // Gather a burst of writes into one notify.
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
 }
