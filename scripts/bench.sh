@@ -129,10 +129,16 @@ and noisy: compare the product's figures with the physical limits measured in th
 | sled 0.34.7 insert, 1.5 KB values, flush every 1,000 | {lim['sled_insert_per_s']:,.0f}/s |
 | tantivy indexing, 3 fields, one commit | {lim['tantivy_docs_per_s']:,.0f} docs/s |
 | the node's store write alone: `Store::create_batch` of 50,000 records already validated and signed, batches of 5,000, each flushed ({lim['store_bytes_per_record']:,.0f} bytes on disk per record) | {lim['store_write_per_s']:,.0f} records/s |
+| reference write pipeline (dependencies.md): each of 50,000 synthetic records serialised canonically, signed, inserted in sled (flush every 1,000) and indexed by lot and calibre, one thread, no HTTP | {lim['write_pipeline_per_s']:,.0f} records/s |
 
-The last row is the ceiling the store puts on an import: sled's work for one imported record
+The store-write row is the ceiling the store puts on an import: sled's work for one imported record
 (its version, head, change-log entry, own-log entry and signed envelope, in one transaction),
 without the validation, normalisation, signing and indexing that an import also does.
+The last row is the least an import can do per record (one signature, one sled value, one
+index document) with none of the node's own work: no validation, normalisation, selective
+disclosure (a salted digest per field), compression, change log or HTTP. Twice it (two cores)
+is the most an import could reach on this machine at this moment; the gap between that and the
+rates below is the node's own work per record.
 
 ## The node
 

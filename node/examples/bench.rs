@@ -3,7 +3,9 @@
 //! - `bench limits`: the physical limits on this machine (ed25519 sign/verify of 1.5 KB,
 //!   sled inserts of 1.5 KB values with a flush every 1,000, tantivy indexing in one commit,
 //!   and the node's own store write: `Store::create_batch` of already validated and signed
-//!   records, in batches of 5,000, each flushed: what an import costs sled alone).
+//!   records, in batches of 5,000, each flushed: what an import costs sled alone), and the
+//!   reference pipelines of dependencies.md, one thread: serialise + sign + sled + tantivy
+//!   (write) and parse + verify + sled + tantivy (receive).
 //! - `bench gen N FILE`: N synthetic one-item records as JSON Lines (deterministic).
 //! - `bench latency URL TOKEN N TOTAL`: p50/p99 of `GET /api/v1/search` for exact, confusable,
 //!   wildcard and fuzzy lot queries on lots that `gen` made (TOTAL = records generated).
@@ -102,12 +104,82 @@ fn limits() -> anyhow::Result<()> {
     writer.commit()?;
     let tantivy_rate = rate(n, t.elapsed());
     let (store_rate, store_bytes) = store_write(&dir.path().join("store"))?;
+    let (write_rate, receive_rate) = pipelines(dir.path())?;
     println!(
         "{}",
         json!({"sign_per_s": sign.round(), "verify_per_s": verify.round(), "sled_insert_per_s": sled_rate.round(), "tantivy_docs_per_s": tantivy_rate.round(),
-               "store_write_per_s": store_rate.round(), "store_bytes_per_record": store_bytes.round()})
+               "store_write_per_s": store_rate.round(), "store_bytes_per_record": store_bytes.round(),
+               "write_pipeline_per_s": write_rate.round(), "receive_pipeline_per_s": receive_rate.round()})
     );
     Ok(())
+}
+
+/// The least work an import and a sync receiver can do per record, one thread, no HTTP:
+/// dependencies.md's reference pipeline ("serialize + sign + sled + tantivy"). Write: a synthetic
+/// record serialised canonically (RFC 8785), signed, inserted in sled with its signature (a flush
+/// every 1,000) and indexed by lot and calibre (one commit). Receive: the same bytes parsed back
+/// to JSON, the signature verified, the record inserted in a second sled and indexed. Returns
+/// records/s for each. No validation, normalisation, selective disclosure, compression or
+/// change log: the gap between these and the node's rates is the node's own work.
+fn pipelines(dir: &std::path::Path) -> anyhow::Result<(f64, f64)> {
+    let key = SigningKey::from_bytes(&[42u8; 32]);
+    let vk = key.verifying_key();
+    let n = 50_000u64;
+    let index_at = |name: &str| -> anyhow::Result<_> {
+        let mut b = Schema::builder();
+        let id = b.add_text_field("id", STRING | STORED);
+        let lot_f = b.add_text_field("lot", STRING);
+        let cal = b.add_text_field("calibre", STRING);
+        std::fs::create_dir_all(dir.join(name))?;
+        let index = tantivy::Index::create_in_dir(dir.join(name), b.build())?;
+        let writer: tantivy::IndexWriter = index.writer(256 * 1024 * 1024)?;
+        Ok((writer, id, lot_f, cal))
+    };
+    let records: Vec<serde_json::Value> = (0..n).map(record).collect();
+
+    let db = sled::open(dir.join("pipeline-write"))?;
+    let (mut writer, id, lot_f, cal) = index_at("pipeline-write-index")?;
+    let mut sent = Vec::with_capacity(n as usize);
+    let t = Instant::now();
+    for (i, r) in records.iter().enumerate() {
+        let bytes = serde_jcs::to_vec(r)?;
+        let sig = key.sign(&bytes);
+        let mut value = bytes;
+        value.extend_from_slice(&sig.to_bytes());
+        db.insert((i as u64).to_be_bytes(), value.as_slice())?;
+        if i % 1000 == 999 {
+            db.flush()?;
+        }
+        writer.add_document(
+            tantivy::doc!(id => i.to_string(), lot_f => lot(i as u64), cal => "5.56x45-nato"),
+        )?;
+        sent.push(value);
+    }
+    db.flush()?;
+    writer.commit()?;
+    let write = rate(n, t.elapsed());
+
+    let db = sled::open(dir.join("pipeline-receive"))?;
+    let (mut writer, id, lot_f, cal) = index_at("pipeline-receive-index")?;
+    let t = Instant::now();
+    for (i, value) in sent.iter().enumerate() {
+        let (bytes, sig) = value.split_at(value.len() - 64);
+        let record: serde_json::Value = serde_json::from_slice(bytes)?;
+        vk.verify(bytes, &ed25519_dalek::Signature::from_slice(sig)?)?;
+        db.insert((i as u64).to_be_bytes(), value.as_slice())?;
+        if i % 1000 == 999 {
+            db.flush()?;
+        }
+        let lot_text = record["items"][0]["lot"]["raw"]
+            .as_str()
+            .unwrap_or_default();
+        writer.add_document(
+            tantivy::doc!(id => i.to_string(), lot_f => lot_text, cal => "5.56x45-nato"),
+        )?;
+    }
+    db.flush()?;
+    writer.commit()?;
+    Ok((write, rate(n, t.elapsed())))
 }
 
 /// Hands the store envelopes signed beforehand, so that only the store's work is timed.
