@@ -209,6 +209,13 @@ fn encode_head(head: Head) -> [u8; 5] {
 }
 
 /// `partner ‖ 0xFF ‖ RecordId(16)`: a partner id is ASCII, so the byte 0xFF ends it.
+/// A receipt's key: the record id, then the partner's id.
+fn receipt_key(id: &RecordId, partner: &str) -> Vec<u8> {
+    let mut key = id.as_bytes().to_vec();
+    key.extend_from_slice(partner.as_bytes());
+    key
+}
+
 fn disclosed_key(partner: &str, id: &RecordId) -> Vec<u8> {
     let mut key = Vec::with_capacity(partner.len() + 17);
     key.extend_from_slice(partner.as_bytes());
@@ -889,10 +896,31 @@ impl Store {
         partner: &str,
         entry: &Value,
     ) -> Result<(), StoreError> {
-        let mut key = id.as_bytes().to_vec();
-        key.extend_from_slice(partner.as_bytes());
-        self.receipts.insert(key, to_bytes(entry))?;
+        self.put_receipts(partner, std::iter::once((*id, entry)))
+    }
+
+    /// [`put_receipt`](Self::put_receipt) for many records of one partner, all or none.
+    pub fn put_receipts<'a>(
+        &self,
+        partner: &str,
+        entries: impl IntoIterator<Item = (RecordId, &'a Value)>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (id, entry) in entries {
+            batch.insert(receipt_key(&id, partner), to_bytes(entry));
+        }
+        self.receipts.apply_batch(batch)?;
         Ok(())
+    }
+
+    /// `partner`'s receipt for a record, if it sent one.
+    pub fn receipt(&self, id: &RecordId, partner: &str) -> Result<Option<Value>, StoreError> {
+        self.receipts
+            .get(receipt_key(id, partner))?
+            .map(|v| {
+                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("receipt: {e}")))
+            })
+            .transpose()
     }
 
     /// Every partner's receipt for a record.

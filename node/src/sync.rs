@@ -151,6 +151,7 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
     let mut entries = Vec::with_capacity(changes.len());
     let mut sent = Vec::new();
     let mut disclosed_paths = std::collections::BTreeSet::new();
+    let mut seen_paths = std::collections::HashSet::new();
     for change in changes {
         // Without the feed, a partner's entries are all withheld but for its records' retractions.
         if !replicate && !holds(store, &peer.id, &change.id)? {
@@ -191,7 +192,11 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
         if let Some(view) = &view {
             sent.push((change.id, change.version));
             for d in &view.disclosures {
-                disclosed_paths.insert(path_pattern(d.path()));
+                // Records repeat the same paths: each is turned into its pattern once a page.
+                if !seen_paths.contains(d.path()) {
+                    seen_paths.insert(d.path().to_owned());
+                    disclosed_paths.insert(path_pattern(d.path()));
+                }
             }
         }
         entries.push(FeedEntry {
@@ -791,6 +796,50 @@ pub fn replica_from(id: RecordId, envelope: &Envelope) -> Result<Replica, serde_
     })
 }
 
+/// Stores what a partner's (verified) receipt says it applied, in one write; returns how many
+/// records got a newer receipt. Only own records count, and only versions this node sent that
+/// partner: a receipt cannot make a partner a holder (and so open the feed to it) of a record
+/// it never got. A version at or below the one already receipted changes nothing, and of a
+/// record named twice the higher version is kept.
+pub fn store_receipt(
+    store: &crate::store::Store,
+    partner: &str,
+    receipt: &Receipt,
+) -> Result<usize, crate::store::StoreError> {
+    let mut newer: std::collections::HashMap<RecordId, (u32, Value)> = Default::default();
+    for applied in &receipt.applied {
+        let Some(id) = RecordId::parse(&applied.record_id) else {
+            continue;
+        };
+        if store.head(&id)?.is_none() || !store.is_own(&id)? {
+            continue;
+        }
+        if store
+            .disclosed_version(partner, &id)?
+            .is_none_or(|sent| sent < applied.version)
+        {
+            continue;
+        }
+        let held = store
+            .receipt(&id, partner)?
+            .and_then(|v| v.get("version").and_then(Value::as_u64));
+        if held.is_some_and(|v| v >= u64::from(applied.version))
+            || newer.get(&id).is_some_and(|(v, _)| *v >= applied.version)
+        {
+            continue;
+        }
+        let entry = json!({
+            "version": applied.version,
+            "retracted": applied.retracted,
+            "applied_at": receipt.at,
+            "key_id": receipt.key_id,
+        });
+        newer.insert(id, (applied.version, entry));
+    }
+    store.put_receipts(partner, newer.iter().map(|(id, (_, e))| (*id, e)))?;
+    Ok(newer.len())
+}
+
 /// Signs a receipt for applied versions and sends it to their origin (best effort: a lost
 /// receipt is sent again by no one, but the origin sees the version missing in its receipts).
 async fn send_receipt(node: &Node, peer: &Peer, applied: Vec<Applied>) {
@@ -1215,5 +1264,73 @@ mod tests {
         }
         assert!(node.store().disclosed_any("XBB").unwrap());
         assert!(!node.store().disclosed_any("XCC").unwrap());
+    }
+
+    /// A receipt is stored in one write, for own records sent to that partner only; of a record
+    /// named twice the higher version stays, and a receipt for a version already receipted
+    /// changes nothing.
+    #[test]
+    fn a_receipt_stores_the_highest_sent_version_of_each_own_record_once() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::node::init(dir.path(), "XAA").unwrap();
+        let node = Node::open(dir.path()).unwrap();
+        let store = node.store();
+        let mut batch: Vec<_> = ["LC10A000-001", "LC10A000-002", "LC10A000-003"]
+            .iter()
+            .map(|lot| crate::store::tests::prepared_as(None, lot))
+            .collect();
+        let ids: Vec<RecordId> = batch.iter().map(|p| p.id).collect();
+        store.create_batch(&mut batch, node.sealer()).unwrap();
+        // XBB is sent the first two records, then version 2 of the first.
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let only_first_two = json!({"mode": "replicate", "categories": ["*"], "fields": ["*"]});
+        let xbb = peer_with("XBB", &key, serde_json::from_value(only_first_two).unwrap());
+        let page = feed_page(&node, &xbb, 0, 2).unwrap();
+        assert_eq!(page.entries.len(), 2);
+        let mut next = crate::store::tests::prepared_as(Some(&ids[0].to_string()), "LC10A000-009");
+        next.declared_version = Some(1);
+        store.update(next, node.sealer()).unwrap();
+        let after = store.own_tail().unwrap().0 - 1;
+        assert_eq!(feed_page(&node, &xbb, after, 1).unwrap().entries.len(), 1);
+        assert_eq!(store.disclosed_version("XBB", &ids[0]).unwrap(), Some(2));
+
+        let applied = |id: &RecordId, version| Applied {
+            record_id: id.to_string(),
+            version,
+            retracted: false,
+        };
+        let receipt = |applied| Receipt {
+            v: 1,
+            from: "XBB".into(),
+            to: "XAA".into(),
+            at: "2026-01-01T00:00:00Z".into(),
+            key_id: "ed25519:test".into(),
+            applied,
+        };
+        let stranger = RecordId::parse("01900000-0000-7000-8000-00000000dead").unwrap();
+        let first = receipt(vec![
+            applied(&ids[0], 2),
+            applied(&ids[0], 1),
+            applied(&ids[1], 1),
+            applied(&ids[1], 3), // never sent: ignored
+            applied(&ids[2], 1), // not sent to XBB: ignored
+            applied(&stranger, 1),
+        ]);
+        assert_eq!(store_receipt(store, "XBB", &first).unwrap(), 2);
+        let version = |id: &RecordId| {
+            store
+                .receipt(id, "XBB")
+                .unwrap()
+                .map(|r| r["version"].clone())
+        };
+        assert_eq!(version(&ids[0]), Some(json!(2)));
+        assert_eq!(version(&ids[1]), Some(json!(1)));
+        assert_eq!(version(&ids[2]), None);
+        assert_eq!(store.receipts(&ids[0]).unwrap().len(), 1);
+        // The same receipt again, or an older one, changes nothing.
+        assert_eq!(store_receipt(store, "XBB", &first).unwrap(), 0);
+        let older = receipt(vec![applied(&ids[0], 1)]);
+        assert_eq!(store_receipt(store, "XBB", &older).unwrap(), 0);
+        assert_eq!(version(&ids[0]), Some(json!(2)));
     }
 }

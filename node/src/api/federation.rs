@@ -12,13 +12,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::error::ApiError;
 use crate::node::Node;
 use crate::peer::{self, Peer, SignedHeaders};
 use crate::policy::Mode;
-use crate::record::RecordId;
 use crate::sync::{self, SignedReceipt};
 
 /// Largest request body a partner may send.
@@ -456,42 +455,7 @@ async fn receipts(State(state): State<FedState>, signed: Signed) -> Result<Respo
     })?;
     let stored = tokio::task::spawn_blocking(move || -> Result<usize, ApiError> {
         let store = node.store();
-        let mut stored = 0;
-        for applied in &receipt.receipt.applied {
-            let Some(id) = RecordId::parse(&applied.record_id) else {
-                continue;
-            };
-            if store.head(&id)?.is_none() || !store.is_own(&id)? {
-                continue;
-            }
-            // Only for what was sent to this partner: a receipt cannot make a partner a holder
-            // (and so open the feed to it) of a record it never got.
-            if store
-                .disclosed_version(&peer.id, &id)?
-                .is_none_or(|sent| sent < applied.version)
-            {
-                continue;
-            }
-            let held = store
-                .receipts(&id)?
-                .into_iter()
-                .find(|(p, _)| *p == peer.id)
-                .and_then(|(_, v)| v.get("version").and_then(Value::as_u64));
-            if held.is_some_and(|v| v >= u64::from(applied.version)) {
-                continue;
-            }
-            store.put_receipt(
-                &id,
-                &peer.id,
-                &json!({
-                    "version": applied.version,
-                    "retracted": applied.retracted,
-                    "applied_at": receipt.receipt.at,
-                    "key_id": receipt.receipt.key_id,
-                }),
-            )?;
-            stored += 1;
-        }
+        let stored = sync::store_receipt(store, &peer.id, &receipt.receipt)?;
         store.flush()?;
         node.audit().record(
             "receipt",
@@ -523,6 +487,7 @@ pub(crate) mod tests {
     use crate::identity::{PUBLIC_KEY_FILE, TLS_CERT_FILE, TLS_KEY_FILE};
     use crate::peer::PeerConfig;
     use crate::policy::Policy;
+    use serde_json::Value;
 
     /// `schemas/FILE`, pointed at `#/$defs/DEF` when given; formats (`date-time`…) are checked.
     pub(crate) fn schema(file: &str, def: Option<&str>) -> jsonschema::Validator {
