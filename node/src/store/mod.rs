@@ -3,7 +3,12 @@
 //! This is the only module that imports sled. Trees and their keys:
 //! - `record_head`: `RecordId(16)` → `version u32 BE ‖ retracted u8`
 //! - `record_versions`: `RecordId(16) ‖ version u32 BE` → the record version, JSON (values
-//!   here and in `envelopes` are LZ4-compressed, marked by a leading `0x01`; see `pack`)
+//!   here and in `envelopes` are LZ4-compressed, marked by a leading `0x01`; see `pack`);
+//!   since decision 0014 without its headstamp and calibre interpretations, which it refers
+//!   to (`0x03` and the references first: [`encoding`])
+//! - `interpretations`: first 16 bytes of the SHA-256 of its JSON → a headstamp or calibre
+//!   interpretation (`derived`), packed: each distinct one once, written in the transaction
+//!   of the first version that refers to it
 //! - `changes`: `seq u64 BE` → `RecordId(16) ‖ version u32 BE ‖ retracted u8 ‖ created u8`
 //! - `meta`: `b"last_seq"` → `u64 BE`; `b"own_seq"` → `u64 BE`; `b"own_head"` → digest;
 //!   `note:NAME` → text ([`Store::note`]; `note:secret:NAME` the node's secrets)
@@ -23,8 +28,8 @@
 //!   each own record this node has sent each partner (by feed or grant), so a retraction
 //!   reaches every partner that holds the record, whatever its policy says now
 //!
-//! Every write is one sled transaction over the four trees: the version, the head and the
-//! change-log entry appear together or not at all. A write is acknowledged only after
+//! Every write is one sled transaction over the trees it touches: the version, its
+//! interpretations, the head and the change-log entry appear together or not at all. A write is acknowledged only after
 //! [`Store::flush`]; the API calls it before answering (a batch shares one flush).
 
 use std::path::Path;
@@ -34,6 +39,10 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use crate::record::{Prepared, RecordId};
+
+mod encoding;
+
+use encoding::{Encoded, InterpretationId, decode_record, encode_record, pack, to_bytes, unpack};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -174,6 +183,7 @@ pub struct Store {
     hit_refs: sled::Tree,
     requests: sled::Tree,
     disclosed: sled::Tree,
+    interpretations: sled::Tree,
     /// Serialises writes of own records: the own sequence and its hash chain are assigned
     /// and signed outside the transaction, so no two writers may interleave.
     write_lock: std::sync::Arc<std::sync::Mutex<()>>,
@@ -311,42 +321,29 @@ fn flatten<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreErro
     })
 }
 
-/// First byte of a compressed value: LZ4 block format with the original size prepended (a JSON
-/// value never starts with it, so values written before compression still read as JSON).
-const LZ4: u8 = 0x01;
-
-/// The stored form of a record version or an envelope: compressed JSON. A record with its
-/// derived readings and an envelope with its salts take about half the bytes this way, which
-/// halves what sled copies, logs and flushes per write.
-fn pack(json: &[u8]) -> Vec<u8> {
-    let compressed = lz4_flex::block::compress_prepend_size(json);
-    let mut out = Vec::with_capacity(compressed.len() + 1);
-    out.push(LZ4);
-    out.extend_from_slice(&compressed);
-    out
+/// The interpretations that versions about to be written refer to, each once.
+fn interpretations_of<'a>(
+    versions: impl IntoIterator<Item = &'a Encoded>,
+) -> std::collections::BTreeMap<InterpretationId, &'a [u8]> {
+    versions
+        .into_iter()
+        .flat_map(|e| e.interpretations.iter())
+        .map(|(id, json)| (*id, json.as_slice()))
+        .collect()
 }
 
-/// The JSON of a stored value (see [`pack`]).
-fn unpack<'a>(
-    bytes: &'a [u8],
-    what: &dyn std::fmt::Display,
-) -> Result<std::borrow::Cow<'a, [u8]>, StoreError> {
-    match bytes.split_first() {
-        Some((&LZ4, compressed)) => lz4_flex::block::decompress_size_prepended(compressed)
-            .map(std::borrow::Cow::Owned)
-            .map_err(|e| StoreError::Corrupt(format!("{what}: {e}"))),
-        _ => Ok(std::borrow::Cow::Borrowed(bytes)),
+/// Writes, inside the transaction that writes the versions referring to them, the
+/// interpretations the tree does not hold yet.
+fn keep_interpretations(
+    tree: &TransactionalTree,
+    interpretations: &std::collections::BTreeMap<InterpretationId, &[u8]>,
+) -> Tx<()> {
+    for (id, json) in interpretations {
+        if tree.get(id)?.is_none() {
+            tree.insert(&id[..], pack(json))?;
+        }
     }
-}
-
-/// A record version as stored: [`pack`]ed JSON.
-fn record_bytes(record: &Value) -> Vec<u8> {
-    pack(&to_bytes(record))
-}
-
-fn to_bytes(record: &Value) -> Vec<u8> {
-    // Serialising a `Value` cannot fail: its keys are strings.
-    serde_json::to_vec(record).unwrap_or_default()
+    Ok(())
 }
 
 impl Store {
@@ -370,6 +367,7 @@ impl Store {
             hit_refs: db.open_tree("hit_refs")?,
             requests: db.open_tree("requests")?,
             disclosed: db.open_tree("disclosed")?,
+            interpretations: db.open_tree("interpretations")?,
             write_lock: Default::default(),
             db,
         };
@@ -394,6 +392,7 @@ impl Store {
         &sled::Tree,
         &sled::Tree,
         &sled::Tree,
+        &sled::Tree,
     ) {
         (
             &self.head,
@@ -402,6 +401,7 @@ impl Store {
             &self.meta,
             &self.envelopes,
             &self.own_log,
+            &self.interpretations,
         )
     }
 
@@ -464,16 +464,17 @@ impl Store {
                 o.insert("record_version".into(), Value::from(version));
             }
         }
-        let encoded: Vec<(RecordId, u32, Vec<u8>)> = batch
+        let encoded: Vec<(RecordId, u32, Encoded)> = batch
             .iter()
             .map(|p| {
                 (
                     p.id,
                     p.declared_version.unwrap_or(1),
-                    record_bytes(&p.record),
+                    encode_record(&p.record),
                 )
             })
             .collect();
+        let interpretations = interpretations_of(encoded.iter().map(|(_, _, e)| e));
         // A fast refusal before any sealing work; the check inside the transaction below is
         // the one that holds when two writers race.
         for (id, _, _) in &encoded {
@@ -499,12 +500,20 @@ impl Store {
         let sealed_at = std::time::Instant::now();
         let trees = self.own_write_trees();
         let result = flatten(trees.transaction(|t| {
+            keep_interpretations(&t.6, &interpretations)?;
             let mut written = Vec::with_capacity(encoded.len());
-            for (n, (id, version, bytes)) in encoded.iter().enumerate() {
+            for (n, (id, version, stored)) in encoded.iter().enumerate() {
                 if t.0.get(id.as_bytes())?.is_some() {
                     return abort(StoreError::Exists(*id));
                 }
-                let seq = append((&t.0, &t.1, &t.2, &t.3), id, *version, bytes, false, true)?;
+                let seq = append(
+                    (&t.0, &t.1, &t.2, &t.3),
+                    id,
+                    *version,
+                    &stored.bytes,
+                    false,
+                    true,
+                )?;
                 append_own(
                     &t.4,
                     &t.5,
@@ -632,7 +641,8 @@ impl Store {
         retracted: bool,
         sealer: &impl Sealer,
     ) -> Result<Written, StoreError> {
-        let bytes = record_bytes(record);
+        let stored = encode_record(record);
+        let interpretations = interpretations_of([&stored]);
         let pending = sealer
             .prepare(&ToSeal { record, retracted })
             .map_err(StoreError::Seal)?;
@@ -654,11 +664,12 @@ impl Store {
                 }
                 None => return abort(StoreError::NotFound(id)),
             }
+            keep_interpretations(&t.6, &interpretations)?;
             let seq = append(
                 (&t.0, &t.1, &t.2, &t.3),
                 &id,
                 version,
-                &bytes,
+                &stored.bytes,
                 retracted,
                 false,
             )?;
@@ -677,29 +688,60 @@ impl Store {
 
     /// A version of a record (the latest when `version` is `None`).
     pub fn get(&self, id: &RecordId, version: Option<u32>) -> Result<Option<Value>, StoreError> {
-        self.get_with(id, version, |json| serde_json::from_slice(json))
+        let Some(version) = self.version_or_head(id, version)? else {
+            return Ok(None);
+        };
+        self.versions
+            .get(version_key(id, version))?
+            .map(|bytes| self.whole(&bytes, &format_args!("{id} v{version}")))
+            .transpose()
     }
 
-    /// A version of a record as `parse` reads its JSON.
+    /// A version of a record as `parse` reads its JSON, which lacks the headstamp and calibre
+    /// interpretations (`derived`) the store keeps apart ([`encoding`]): for readers that
+    /// skip them, at no cost of looking them up.
     pub fn get_with<T>(
         &self,
         id: &RecordId,
         version: Option<u32>,
         parse: impl FnOnce(&[u8]) -> serde_json::Result<T>,
     ) -> Result<Option<T>, StoreError> {
-        let version = match version {
-            Some(v) => v,
-            None => match self.head(id)? {
-                Some(h) => h.version,
-                None => return Ok(None),
-            },
+        let Some(version) = self.version_or_head(id, version)? else {
+            return Ok(None);
         };
         match self.versions.get(version_key(id, version))? {
-            Some(bytes) => parse(&unpack(&bytes, id)?)
+            Some(bytes) => parse(&decode_record(&bytes, id)?.json)
                 .map(Some)
                 .map_err(|e| StoreError::Corrupt(format!("{id} v{version}: {e}"))),
             None => Ok(None),
         }
+    }
+
+    fn version_or_head(
+        &self,
+        id: &RecordId,
+        version: Option<u32>,
+    ) -> Result<Option<u32>, StoreError> {
+        Ok(match version {
+            Some(v) => Some(v),
+            None => self.head(id)?.map(|h| h.version),
+        })
+    }
+
+    /// A stored record version with its interpretations put back.
+    fn whole(&self, bytes: &[u8], what: &dyn std::fmt::Display) -> Result<Value, StoreError> {
+        let decoded = decode_record(bytes, what)?;
+        let mut record: Value = serde_json::from_slice(&decoded.json)
+            .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
+        for reference in &decoded.references {
+            let stored = self.interpretations.get(reference.id)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("{what}: an interpretation it refers to is missing"))
+            })?;
+            let interpretation = serde_json::from_slice(&unpack(&stored, what)?)
+                .map_err(|e| StoreError::Corrupt(format!("{what}: interpretation: {e}")))?;
+            encoding::restore(&mut record, reference, interpretation, what)?;
+        }
+        Ok(record)
     }
 
     /// Every version of a record, oldest first.
@@ -708,8 +750,7 @@ impl Store {
             .scan_prefix(id.as_bytes())
             .map(|kv| {
                 let (_, bytes) = kv?;
-                serde_json::from_slice(&unpack(&bytes, id)?)
-                    .map_err(|e| StoreError::Corrupt(format!("{id}: {e}")))
+                self.whole(&bytes, id)
             })
             .collect()
     }
@@ -834,10 +875,11 @@ impl Store {
         page: &[Replica],
         cursor: Option<&Cursor>,
     ) -> Result<Vec<Written>, StoreError> {
-        let encoded: Vec<(&Replica, Vec<u8>, Vec<u8>)> = page
+        let encoded: Vec<(&Replica, Encoded, Vec<u8>)> = page
             .iter()
-            .map(|r| (r, record_bytes(&r.record), pack(&r.envelope)))
+            .map(|r| (r, encode_record(&r.record), pack(&r.envelope)))
             .collect();
+        let interpretations = interpretations_of(encoded.iter().map(|(_, e, _)| e));
         let cursor_bytes = cursor.map(|c| serde_json::to_vec(c).unwrap_or_default());
         let trees = (
             &self.head,
@@ -847,10 +889,12 @@ impl Store {
             &self.envelopes,
             &self.replicas,
             &self.cursors,
+            &self.interpretations,
         );
         flatten(trees.transaction(|t| {
+            keep_interpretations(&t.7, &interpretations)?;
             let mut written = Vec::new();
-            for (r, bytes, envelope) in &encoded {
+            for (r, stored, envelope) in &encoded {
                 let current = t.0.get(r.id.as_bytes())?.as_deref().and_then(decode_head);
                 if current.is_some() {
                     match t.5.get(r.id.as_bytes())? {
@@ -870,7 +914,7 @@ impl Store {
                     (&t.0, &t.1, &t.2, &t.3),
                     &r.id,
                     r.version,
-                    bytes,
+                    &stored.bytes,
                     r.retracted,
                     current.is_none(),
                 )?;
@@ -1208,7 +1252,7 @@ pub(crate) mod tests {
     fn values_are_compressed_and_plain_json_still_reads() {
         let json = serde_json::to_vec(&prepared("LC10A000-000").record).unwrap();
         let packed = pack(&json);
-        assert_eq!(packed[0], LZ4);
+        assert_eq!(packed[0], encoding::LZ4);
         assert!(
             packed.len() < json.len(),
             "{} >= {}",
@@ -1221,6 +1265,124 @@ pub(crate) mod tests {
         let truncated = &packed[..packed.len() / 2];
         assert!(matches!(
             unpack(truncated, &"x"),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    /// A one-item record with a headstamp and a calibre besides its lot, validated.
+    fn prepared_with(lot: &str, headstamp: &str, calibre: &str) -> Prepared {
+        let record = json!({
+            "originating_state": "XAA",
+            "event": {"event_type": "seizure", "date": {"start": "2024"},
+                      "location": {"country": "XAA", "precision": "country"}},
+            "items": [{"item_id": "i1", "item_category": "small_arms_ammunition", "lot": lot,
+                       "headstamp": {"present": true, "raw_transcription": headstamp},
+                       "calibre": calibre}],
+            "sharing": {"tlp": "GREEN"}
+        });
+        Validator::new("XAA")
+            .prepare(record, "2026-01-01T00:00:00Z")
+            .unwrap()
+    }
+
+    /// Headstamp and calibre interpretations are stored once however many versions refer to
+    /// them, every read puts them back, and readers that skip them get the record without.
+    #[test]
+    fn interpretations_are_kept_once_and_records_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut batch = vec![
+            prepared_with("LC10A000-001", "LC 10", "5.56x45mm NATO"),
+            prepared_with("LC10A000-002", "LC 10", "5.56x45mm NATO"),
+            prepared_with("WCC10A000-001", "WCC 10", "5.56x45mm NATO"),
+        ];
+        for p in &batch {
+            let item = &p.record["items"][0];
+            assert!(item["headstamp"]["derived"].is_object(), "{item}");
+            assert!(item["calibre"]["derived"].is_object(), "{item}");
+        }
+        let written = store.create_batch(&mut batch, &sealer()).unwrap();
+        // Two headstamps, one calibre.
+        assert_eq!(store.interpretations.len(), 3);
+        for (w, p) in written.iter().zip(&batch) {
+            assert_eq!(store.get(&w.id, None).unwrap().unwrap(), p.record);
+            assert_eq!(store.versions(&w.id).unwrap(), vec![p.record.clone()]);
+            let bytes = store
+                .versions
+                .get(version_key(&w.id, w.version))
+                .unwrap()
+                .unwrap();
+            let whole = pack(&to_bytes(&p.record));
+            assert!(
+                bytes.len() * 3 < whole.len() * 2,
+                "{} bytes against {}",
+                bytes.len(),
+                whole.len()
+            );
+            let bare = store
+                .get_with(&w.id, None, |json| serde_json::from_slice::<Value>(json))
+                .unwrap()
+                .unwrap();
+            let mut expected = p.record.clone();
+            for field in ["headstamp", "calibre"] {
+                expected["items"][0][field]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("derived");
+            }
+            assert_eq!(bare, expected);
+            assert!(bare["items"][0]["lot"]["derived"].is_object());
+        }
+        // A new version with the same readings adds none; a new headstamp adds one.
+        let mut update = prepared_with("LC10A000-009", "LC 10", "5.56x45mm NATO");
+        update.id = written[0].id;
+        store.update(update.clone(), &sealer()).unwrap();
+        assert_eq!(store.interpretations.len(), 3);
+        let mut next = prepared_with("LC10A000-009", "FC 18", "5.56x45mm NATO");
+        next.id = written[0].id;
+        store.update(next.clone(), &sealer()).unwrap();
+        assert_eq!(store.interpretations.len(), 4);
+        let versions = store.versions(&written[0].id).unwrap();
+        assert_eq!(versions.len(), 3);
+        assert_eq!(
+            versions[2]["items"][0]["headstamp"],
+            next.record["items"][0]["headstamp"]
+        );
+        // They survive a reopen, as the versions referring to them do.
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(
+            store.get(&written[1].id, None).unwrap().unwrap(),
+            batch[1].record
+        );
+    }
+
+    /// A `derived` that is not an object (a partner's record can carry anything the origin
+    /// signed) stays in the record as it is; a reference to a missing interpretation is
+    /// reported as corruption, not read as a record without it.
+    #[test]
+    fn only_object_interpretations_are_kept_apart_and_a_missing_one_is_corruption() {
+        let mut record = prepared_with("LC10A000-001", "LC 10", "9mm").record;
+        record["items"][0]["calibre"]["derived"] = json!("a string");
+        let encoded = encode_record(&record);
+        assert_eq!(encoded.interpretations.len(), 1);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let decoded = encoding::decode_record(&encoded.bytes, &"x").unwrap();
+        let json: Value = serde_json::from_slice(&decoded.json).unwrap();
+        assert_eq!(json["items"][0]["calibre"]["derived"], "a string");
+        assert!(json["items"][0]["headstamp"].get("derived").is_none());
+        let missing = store.whole(&encoded.bytes, &"x").unwrap_err();
+        assert!(missing.to_string().contains("missing"), "{missing}");
+        let (id, interpretation) = &encoded.interpretations[0];
+        store
+            .interpretations
+            .insert(id, pack(interpretation))
+            .unwrap();
+        assert_eq!(store.whole(&encoded.bytes, &"x").unwrap(), record);
+        // A truncated reference list is corruption too.
+        assert!(matches!(
+            encoding::decode_record(&encoded.bytes[..10], &"x"),
             Err(StoreError::Corrupt(_))
         ));
     }
@@ -1263,7 +1425,7 @@ pub(crate) mod tests {
         record["items"][0]["lot"]["raw"] = json!("LC-19-B");
         store
             .versions
-            .insert(version_key(&w.id, w.version), record_bytes(&record))
+            .insert(version_key(&w.id, w.version), encode_record(&record).bytes)
             .unwrap();
         let err = crate::envelope::load(&store, &w.id, w.version).unwrap_err();
         assert!(

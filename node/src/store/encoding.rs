@@ -1,0 +1,286 @@
+//! How values are laid out in sled: compressed JSON ([`pack`]), and record versions whose
+//! headstamp and calibre interpretations are kept apart, once each ([`encode_record`],
+//! decision 0014).
+//!
+//! A stored record version is one of:
+//! - JSON (stores written before compression);
+//! - `0x01` then LZ4 (block format, original size prepended) of the JSON;
+//! - `0x03`, a `u16` BE count of references, each `item u16 BE ‖ field u8 ‖ id(16)`, then the
+//!   record as `0x01` form without those interpretations. `field` 0 is the item's
+//!   `headstamp`, 1 its `calibre`; `id` names the interpretation (the `derived` object) in the
+//!   `interpretations` tree: the first 16 bytes of the SHA-256 of its JSON, which that tree
+//!   maps to the JSON, packed.
+
+use std::borrow::Cow;
+
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::StoreError;
+
+/// First byte of a compressed value: LZ4 block format with the original size prepended (a JSON
+/// value never starts with it, so values written before compression still read as JSON).
+pub(super) const LZ4: u8 = 0x01;
+
+/// First byte of a record version stored with its interpretations apart (see the module).
+const APART: u8 = 0x03;
+
+/// The item fields whose `derived` interpretation is kept apart: pure functions of a short raw
+/// text that a national collection repeats thousands of times ("FC 18", "5.56x45mm NATO").
+/// A lot's interpretation is as unique as the lot, so it stays in the record.
+const SHARED: [&str; 2] = ["headstamp", "calibre"];
+
+/// The name of an interpretation in the `interpretations` tree.
+pub(super) type InterpretationId = [u8; 16];
+
+/// The stored form of a record version or an envelope: compressed JSON. A record with its
+/// derived readings and an envelope with its salts take about half the bytes this way, which
+/// halves what sled copies, logs and flushes per write.
+pub(super) fn pack(json: &[u8]) -> Vec<u8> {
+    let compressed = lz4_flex::block::compress_prepend_size(json);
+    let mut out = Vec::with_capacity(compressed.len() + 1);
+    out.push(LZ4);
+    out.extend_from_slice(&compressed);
+    out
+}
+
+/// The JSON of a stored value (see [`pack`]).
+pub(super) fn unpack<'a>(
+    bytes: &'a [u8],
+    what: &dyn std::fmt::Display,
+) -> Result<Cow<'a, [u8]>, StoreError> {
+    match bytes.split_first() {
+        Some((&LZ4, compressed)) => lz4_flex::block::decompress_size_prepended(compressed)
+            .map(Cow::Owned)
+            .map_err(|e| StoreError::Corrupt(format!("{what}: {e}"))),
+        _ => Ok(Cow::Borrowed(bytes)),
+    }
+}
+
+pub(super) fn to_bytes(value: &Value) -> Vec<u8> {
+    // Serialising a `Value` cannot fail: its keys are strings.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// A record version ready to store.
+pub(super) struct Encoded {
+    /// The value for the `record_versions` tree.
+    pub bytes: Vec<u8>,
+    /// The interpretations it refers to, as JSON; the `interpretations` tree must hold each
+    /// (packed) when the version is written.
+    pub interpretations: Vec<(InterpretationId, Vec<u8>)>,
+}
+
+/// Where an interpretation kept apart belongs: `items/{item}/{SHARED[field]}/derived`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Reference {
+    item: u16,
+    field: u8,
+    pub id: InterpretationId,
+}
+
+/// The most items a record may have for its interpretations to be kept apart: two references
+/// per item, counted in a `u16`. (Real records have a handful; a larger one is stored whole.)
+const MAX_ITEMS_APART: usize = (u16::MAX / 2) as usize;
+
+/// Whether `encode_record` keeps this item field's interpretation apart: only an object, and
+/// only in a record of at most [`MAX_ITEMS_APART`] items.
+fn apart(items: usize, reading: Option<&Value>) -> Option<&Value> {
+    let derived = reading?.get("derived")?;
+    (items <= MAX_ITEMS_APART && derived.is_object()).then_some(derived)
+}
+
+/// The stored form of a record version: its headstamp and calibre interpretations apart,
+/// referred to by id, and the rest packed (see the module).
+pub(super) fn encode_record(record: &Value) -> Encoded {
+    let items = record
+        .get("items")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut references = Vec::new();
+    let mut interpretations = Vec::new();
+    for (n, item) in items.iter().enumerate() {
+        for (field, name) in SHARED.iter().enumerate() {
+            if let Some(derived) = apart(items.len(), item.get(name)) {
+                let json = to_bytes(derived);
+                let id = interpretation_id(&json);
+                references.push(Reference {
+                    // `apart` allows at most MAX_ITEMS_APART items: the number fits.
+                    item: u16::try_from(n).unwrap_or(u16::MAX),
+                    field: field as u8,
+                    id,
+                });
+                interpretations.push((id, json));
+            }
+        }
+    }
+    if references.is_empty() {
+        return Encoded {
+            bytes: pack(&to_bytes(record)),
+            interpretations,
+        };
+    }
+    let rest = pack(&serde_json::to_vec(&Apart(record)).unwrap_or_default());
+    let mut bytes = Vec::with_capacity(3 + references.len() * 19 + rest.len());
+    bytes.push(APART);
+    // Two per item at most, and `apart` allows at most MAX_ITEMS_APART items: it fits.
+    let count = u16::try_from(references.len()).unwrap_or(u16::MAX);
+    bytes.extend_from_slice(&count.to_be_bytes());
+    for r in &references {
+        bytes.extend_from_slice(&r.item.to_be_bytes());
+        bytes.push(r.field);
+        bytes.extend_from_slice(&r.id);
+    }
+    bytes.extend_from_slice(&rest);
+    Encoded {
+        bytes,
+        interpretations,
+    }
+}
+
+fn interpretation_id(json: &[u8]) -> InterpretationId {
+    let digest = Sha256::digest(json);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
+}
+
+/// A stored record version read back: its JSON (without the interpretations kept apart) and
+/// where those belong.
+pub(super) struct Decoded<'a> {
+    pub json: Cow<'a, [u8]>,
+    pub references: Vec<Reference>,
+}
+
+pub(super) fn decode_record<'a>(
+    bytes: &'a [u8],
+    what: &dyn std::fmt::Display,
+) -> Result<Decoded<'a>, StoreError> {
+    let Some((&APART, rest)) = bytes.split_first() else {
+        return Ok(Decoded {
+            json: unpack(bytes, what)?,
+            references: Vec::new(),
+        });
+    };
+    let corrupt = || StoreError::Corrupt(format!("{what}: truncated interpretation references"));
+    let (count, mut rest) = rest.split_first_chunk::<2>().ok_or_else(corrupt)?;
+    let count = u16::from_be_bytes(*count);
+    let mut references = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let (entry, tail) = rest.split_first_chunk::<19>().ok_or_else(corrupt)?;
+        let (item, field_and_id) = entry.split_at(2);
+        let field = field_and_id[0];
+        if usize::from(field) >= SHARED.len() {
+            return Err(StoreError::Corrupt(format!(
+                "{what}: unknown interpretation field {field}"
+            )));
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&field_and_id[1..]);
+        references.push(Reference {
+            item: u16::from_be_bytes([item[0], item[1]]),
+            field,
+            id,
+        });
+        rest = tail;
+    }
+    Ok(Decoded {
+        json: unpack(rest, what)?,
+        references,
+    })
+}
+
+/// Puts an interpretation back where `reference` says it belongs.
+pub(super) fn restore(
+    record: &mut Value,
+    reference: &Reference,
+    interpretation: Value,
+    what: &dyn std::fmt::Display,
+) -> Result<(), StoreError> {
+    let reading = record
+        .get_mut("items")
+        .and_then(|items| items.get_mut(usize::from(reference.item)))
+        .and_then(|item| item.get_mut(SHARED[usize::from(reference.field)]))
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "{what}: an interpretation refers to item {} {}, which the record lacks",
+                reference.item,
+                SHARED[usize::from(reference.field)]
+            ))
+        })?;
+    reading.insert("derived".into(), interpretation);
+    Ok(())
+}
+
+/// Serialises a record without the interpretations [`encode_record`] keeps apart.
+struct Apart<'a>(&'a Value);
+
+impl Serialize for Apart<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Value::Object(top) = self.0 else {
+            return self.0.serialize(s);
+        };
+        let mut map = s.serialize_map(Some(top.len()))?;
+        for (key, value) in top {
+            match (key.as_str(), value) {
+                ("items", Value::Array(items)) => map.serialize_entry(key, &Items(items))?,
+                _ => map.serialize_entry(key, value)?,
+            }
+        }
+        map.end()
+    }
+}
+
+struct Items<'a>(&'a [Value]);
+
+impl Serialize for Items<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for item in self.0 {
+            seq.serialize_element(&Item(item, self.0.len()))?;
+        }
+        seq.end()
+    }
+}
+
+/// An item, and how many items its record has.
+struct Item<'a>(&'a Value, usize);
+
+impl Serialize for Item<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Value::Object(fields) = self.0 else {
+            return self.0.serialize(s);
+        };
+        let mut map = s.serialize_map(Some(fields.len()))?;
+        for (key, value) in fields {
+            match value {
+                Value::Object(reading)
+                    if SHARED.contains(&key.as_str()) && apart(self.1, Some(value)).is_some() =>
+                {
+                    map.serialize_entry(key, &Without(reading, "derived"))?;
+                }
+                _ => map.serialize_entry(key, value)?,
+            }
+        }
+        map.end()
+    }
+}
+
+/// An object without one of its keys.
+struct Without<'a>(&'a serde_json::Map<String, Value>, &'a str);
+
+impl Serialize for Without<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for (key, value) in self.0 {
+            if key != self.1 {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        map.end()
+    }
+}
