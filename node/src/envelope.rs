@@ -585,7 +585,7 @@ fn read(
     };
     let compact: Compact = serde_json::from_slice(compact).map_err(|e| corrupt(e.to_string()))?;
     let record = store
-        .get_with(id, Some(version), crate::record::parse_submitted)?
+        .get_bare_with(id, Some(version), crate::record::parse_submitted)?
         .ok_or_else(|| corrupt("its record version is missing".into()))?;
     let envelope = compact.rebuild(&record).map_err(corrupt)?;
     Ok(Some((envelope, Some(record))))

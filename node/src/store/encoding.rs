@@ -5,11 +5,11 @@
 //! A stored record version is one of:
 //! - JSON (stores written before compression);
 //! - `0x01` then LZ4 (block format, original size prepended) of the JSON;
-//! - `0x03`, a `u16` BE count of references, each `item u16 BE ‖ field u8 ‖ id(16)`, then the
+//! - `0x03`, a `u16` BE count of references, each `item u16 BE ‖ field u8 ‖ id(32)`, then the
 //!   record as `0x01` form without those interpretations. `field` 0 is the item's
-//!   `headstamp`, 1 its `calibre`; `id` names the interpretation (the `derived` object) in the
-//!   `interpretations` tree: the first 16 bytes of the SHA-256 of its JSON, which that tree
-//!   maps to the JSON, packed.
+//!   `headstamp`, 1 its `calibre`; `id` names the interpretation (the `derived` object, the
+//!   last key of its object) in the `interpretations` tree: the SHA-256 of its JSON, which
+//!   that tree maps to the JSON, packed.
 
 use std::borrow::Cow;
 
@@ -32,8 +32,12 @@ const APART: u8 = 0x03;
 /// A lot's interpretation is as unique as the lot, so it stays in the record.
 const SHARED: [&str; 2] = ["headstamp", "calibre"];
 
-/// The name of an interpretation in the `interpretations` tree.
-pub(super) type InterpretationId = [u8; 16];
+/// The name of an interpretation in the `interpretations` tree: the SHA-256 of its JSON, whole
+/// (a partner's records can carry interpretations of its choosing: no collision may be found).
+pub(super) type InterpretationId = [u8; 32];
+
+/// Bytes of one reference: item, field, id.
+const REFERENCE_LEN: usize = 2 + 1 + 32;
 
 /// The stored form of a record version or an envelope: compressed JSON. A record with its
 /// derived readings and an envelope with its salts take about half the bytes this way, which
@@ -85,11 +89,12 @@ pub(super) struct Reference {
 /// per item, counted in a `u16`. (Real records have a handful; a larger one is stored whole.)
 const MAX_ITEMS_APART: usize = (u16::MAX / 2) as usize;
 
-/// Whether `encode_record` keeps this item field's interpretation apart: only an object, and
-/// only in a record of at most [`MAX_ITEMS_APART`] items.
+/// Whether `encode_record` keeps this item field's interpretation apart: only an object that
+/// is the last key of its reading (where `record::derive` puts it, and where a read puts it
+/// back), and only in a record of at most [`MAX_ITEMS_APART`] items.
 fn apart(items: usize, reading: Option<&Value>) -> Option<&Value> {
-    let derived = reading?.get("derived")?;
-    (items <= MAX_ITEMS_APART && derived.is_object()).then_some(derived)
+    let (key, derived) = reading?.as_object()?.iter().next_back()?;
+    (key == "derived" && items <= MAX_ITEMS_APART && derived.is_object()).then_some(derived)
 }
 
 /// The stored form of a record version: its headstamp and calibre interpretations apart,
@@ -124,7 +129,7 @@ pub(super) fn encode_record(record: &Value) -> Encoded {
         };
     }
     let rest = pack(&serde_json::to_vec(&Apart(record)).unwrap_or_default());
-    let mut bytes = Vec::with_capacity(3 + references.len() * 19 + rest.len());
+    let mut bytes = Vec::with_capacity(3 + references.len() * REFERENCE_LEN + rest.len());
     bytes.push(APART);
     // Two per item at most, and `apart` allows at most MAX_ITEMS_APART items: it fits.
     let count = u16::try_from(references.len()).unwrap_or(u16::MAX);
@@ -142,10 +147,7 @@ pub(super) fn encode_record(record: &Value) -> Encoded {
 }
 
 fn interpretation_id(json: &[u8]) -> InterpretationId {
-    let digest = Sha256::digest(json);
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&digest[..16]);
-    id
+    Sha256::digest(json).into()
 }
 
 /// A stored record version read back: its JSON (without the interpretations kept apart) and
@@ -170,7 +172,9 @@ pub(super) fn decode_record<'a>(
     let count = u16::from_be_bytes(*count);
     let mut references = Vec::with_capacity(usize::from(count));
     for _ in 0..count {
-        let (entry, tail) = rest.split_first_chunk::<19>().ok_or_else(corrupt)?;
+        let (entry, tail) = rest
+            .split_first_chunk::<REFERENCE_LEN>()
+            .ok_or_else(corrupt)?;
         let (item, field_and_id) = entry.split_at(2);
         let field = field_and_id[0];
         if usize::from(field) >= SHARED.len() {
@@ -178,7 +182,7 @@ pub(super) fn decode_record<'a>(
                 "{what}: unknown interpretation field {field}"
             )));
         }
-        let mut id = [0u8; 16];
+        let mut id = [0u8; 32];
         id.copy_from_slice(&field_and_id[1..]);
         references.push(Reference {
             item: u16::from_be_bytes([item[0], item[1]]),
@@ -193,7 +197,8 @@ pub(super) fn decode_record<'a>(
     })
 }
 
-/// Puts an interpretation back where `reference` says it belongs.
+/// Puts an interpretation back where `reference` says it belongs: last in its reading, where it
+/// was (see [`apart`]).
 pub(super) fn restore(
     record: &mut Value,
     reference: &Reference,

@@ -6,7 +6,7 @@
 //!   here and in `envelopes` are LZ4-compressed, marked by a leading `0x01`; see `pack`);
 //!   since decision 0014 without its headstamp and calibre interpretations, which it refers
 //!   to (`0x03` and the references first: [`encoding`])
-//! - `interpretations`: first 16 bytes of the SHA-256 of its JSON → a headstamp or calibre
+//! - `interpretations`: the SHA-256 of its JSON → a headstamp or calibre
 //!   interpretation (`derived`), packed: each distinct one once, written in the transaction
 //!   of the first version that refers to it
 //! - `changes`: `seq u64 BE` → `RecordId(16) ‖ version u32 BE ‖ retracted u8 ‖ created u8`
@@ -697,10 +697,10 @@ impl Store {
             .transpose()
     }
 
-    /// A version of a record as `parse` reads its JSON, which lacks the headstamp and calibre
+    /// A version of a record as `parse` reads its JSON *without* the headstamp and calibre
     /// interpretations (`derived`) the store keeps apart ([`encoding`]): for readers that
-    /// skip them, at no cost of looking them up.
-    pub fn get_with<T>(
+    /// skip them, at no cost of looking them up. [`Store::get`] reads the whole record.
+    pub fn get_bare_with<T>(
         &self,
         id: &RecordId,
         version: Option<u32>,
@@ -1305,7 +1305,11 @@ pub(crate) mod tests {
         // Two headstamps, one calibre.
         assert_eq!(store.interpretations.len(), 3);
         for (w, p) in written.iter().zip(&batch) {
-            assert_eq!(store.get(&w.id, None).unwrap().unwrap(), p.record);
+            // Equal as text too: every key where it was (`Value` equality ignores order).
+            assert_eq!(
+                to_bytes(&store.get(&w.id, None).unwrap().unwrap()),
+                to_bytes(&p.record)
+            );
             assert_eq!(store.versions(&w.id).unwrap(), vec![p.record.clone()]);
             let bytes = store
                 .versions
@@ -1320,7 +1324,7 @@ pub(crate) mod tests {
                 whole.len()
             );
             let bare = store
-                .get_with(&w.id, None, |json| serde_json::from_slice::<Value>(json))
+                .get_bare_with(&w.id, None, |json| serde_json::from_slice::<Value>(json))
                 .unwrap()
                 .unwrap();
             let mut expected = p.record.clone();
@@ -1348,13 +1352,27 @@ pub(crate) mod tests {
             versions[2]["items"][0]["headstamp"],
             next.record["items"][0]["headstamp"]
         );
+        // A retraction is a version like any other.
+        store
+            .retract(
+                written[1].id,
+                "withdrawn",
+                "2026-01-02T00:00:00Z",
+                &sealer(),
+            )
+            .unwrap();
+        let retracted = store.get(&written[1].id, None).unwrap().unwrap();
+        assert_eq!(retracted["retracted"], true);
+        assert_eq!(retracted["items"], batch[1].record["items"]);
         // They survive a reopen, as the versions referring to them do.
+        store.flush().unwrap();
         drop(store);
         let store = reopen(dir.path());
         assert_eq!(
-            store.get(&written[1].id, None).unwrap().unwrap(),
-            batch[1].record
+            to_bytes(&store.get(&written[2].id, None).unwrap().unwrap()),
+            to_bytes(&batch[2].record)
         );
+        assert_eq!(store.interpretations.len(), 4);
     }
 
     /// A `derived` that is not an object (a partner's record can carry anything the origin
@@ -1364,6 +1382,20 @@ pub(crate) mod tests {
     fn only_object_interpretations_are_kept_apart_and_a_missing_one_is_corruption() {
         let mut record = prepared_with("LC10A000-001", "LC 10", "9mm").record;
         record["items"][0]["calibre"]["derived"] = json!("a string");
+        // A headstamp whose interpretation is not its last key stays whole too, so that a
+        // read gives back every key where it was.
+        let headstamp = record["items"][0]["headstamp"].as_object_mut().unwrap();
+        let derived = headstamp.shift_remove("derived").unwrap();
+        headstamp.shift_insert(0, "derived".into(), derived);
+        let encoded = encode_record(&record);
+        assert!(encoded.interpretations.is_empty());
+        let decoded = encoding::decode_record(&encoded.bytes, &"x").unwrap();
+        assert_eq!(decoded.json.as_ref(), to_bytes(&record).as_slice());
+        record["items"][0]["headstamp"]
+            .as_object_mut()
+            .unwrap()
+            .shift_remove("derived");
+        record["items"][0]["headstamp"]["derived"] = json!({"tokens": ["LC", "10"]});
         let encoded = encode_record(&record);
         assert_eq!(encoded.interpretations.len(), 1);
         let dir = tempfile::tempdir().unwrap();
