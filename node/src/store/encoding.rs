@@ -12,6 +12,8 @@
 //!   that tree maps to the JSON, packed.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
@@ -74,7 +76,82 @@ pub(super) struct Encoded {
     pub bytes: Vec<u8>,
     /// The interpretations it refers to, as JSON; the `interpretations` tree must hold each
     /// (packed) when the version is written.
-    pub interpretations: Vec<(InterpretationId, Vec<u8>)>,
+    pub interpretations: Vec<(InterpretationId, Arc<[u8]>)>,
+}
+
+/// The interpretations named lately, by field and raw text, so that a repeated one (the
+/// common case: a collection repeats its headstamps and calibres) is named without
+/// serialising and hashing it again. A hit counts only when the interpretation is the same
+/// JSON, key order included. Bounded: emptied when full.
+#[derive(Default)]
+pub(super) struct Names(Mutex<HashMap<(u8, String), Named>>);
+
+struct Named {
+    interpretation: Value,
+    id: InterpretationId,
+    json: Arc<[u8]>,
+}
+
+/// At most this many names are remembered.
+const NAMES_MAX: usize = 4096;
+
+/// The key of a reading's raw text.
+const RAW: [&str; 2] = ["raw_transcription", "raw"];
+
+impl Names {
+    /// The id and JSON of `interpretation`, the `field` reading's of `raw` (when known).
+    fn name(
+        &self,
+        field: u8,
+        raw: Option<&str>,
+        interpretation: &Value,
+    ) -> (InterpretationId, Arc<[u8]>) {
+        let lock = || {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some(raw) = raw
+            && let Some(named) = lock().get(&(field, raw.to_owned()))
+            && same_json(&named.interpretation, interpretation)
+        {
+            return (named.id, named.json.clone());
+        }
+        let json: Arc<[u8]> = to_bytes(interpretation).into();
+        let id = interpretation_id(&json);
+        if let Some(raw) = raw {
+            let mut names = lock();
+            if names.len() >= NAMES_MAX {
+                names.clear();
+            }
+            names.insert(
+                (field, raw.to_owned()),
+                Named {
+                    interpretation: interpretation.clone(),
+                    id,
+                    json: json.clone(),
+                },
+            );
+        }
+        (id, json)
+    }
+}
+
+/// Equal as JSON text: the same values with object keys in the same order (`Value`'s own
+/// equality ignores the order).
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|((ka, va), (kb, vb))| ka == kb && same_json(va, vb))
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(va, vb)| same_json(va, vb))
+        }
+        _ => a == b,
+    }
 }
 
 /// Where an interpretation kept apart belongs: `items/{item}/{SHARED[field]}/derived`.
@@ -99,7 +176,7 @@ fn apart(items: usize, reading: Option<&Value>) -> Option<&Value> {
 
 /// The stored form of a record version: its headstamp and calibre interpretations apart,
 /// referred to by id, and the rest packed (see the module).
-pub(super) fn encode_record(record: &Value) -> Encoded {
+pub(super) fn encode_record(record: &Value, names: &Names) -> Encoded {
     let items = record
         .get("items")
         .and_then(Value::as_array)
@@ -109,9 +186,12 @@ pub(super) fn encode_record(record: &Value) -> Encoded {
     let mut interpretations = Vec::new();
     for (n, item) in items.iter().enumerate() {
         for (field, name) in SHARED.iter().enumerate() {
-            if let Some(derived) = apart(items.len(), item.get(name)) {
-                let json = to_bytes(derived);
-                let id = interpretation_id(&json);
+            let reading = item.get(name);
+            if let Some(derived) = apart(items.len(), reading) {
+                let raw = reading
+                    .and_then(|r| r.get(RAW[field]))
+                    .and_then(Value::as_str);
+                let (id, json) = names.name(field as u8, raw, derived);
                 references.push(Reference {
                     // `apart` allows at most MAX_ITEMS_APART items: the number fits.
                     item: u16::try_from(n).unwrap_or(u16::MAX),
@@ -287,5 +367,37 @@ impl Serialize for Without<'_> {
             }
         }
         map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A remembered name is used only for the same JSON text: another interpretation of the
+    /// same raw text (another year's reading of "FC 27"), or the same one with its keys in
+    /// another order, is named by its own SHA-256.
+    #[test]
+    fn a_remembered_name_is_used_only_for_the_same_json() {
+        let names = Names::default();
+        let fresh = |v: &Value| interpretation_id(&to_bytes(v));
+        let one = json!({"tokens": ["FC", "27"], "readings": [{"year_gregorian": 2027}]});
+        let other = json!({"tokens": ["FC", "27"], "readings": [{"year_gregorian": 1927}]});
+        let reordered = json!({"readings": [{"year_gregorian": 2027}], "tokens": ["FC", "27"]});
+        assert_eq!(one, reordered, "Value equality ignores key order");
+        for _ in 0..2 {
+            for v in [&one, &other, &reordered, &one] {
+                let (id, json) = names.name(0, Some("FC 27"), v);
+                assert_eq!(id, fresh(v));
+                assert_eq!(json.as_ref(), to_bytes(v).as_slice());
+            }
+        }
+        // The same text under the other field, or with no raw text, is named alike.
+        assert_eq!(names.name(1, Some("FC 27"), &one).0, fresh(&one));
+        assert_eq!(names.name(0, None, &other).0, fresh(&other));
+        assert!(!same_json(&one, &reordered));
+        assert!(same_json(&one, &one.clone()));
     }
 }

@@ -42,7 +42,9 @@ use crate::record::{Prepared, RecordId};
 
 mod encoding;
 
-use encoding::{Encoded, InterpretationId, decode_record, encode_record, pack, to_bytes, unpack};
+use encoding::{
+    Encoded, InterpretationId, Names, decode_record, encode_record, pack, to_bytes, unpack,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -184,6 +186,7 @@ pub struct Store {
     requests: sled::Tree,
     disclosed: sled::Tree,
     interpretations: sled::Tree,
+    names: std::sync::Arc<Names>,
     /// Serialises writes of own records: the own sequence and its hash chain are assigned
     /// and signed outside the transaction, so no two writers may interleave.
     write_lock: std::sync::Arc<std::sync::Mutex<()>>,
@@ -328,7 +331,7 @@ fn interpretations_of<'a>(
     versions
         .into_iter()
         .flat_map(|e| e.interpretations.iter())
-        .map(|(id, json)| (*id, json.as_slice()))
+        .map(|(id, json)| (*id, json.as_ref()))
         .collect()
 }
 
@@ -368,6 +371,7 @@ impl Store {
             requests: db.open_tree("requests")?,
             disclosed: db.open_tree("disclosed")?,
             interpretations: db.open_tree("interpretations")?,
+            names: Default::default(),
             write_lock: Default::default(),
             db,
         };
@@ -470,7 +474,7 @@ impl Store {
                 (
                     p.id,
                     p.declared_version.unwrap_or(1),
-                    encode_record(&p.record),
+                    encode_record(&p.record, &self.names),
                 )
             })
             .collect();
@@ -641,7 +645,7 @@ impl Store {
         retracted: bool,
         sealer: &impl Sealer,
     ) -> Result<Written, StoreError> {
-        let stored = encode_record(record);
+        let stored = encode_record(record, &self.names);
         let interpretations = interpretations_of([&stored]);
         let pending = sealer
             .prepare(&ToSeal { record, retracted })
@@ -877,7 +881,7 @@ impl Store {
     ) -> Result<Vec<Written>, StoreError> {
         let encoded: Vec<(&Replica, Encoded, Vec<u8>)> = page
             .iter()
-            .map(|r| (r, encode_record(&r.record), pack(&r.envelope)))
+            .map(|r| (r, encode_record(&r.record, &self.names), pack(&r.envelope)))
             .collect();
         let interpretations = interpretations_of(encoded.iter().map(|(_, e, _)| e));
         let cursor_bytes = cursor.map(|c| serde_json::to_vec(c).unwrap_or_default());
@@ -1387,7 +1391,7 @@ pub(crate) mod tests {
         let headstamp = record["items"][0]["headstamp"].as_object_mut().unwrap();
         let derived = headstamp.shift_remove("derived").unwrap();
         headstamp.shift_insert(0, "derived".into(), derived);
-        let encoded = encode_record(&record);
+        let encoded = encode_record(&record, &Names::default());
         assert!(encoded.interpretations.is_empty());
         let decoded = encoding::decode_record(&encoded.bytes, &"x").unwrap();
         assert_eq!(decoded.json.as_ref(), to_bytes(&record).as_slice());
@@ -1396,7 +1400,7 @@ pub(crate) mod tests {
             .unwrap()
             .shift_remove("derived");
         record["items"][0]["headstamp"]["derived"] = json!({"tokens": ["LC", "10"]});
-        let encoded = encode_record(&record);
+        let encoded = encode_record(&record, &Names::default());
         assert_eq!(encoded.interpretations.len(), 1);
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -1457,7 +1461,10 @@ pub(crate) mod tests {
         record["items"][0]["lot"]["raw"] = json!("LC-19-B");
         store
             .versions
-            .insert(version_key(&w.id, w.version), encode_record(&record).bytes)
+            .insert(
+                version_key(&w.id, w.version),
+                encode_record(&record, &store.names).bytes,
+            )
             .unwrap();
         let err = crate::envelope::load(&store, &w.id, w.version).unwrap_err();
         assert!(
