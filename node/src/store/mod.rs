@@ -324,6 +324,15 @@ fn flatten<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreErro
     })
 }
 
+/// The JSON value stored at `key`, if any.
+fn json_at(tree: &sled::Tree, key: &[u8], what: &str) -> Result<Option<Value>, StoreError> {
+    tree.get(key)?
+        .map(|b| {
+            serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+        })
+        .transpose()
+}
+
 /// The interpretations that versions about to be written refer to, each once.
 fn interpretations_of<'a>(
     versions: impl IntoIterator<Item = &'a Encoded>,
@@ -963,12 +972,7 @@ impl Store {
 
     /// `partner`'s receipt for a record, if it sent one.
     pub fn receipt(&self, id: &RecordId, partner: &str) -> Result<Option<Value>, StoreError> {
-        self.receipts
-            .get(receipt_key(id, partner))?
-            .map(|v| {
-                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("receipt: {e}")))
-            })
-            .transpose()
+        json_at(&self.receipts, &receipt_key(id, partner), "receipt")
     }
 
     /// Every partner's receipt for a record.
@@ -1021,12 +1025,7 @@ impl Store {
     }
 
     pub fn hit_ref(&self, reference: &str) -> Result<Option<Value>, StoreError> {
-        match self.hit_refs.get(reference.as_bytes())? {
-            Some(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt(format!("hit ref: {e}"))),
-            None => Ok(None),
-        }
+        json_at(&self.hit_refs, reference.as_bytes(), "hit ref")
     }
 
     /// Stores a disclosure request (`in:ID` received, `out:ID` sent) and flushes it.
@@ -1037,12 +1036,7 @@ impl Store {
     }
 
     pub fn request(&self, key: &str) -> Result<Option<Value>, StoreError> {
-        match self.requests.get(key.as_bytes())? {
-            Some(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt(format!("request: {e}"))),
-            None => Ok(None),
-        }
+        json_at(&self.requests, key.as_bytes(), "request")
     }
 
     /// Every disclosure request, received (`in:`) and sent (`out:`).
