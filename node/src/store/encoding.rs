@@ -84,7 +84,7 @@ pub(super) struct Encoded {
 /// serialising and hashing it again. A hit counts only when the interpretation is the same
 /// JSON, key order included. Bounded: emptied when full.
 #[derive(Default)]
-pub(super) struct Names(Mutex<HashMap<(u8, String), Named>>);
+pub(super) struct Names(Mutex<[HashMap<String, Named>; 2]>);
 
 struct Named {
     interpretation: Value,
@@ -92,7 +92,7 @@ struct Named {
     json: Arc<[u8]>,
 }
 
-/// At most this many names are remembered.
+/// At most this many names are remembered per field.
 const NAMES_MAX: usize = 4096;
 
 /// The key of a reading's raw text.
@@ -111,8 +111,9 @@ impl Names {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
+        let field = usize::from(field);
         if let Some(raw) = raw
-            && let Some(named) = lock().get(&(field, raw.to_owned()))
+            && let Some(named) = lock()[field].get(raw)
             && same_json(&named.interpretation, interpretation)
         {
             return (named.id, named.json.clone());
@@ -120,12 +121,12 @@ impl Names {
         let json: Arc<[u8]> = to_bytes(interpretation).into();
         let id = interpretation_id(&json);
         if let Some(raw) = raw {
-            let mut names = lock();
+            let names = &mut lock()[field];
             if names.len() >= NAMES_MAX {
                 names.clear();
             }
             names.insert(
-                (field, raw.to_owned()),
+                raw.to_owned(),
                 Named {
                     interpretation: interpretation.clone(),
                     id,

@@ -29,8 +29,9 @@
 //!   reaches every partner that holds the record, whatever its policy says now
 //!
 //! Every write is one sled transaction over the trees it touches: the version, its
-//! interpretations, the head and the change-log entry appear together or not at all. A write is acknowledged only after
-//! [`Store::flush`]; the API calls it before answering (a batch shares one flush).
+//! interpretations, the head and the change-log entry appear together or not at all. A write
+//! is acknowledged only after [`Store::flush`]; the API calls it before answering (a batch
+//! shares one flush).
 
 use std::path::Path;
 
@@ -221,7 +222,6 @@ fn encode_head(head: Head) -> [u8; 5] {
     v
 }
 
-/// `partner ‖ 0xFF ‖ RecordId(16)`: a partner id is ASCII, so the byte 0xFF ends it.
 /// A receipt's key: the record id, then the partner's id.
 fn receipt_key(id: &RecordId, partner: &str) -> Vec<u8> {
     let mut key = id.as_bytes().to_vec();
@@ -229,6 +229,7 @@ fn receipt_key(id: &RecordId, partner: &str) -> Vec<u8> {
     key
 }
 
+/// `partner ‖ 0xFF ‖ RecordId(16)`: a partner id is ASCII, so the byte 0xFF ends it.
 fn disclosed_key(partner: &str, id: &RecordId) -> Vec<u8> {
     let mut key = Vec::with_capacity(partner.len() + 17);
     key.extend_from_slice(partner.as_bytes());
@@ -946,17 +947,8 @@ impl Store {
         }))
     }
 
-    /// Records that `partner` has applied `version` of a record (from its signed receipt).
-    pub fn put_receipt(
-        &self,
-        id: &RecordId,
-        partner: &str,
-        entry: &Value,
-    ) -> Result<(), StoreError> {
-        self.put_receipts(partner, std::iter::once((*id, entry)))
-    }
-
-    /// [`put_receipt`](Self::put_receipt) for many records of one partner, all or none.
+    /// Records, from its signed receipt, which version of each record `partner` has applied:
+    /// all the entries or none.
     pub fn put_receipts<'a>(
         &self,
         partner: &str,
@@ -1478,7 +1470,7 @@ pub(crate) mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             store
-                .put_receipt(&fed, "XBB", &json!({"version": 2, "retracted": false}))
+                .put_receipts("XBB", [(fed, &json!({"version": 2, "retracted": false}))])
                 .unwrap();
             store
                 .put_request(
