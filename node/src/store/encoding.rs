@@ -9,7 +9,11 @@
 //!   record as `0x01` form without those interpretations. `field` 0 is the item's
 //!   `headstamp`, 1 its `calibre`; `id` names the interpretation (the `derived` object, the
 //!   last key of its object) in the `interpretations` tree: the SHA-256 of its JSON, which
-//!   that tree maps to the JSON, packed.
+//!   that tree maps to the JSON, packed;
+//! - `0x04`, the version's envelope length `u32` BE, the envelope (what `Store::envelope` hands
+//!   out, packed), then the record in any of the forms above (decision 0015: one sled insert
+//!   per version instead of two). Versions written before keep their envelope in the
+//!   `envelopes` tree.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -28,6 +32,9 @@ pub(super) const LZ4: u8 = 0x01;
 
 /// First byte of a record version stored with its interpretations apart (see the module).
 const APART: u8 = 0x03;
+
+/// First byte of a record version stored with its envelope (see the module).
+const WITH_ENVELOPE: u8 = 0x04;
 
 /// The item fields whose `derived` interpretation is kept apart: pure functions of a short raw
 /// text that a national collection repeats thousands of times ("FC 18", "5.56x45mm NATO").
@@ -231,6 +238,38 @@ fn interpretation_id(json: &[u8]) -> InterpretationId {
     Sha256::digest(json).into()
 }
 
+/// The value of a record version in the `record_versions` tree: `envelope` (as packed for the
+/// store) in front of `record` (an [`Encoded`] form).
+pub(super) fn version_value(record: &[u8], envelope: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let len = u32::try_from(envelope.len())
+        .map_err(|_| StoreError::Seal(format!("an envelope of {} bytes", envelope.len())))?;
+    let mut value = Vec::with_capacity(1 + 4 + envelope.len() + record.len());
+    value.push(WITH_ENVELOPE);
+    value.extend_from_slice(&len.to_be_bytes());
+    value.extend_from_slice(envelope);
+    value.extend_from_slice(record);
+    Ok(value)
+}
+
+/// A value of the `record_versions` tree split into its envelope (`None` for versions written
+/// before decision 0015, whose envelope is in the `envelopes` tree) and its record.
+pub(super) fn split_version<'a>(
+    bytes: &'a [u8],
+    what: &dyn std::fmt::Display,
+) -> Result<(Option<&'a [u8]>, &'a [u8]), StoreError> {
+    let Some((&WITH_ENVELOPE, rest)) = bytes.split_first() else {
+        return Ok((None, bytes));
+    };
+    let truncated = || StoreError::Corrupt(format!("{what}: truncated envelope"));
+    let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(truncated)?;
+    let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| truncated())?;
+    if rest.len() < len {
+        return Err(truncated());
+    }
+    let (envelope, record) = rest.split_at(len);
+    Ok((Some(envelope), record))
+}
+
 /// A stored record version read back: its JSON (without the interpretations kept apart) and
 /// where those belong.
 pub(super) struct Decoded<'a> {
@@ -238,10 +277,12 @@ pub(super) struct Decoded<'a> {
     pub references: Vec<Reference>,
 }
 
+/// The record of a `record_versions` value, in any of the forms the module lists.
 pub(super) fn decode_record<'a>(
     bytes: &'a [u8],
     what: &dyn std::fmt::Display,
 ) -> Result<Decoded<'a>, StoreError> {
+    let (_, bytes) = split_version(bytes, what)?;
     let Some((&APART, rest)) = bytes.split_first() else {
         return Ok(Decoded {
             json: unpack(bytes, what)?,

@@ -44,7 +44,8 @@ use crate::record::{Prepared, RecordId};
 mod encoding;
 
 use encoding::{
-    Encoded, InterpretationId, Names, decode_record, encode_record, pack, to_bytes, unpack,
+    Encoded, InterpretationId, Names, decode_record, encode_record, pack, split_version, to_bytes,
+    unpack, version_value,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -268,9 +269,9 @@ type Trees<'a> = (
     &'a TransactionalTree,
 );
 
-/// Records an own version's envelope and own-log entry inside a transaction.
+/// Records an own version's own-log entry inside a transaction (its envelope is in the version's
+/// value: [`encoding::version_value`]).
 fn append_own(
-    envelopes: &TransactionalTree,
     own_log: &TransactionalTree,
     meta: &TransactionalTree,
     id: &RecordId,
@@ -278,7 +279,6 @@ fn append_own(
     own_seq: u64,
     sealed: &Sealed,
 ) -> Tx<()> {
-    envelopes.insert(&version_key(id, version), sealed.envelope.as_slice())?;
     let mut entry = version_key(id, version).to_vec();
     entry.extend_from_slice(sealed.digest.as_bytes());
     own_log.insert(&own_seq.to_be_bytes(), entry)?;
@@ -287,12 +287,13 @@ fn append_own(
     Ok(())
 }
 
-/// Appends one version inside a transaction; returns its sequence number.
+/// Appends one version inside a transaction; returns its sequence number. `value` is the
+/// version's stored form with its envelope ([`encoding::version_value`]).
 fn append(
     (head, versions, changes, meta): Trees<'_>,
     id: &RecordId,
     version: u32,
-    record: &[u8],
+    value: &[u8],
     retracted: bool,
     created: bool,
 ) -> Tx<u64> {
@@ -304,7 +305,7 @@ fn append(
     };
     let seq = last + 1;
     meta.insert(LAST_SEQ, &seq.to_be_bytes())?;
-    versions.insert(&version_key(id, version), record)?;
+    versions.insert(&version_key(id, version), value)?;
     head.insert(id.as_bytes(), &encode_head(Head { version, retracted }))?;
     let mut change = [0u8; 22];
     change[..20].copy_from_slice(&version_key(id, version));
@@ -406,14 +407,12 @@ impl Store {
         &sled::Tree,
         &sled::Tree,
         &sled::Tree,
-        &sled::Tree,
     ) {
         (
             &self.head,
             &self.versions,
             &self.changes,
             &self.meta,
-            &self.envelopes,
             &self.own_log,
             &self.interpretations,
         )
@@ -511,32 +510,22 @@ impl Store {
         let _guard = self.lock();
         let locked = std::time::Instant::now();
         let (first_own, sealed) = self.seal(sealer, pending)?;
+        let values = encoded
+            .iter()
+            .zip(&sealed)
+            .map(|((_, _, stored), sealed)| version_value(&stored.bytes, &sealed.envelope))
+            .collect::<Result<Vec<_>, _>>()?;
         let sealed_at = std::time::Instant::now();
         let trees = self.own_write_trees();
         let result = flatten(trees.transaction(|t| {
-            keep_interpretations(&t.6, &interpretations)?;
+            keep_interpretations(&t.5, &interpretations)?;
             let mut written = Vec::with_capacity(encoded.len());
-            for (n, (id, version, stored)) in encoded.iter().enumerate() {
+            for (n, ((id, version, _), value)) in encoded.iter().zip(&values).enumerate() {
                 if t.0.get(id.as_bytes())?.is_some() {
                     return abort(StoreError::Exists(*id));
                 }
-                let seq = append(
-                    (&t.0, &t.1, &t.2, &t.3),
-                    id,
-                    *version,
-                    &stored.bytes,
-                    false,
-                    true,
-                )?;
-                append_own(
-                    &t.4,
-                    &t.5,
-                    &t.3,
-                    id,
-                    *version,
-                    first_own + n as u64,
-                    &sealed[n],
-                )?;
+                let seq = append((&t.0, &t.1, &t.2, &t.3), id, *version, value, false, true)?;
+                append_own(&t.4, &t.3, id, *version, first_own + n as u64, &sealed[n])?;
                 written.push(Written {
                     id: *id,
                     version: *version,
@@ -664,6 +653,7 @@ impl Store {
         let sealed = sealed
             .first()
             .ok_or_else(|| StoreError::Seal("the sealer returned nothing".into()))?;
+        let value = version_value(&stored.bytes, &sealed.envelope)?;
         let trees = self.own_write_trees();
         flatten(trees.transaction(|t| {
             let current = t.0.get(id.as_bytes())?.as_deref().and_then(decode_head);
@@ -678,16 +668,16 @@ impl Store {
                 }
                 None => return abort(StoreError::NotFound(id)),
             }
-            keep_interpretations(&t.6, &interpretations)?;
+            keep_interpretations(&t.5, &interpretations)?;
             let seq = append(
                 (&t.0, &t.1, &t.2, &t.3),
                 &id,
                 version,
-                &stored.bytes,
+                &value,
                 retracted,
                 false,
             )?;
-            append_own(&t.4, &t.5, &t.3, &id, version, own_seq, sealed)?;
+            append_own(&t.4, &t.3, &id, version, own_seq, sealed)?;
             Ok(Written { id, version, seq })
         }))
     }
@@ -816,7 +806,14 @@ impl Store {
     /// The stored envelope of a record version (own: as the sealer gave it; a partner's: the
     /// view received). Read it with [`crate::envelope::load`].
     pub fn envelope(&self, id: &RecordId, version: u32) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.envelopes.get(version_key(id, version))? {
+        let key = version_key(id, version);
+        if let Some(value) = self.versions.get(key)? {
+            if let (Some(envelope), _) = split_version(&value, id)? {
+                return Ok(Some(unpack(envelope, id)?.into_owned()));
+            }
+        }
+        // Versions written before decision 0015 keep their envelope apart.
+        match self.envelopes.get(key)? {
             Some(bytes) => Ok(Some(unpack(&bytes, id)?.into_owned())),
             None => Ok(None),
         }
@@ -889,29 +886,32 @@ impl Store {
         page: &[Replica],
         cursor: Option<&Cursor>,
     ) -> Result<Vec<Written>, StoreError> {
-        let encoded: Vec<(&Replica, Encoded, Vec<u8>)> = page
+        let encoded: Vec<(&Replica, Encoded)> = page
             .iter()
-            .map(|r| (r, encode_record(&r.record, &self.names), pack(&r.envelope)))
+            .map(|r| (r, encode_record(&r.record, &self.names)))
             .collect();
-        let interpretations = interpretations_of(encoded.iter().map(|(_, e, _)| e));
+        let values = encoded
+            .iter()
+            .map(|(r, stored)| version_value(&stored.bytes, &pack(&r.envelope)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let interpretations = interpretations_of(encoded.iter().map(|(_, e)| e));
         let cursor_bytes = cursor.map(|c| serde_json::to_vec(c).unwrap_or_default());
         let trees = (
             &self.head,
             &self.versions,
             &self.changes,
             &self.meta,
-            &self.envelopes,
             &self.replicas,
             &self.cursors,
             &self.interpretations,
         );
         flatten(trees.transaction(|t| {
-            keep_interpretations(&t.7, &interpretations)?;
+            keep_interpretations(&t.6, &interpretations)?;
             let mut written = Vec::new();
-            for (r, stored, envelope) in &encoded {
+            for ((r, _), value) in encoded.iter().zip(&values) {
                 let current = t.0.get(r.id.as_bytes())?.as_deref().and_then(decode_head);
                 if current.is_some() {
-                    match t.5.get(r.id.as_bytes())? {
+                    match t.4.get(r.id.as_bytes())? {
                         // An own record with the same id: never overwritten by a partner.
                         None => return abort(StoreError::Exists(r.id)),
                         // Another partner's record: only its origin changes it.
@@ -928,12 +928,11 @@ impl Store {
                     (&t.0, &t.1, &t.2, &t.3),
                     &r.id,
                     r.version,
-                    &stored.bytes,
+                    value,
                     r.retracted,
                     current.is_none(),
                 )?;
-                t.4.insert(&version_key(&r.id, r.version), envelope.as_slice())?;
-                t.5.insert(r.id.as_bytes(), origin.as_bytes())?;
+                t.4.insert(r.id.as_bytes(), origin.as_bytes())?;
                 written.push(Written {
                     id: r.id,
                     version: r.version,
@@ -941,7 +940,7 @@ impl Store {
                 });
             }
             if let Some(bytes) = &cursor_bytes {
-                t.6.insert(origin.as_bytes(), bytes.as_slice())?;
+                t.5.insert(origin.as_bytes(), bytes.as_slice())?;
             }
             Ok(written)
         }))
@@ -1301,11 +1300,13 @@ pub(crate) mod tests {
                 to_bytes(&p.record)
             );
             assert_eq!(store.versions(&w.id).unwrap(), vec![p.record.clone()]);
-            let bytes = store
+            let value = store
                 .versions
                 .get(version_key(&w.id, w.version))
                 .unwrap()
                 .unwrap();
+            let (envelope, bytes) = split_version(&value, &"x").unwrap();
+            assert!(envelope.is_some());
             let whole = pack(&to_bytes(&p.record));
             assert!(
                 bytes.len() * 3 < whole.len() * 2,
@@ -1445,12 +1446,15 @@ pub(crate) mod tests {
         assert!(crate::envelope::load(&store, &w.id, w.version).is_ok());
         let mut record = store.get(&w.id, Some(w.version)).unwrap().unwrap();
         record["items"][0]["lot"]["raw"] = json!("LC-19-B");
+        let key = version_key(&w.id, w.version);
+        let value = store.versions.get(key).unwrap().unwrap();
+        let (Some(envelope), _) = split_version(&value, &"x").unwrap() else {
+            panic!("the version holds no envelope");
+        };
+        let changed = encode_record(&record, &store.names).bytes;
         store
             .versions
-            .insert(
-                version_key(&w.id, w.version),
-                encode_record(&record, &store.names).bytes,
-            )
+            .insert(key, version_value(&changed, envelope).unwrap())
             .unwrap();
         let err = crate::envelope::load(&store, &w.id, w.version).unwrap_err();
         assert!(
@@ -1458,6 +1462,83 @@ pub(crate) mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("no longer matches"), "{err}");
+    }
+
+    /// A version is one sled value with its envelope (decision 0015), own or a partner's, so
+    /// the `envelopes` tree takes no new writes; versions written before, with the envelope
+    /// apart, read as they did; a value cut inside its envelope is corruption.
+    #[test]
+    fn a_version_holds_its_envelope_and_envelopes_stored_apart_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let own = store
+            .create_batch(&mut [prepared("LC-19-A")], &sealer())
+            .unwrap()[0];
+        let own_envelope = store.envelope(&own.id, own.version).unwrap().unwrap();
+        let loaded = crate::envelope::load(&store, &own.id, own.version)
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.claims.version, 1);
+
+        let theirs = RecordId(uuid::Uuid::now_v7());
+        let mut record = prepared("XBB-LOT-1").record;
+        record["record_id"] = json!(theirs.to_string());
+        record["record_version"] = json!(1);
+        let received = br#"{"claims":{"v":1},"sig":"x","disclosures":[]}"#.to_vec();
+        store
+            .apply_replicas(
+                "XBB",
+                &[Replica {
+                    id: theirs,
+                    version: 1,
+                    record: record.clone(),
+                    envelope: received.clone(),
+                    retracted: false,
+                }],
+                None,
+            )
+            .unwrap();
+        assert_eq!(store.envelope(&theirs, 1).unwrap().unwrap(), received);
+        assert_eq!(store.envelopes.len(), 0, "no envelope is written apart");
+        assert!(store.envelope(&theirs, 2).unwrap().is_none());
+
+        // The layout before decision 0015: the record alone, its envelope in `envelopes`.
+        for (id, version) in [(own.id, own.version), (theirs, 1)] {
+            let key = version_key(&id, version);
+            let value = store.versions.get(key).unwrap().unwrap();
+            let before = (
+                store.get(&id, None).unwrap(),
+                store.envelope(&id, version).unwrap(),
+            );
+            let (Some(envelope), record) = split_version(&value, &"x").unwrap() else {
+                panic!("{id} holds no envelope");
+            };
+            store.envelopes.insert(key, envelope).unwrap();
+            store.versions.insert(key, record).unwrap();
+            assert_eq!(store.get(&id, None).unwrap(), before.0);
+            assert_eq!(store.envelope(&id, version).unwrap(), before.1);
+        }
+        assert_eq!(
+            store.envelope(&own.id, own.version).unwrap().unwrap(),
+            own_envelope
+        );
+        let reloaded = crate::envelope::load(&store, &own.id, own.version)
+            .unwrap()
+            .unwrap();
+        assert_eq!(reloaded, loaded);
+
+        // Cut inside the envelope: both readers report corruption.
+        let key = version_key(&own.id, own.version);
+        let whole = version_value(b"{}", &own_envelope).unwrap();
+        store.versions.insert(key, &whole[..20]).unwrap();
+        assert!(matches!(
+            store.envelope(&own.id, own.version),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            store.get(&own.id, None),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     #[test]
