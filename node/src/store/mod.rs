@@ -5,14 +5,16 @@
 //! - `record_versions`: `RecordId(16) ‖ version u32 BE` → the record version, JSON (values
 //!   here and in `envelopes` are LZ4-compressed, marked by a leading `0x01`; see `pack`);
 //!   since decision 0014 without its headstamp and calibre interpretations, which it refers
-//!   to (`0x03` and the references first: [`encoding`])
+//!   to (`0x03` and the references first: [`encoding`]); since decision 0015 with the
+//!   version's envelope in front (`0x04`), so that a version is one insert
 //! - `interpretations`: the SHA-256 of its JSON → a headstamp or calibre
 //!   interpretation (`derived`), packed: each distinct one once, written in the transaction
 //!   of the first version that refers to it
 //! - `changes`: `seq u64 BE` → `RecordId(16) ‖ version u32 BE ‖ retracted u8 ‖ created u8`
 //! - `meta`: `b"last_seq"` → `u64 BE`; `b"own_seq"` → `u64 BE`; `b"own_head"` → digest;
 //!   `note:NAME` → text ([`Store::note`]; `note:secret:NAME` the node's secrets)
-//! - `envelopes`: `RecordId(16) ‖ version u32 BE` → the signed envelope: for own records what
+//! - `envelopes` (written before decision 0015, read only since: a version now holds its
+//!   envelope): `RecordId(16) ‖ version u32 BE` → the signed envelope: for own records what
 //!   the sealer gave (since decision 0011 a compact form, `0x02` then JSON, from which
 //!   `envelope::load` rebuilds the envelope; before, the whole envelope as JSON); for
 //!   partners' records the view received, JSON
