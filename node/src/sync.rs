@@ -811,9 +811,8 @@ pub fn store_receipt(
         let Some(id) = RecordId::parse(&applied.record_id) else {
             continue;
         };
-        if store.head(&id)?.is_none() || !store.is_own(&id)? {
-            continue;
-        }
+        // Only versions this node sent `partner` count; `disclosed` holds own records only
+        // (feeds and grants serve nothing else), so this also skips unknown and foreign ids.
         if store
             .disclosed_version(partner, &id)?
             .is_none_or(|sent| sent < applied.version)
