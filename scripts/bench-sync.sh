@@ -44,7 +44,7 @@ sed -i "s/^page_size = [0-9]*/page_size = $page/" "$a/config.toml" "$b/config.to
 
 "$bench" gen "$n" "$work/records.jsonl"
 start_node "$a" "$pa"; url_a="$url"
-"$bin" import "$work/records.jsonl" --url "$url_a" --token "$(cat "$a/admin.token")" --batch 5000 --partial --jobs 2 >&2
+"$bin" import "$work/records.jsonl" --url "$url_a" --token "$(cat "$a/admin.token")" --batch 5000 --partial --jobs 3 >&2
 last="$(curl -sf "$url_a/healthz" | json_get 'd["last_seq"]')"
 echo "XAA holds $last changes; starting XBB" >&2
 

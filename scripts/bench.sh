@@ -57,7 +57,7 @@ for n in $sizes; do
   start_node "$data"
   token="$(cat "$data/admin.token")"
   c0=$(cpu_ms "$pid"); t0=$(now_ms)
-  "$bin" import "$file" --url "$url" --token "$token" --batch 5000 --partial --jobs 2 >&2
+  "$bin" import "$file" --url "$url" --token "$token" --batch 5000 --partial --jobs 3 >&2
   t1=$(now_ms)
   wait_indexed
   t2=$(now_ms); c2=$(cpu_ms "$pid")
@@ -143,7 +143,7 @@ rates below is the node's own work per record.
 ## The node
 
 Synthetic one-item records (`bench gen`: MIL-STD-1168 lots, six makers, ~1 KB of JSON each),
-imported with `ammotrace import --batch 5000 --partial --jobs 2` through
+imported with `ammotrace import --batch 5000 --partial --jobs 3` through
 `POST /api/v1/import` (validated, normalised, stored in sled and flushed before each answer;
 two requests in flight; `--partial` sends each batch once — every row is valid, so nothing is
 skipped — where the default all-or-nothing mode first checks every batch with `dry_run`). "durable" counts until the last import answer; "indexed" until

@@ -41,7 +41,7 @@ run() { # run LABEL BINARY: one import on a fresh node; prints "LABEL rate cpu_u
   local c0 t0 t1 c1
   c0=$(cpu_ms "$pid"); t0=$(now_ms)
   "$bin" import "$file" --url "$url" --token "$(cat "$data/admin.token")" \
-    --batch 5000 --partial --jobs 2 >/dev/null 2>&1
+    --batch 5000 --partial --jobs 3 >/dev/null 2>&1
   wait_indexed
   t1=$(now_ms); c1=$(cpu_ms "$pid")
   stop_nodes; pids=()

@@ -138,20 +138,28 @@ impl Claims {
             v: u32,
             version: u32,
         }
-        serde_json::to_vec(&Sorted {
-            digests: &self.digests,
-            issued_at: &self.issued_at,
-            key_id: &self.key_id,
-            normaliser: &self.normaliser,
-            origin: &self.origin,
-            prev: &self.prev,
-            record_id: &self.record_id,
-            retracted: self.retracted,
-            seq: self.seq,
-            v: self.v,
-            version: self.version,
-        })
-        .map_err(|e| EnvelopeError::Canonical(e.to_string()))
+        // Sized up front: a record's claims run to kilobytes (a 45-byte digest per leaf), and
+        // growing the buffer by doubling copied them several times.
+        let digests: usize = self.digests.iter().map(|d| d.len() + 3).sum();
+        let mut out = Vec::with_capacity(320 + digests + self.prev.len() + self.key_id.len());
+        serde_json::to_writer(
+            &mut out,
+            &Sorted {
+                digests: &self.digests,
+                issued_at: &self.issued_at,
+                key_id: &self.key_id,
+                normaliser: &self.normaliser,
+                origin: &self.origin,
+                prev: &self.prev,
+                record_id: &self.record_id,
+                retracted: self.retracted,
+                seq: self.seq,
+                v: self.v,
+                version: self.version,
+            },
+        )
+        .map_err(|e| EnvelopeError::Canonical(e.to_string()))?;
+        Ok(out)
     }
 }
 

@@ -28,7 +28,7 @@ use tantivy::query::{
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TantivyDocument, Value as _,
 };
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term, doc};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 use tokio::sync::watch;
 
 use crate::record::{EventKeys, IndexKeys, ItemKeys, RecordId, event_summary};
@@ -276,16 +276,16 @@ fn item_docs(
             event: &summary,
         })
         .unwrap_or_default();
-        let mut d = doc!(
-            fields.record_id => id.to_string(),
-            fields.item_id => keys.item_id,
-            fields.origin => event.origin.clone(),
-            fields.version => u64::from(version),
-            fields.category => keys.category,
-            fields.country => event.country.clone(),
-            fields.date => event.date_key,
-            fields.hit => hit,
-        );
+        // Sized for the `hit` text and the keys, so adding them does not regrow the buffer.
+        let mut d = TantivyDocument::with_capacity(hit.len() + 1024);
+        d.add_text(fields.record_id, id.to_string());
+        d.add_text(fields.item_id, keys.item_id);
+        d.add_text(fields.origin, &event.origin);
+        d.add_u64(fields.version, u64::from(version));
+        d.add_text(fields.category, keys.category);
+        d.add_text(fields.country, &event.country);
+        d.add_i64(fields.date, event.date_key);
+        d.add_text(fields.hit, hit);
         if let Some((folded, key, skeleton)) = &keys.lot {
             d.add_text(fields.lot_folded, folded);
             d.add_text(fields.lot_key, key);
@@ -878,7 +878,7 @@ mod tests {
             let old = Index::create_in_dir(&path, b.build()).unwrap();
             let mut writer: IndexWriter = old.writer_with_num_threads(1, 15_000_000).unwrap();
             writer
-                .add_document(doc!(record_id => "stale", hit => b"{}".to_vec()))
+                .add_document(tantivy::doc!(record_id => "stale", hit => b"{}".to_vec()))
                 .unwrap();
             let mut commit = writer.prepare_commit().unwrap();
             commit.set_payload("1");

@@ -108,8 +108,10 @@ pub enum Command {
         /// Rewrite each JSON record's originating_state to this node's State.
         #[arg(long)]
         as_own: bool,
-        /// Requests in flight at once.
-        #[arg(long, default_value_t = 2)]
+        /// Requests in flight at once: while one batch is stored and flushed (one writer at a
+        /// time), the others are parsed and validated. Three kept both cores of a 2-core node
+        /// busier than two (about 5% more records/s, the same CPU per record).
+        #[arg(long, default_value_t = 3)]
         jobs: usize,
     },
     /// Search a running node.
