@@ -809,10 +809,10 @@ impl Store {
     /// view received). Read it with [`crate::envelope::load`].
     pub fn envelope(&self, id: &RecordId, version: u32) -> Result<Option<Vec<u8>>, StoreError> {
         let key = version_key(id, version);
-        if let Some(value) = self.versions.get(key)? {
-            if let (Some(envelope), _) = split_version(&value, id)? {
-                return Ok(Some(unpack(envelope, id)?.into_owned()));
-            }
+        if let Some(value) = self.versions.get(key)?
+            && let (Some(envelope), _) = split_version(&value, id)?
+        {
+            return Ok(Some(unpack(envelope, id)?.into_owned()));
         }
         // Versions written before decision 0015 keep their envelope apart.
         match self.envelopes.get(key)? {
