@@ -132,7 +132,7 @@ and noisy: compare the product's figures with the physical limits measured in th
 | reference write pipeline (dependencies.md): each of 50,000 synthetic records serialised canonically, signed, inserted in sled (flush every 1,000) and indexed by lot and calibre, one thread, no HTTP | {lim['write_pipeline_per_s']:,.0f} records/s |
 
 The store-write row is the ceiling the store puts on an import: sled's work for one imported record
-(its version, head, change-log entry, own-log entry and signed envelope, in one transaction),
+(its version with its signed envelope, head, change-log entry and own-log entry, in one transaction),
 without the validation, normalisation, signing and indexing that an import also does.
 The last row is the least an import can do per record (one signature, one sled value, one
 index document) with none of the node's own work: no validation, normalisation, selective
@@ -145,7 +145,7 @@ rates below is the node's own work per record.
 Synthetic one-item records (`bench gen`: MIL-STD-1168 lots, six makers, ~1 KB of JSON each),
 imported with `ammotrace import --batch 5000 --partial --jobs 3` through
 `POST /api/v1/import` (validated, normalised, stored in sled and flushed before each answer;
-two requests in flight; `--partial` sends each batch once — every row is valid, so nothing is
+three requests in flight; `--partial` sends each batch once — every row is valid, so nothing is
 skipped — where the default all-or-nothing mode first checks every batch with `dry_run`). "durable" counts until the last import answer; "indexed" until
 the index watermark reached the store's last change; the node's CPU time (user and system,
 all threads) over that span, per record, is the figure least disturbed by other load on this
