@@ -582,19 +582,28 @@ fn read(
     id: &crate::record::RecordId,
     version: u32,
 ) -> Result<Option<(Envelope, Option<Value>)>, LoadError> {
-    let Some(bytes) = store.envelope(id, version)? else {
+    let corrupt = |e: String| LoadError::Corrupt(*id, version, e);
+    // Stored bytes that do not decode are this version's problem, not the store's: callers
+    // that can leave one version out (a partner's query) do.
+    let stored_error = |e: crate::store::StoreError| match e {
+        crate::store::StoreError::Corrupt(e) => corrupt(e),
+        e => LoadError::Store(e),
+    };
+    let Some(stored) = store.stored(id, version).map_err(stored_error)? else {
         return Ok(None);
     };
-    let corrupt = |e: String| LoadError::Corrupt(*id, version, e);
+    let Some(bytes) = stored.envelope().map_err(stored_error)? else {
+        return Ok(None);
+    };
     let Some((&COMPACT, compact)) = bytes.split_first() else {
         return serde_json::from_slice(&bytes)
             .map(|envelope| Some((envelope, None)))
             .map_err(|e| corrupt(e.to_string()));
     };
     let compact: Compact = serde_json::from_slice(compact).map_err(|e| corrupt(e.to_string()))?;
-    let record = store
-        .get_bare_with(id, Some(version), crate::record::parse_submitted)?
-        .ok_or_else(|| corrupt("its record version is missing".into()))?;
+    let record = stored
+        .bare_with(crate::record::parse_submitted)
+        .map_err(stored_error)?;
     let envelope = compact.rebuild(&record).map_err(corrupt)?;
     Ok(Some((envelope, Some(record))))
 }

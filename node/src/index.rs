@@ -276,7 +276,7 @@ fn item_docs(
             event: &summary,
         })
         .unwrap_or_default();
-        // Sized for the `hit` text and the keys, so adding them does not regrow the buffer.
+        // Sized for the `hit` text and the keys, so adding them does not regrow its bytes.
         let mut d = TantivyDocument::with_capacity(hit.len() + 1024);
         d.add_text(fields.record_id, id.to_string());
         d.add_text(fields.item_id, keys.item_id);

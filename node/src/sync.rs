@@ -1307,6 +1307,23 @@ mod tests {
             applied,
         };
         let stranger = RecordId::parse("01900000-0000-7000-8000-00000000dead").unwrap();
+        // A record XBB itself sent here: never this node's to receipt.
+        let theirs = RecordId::parse("01900000-0000-7000-8000-0000000000bb").unwrap();
+        let mut record = crate::store::tests::prepared_as(None, "XBB-1").record;
+        record["record_id"] = json!(theirs.to_string());
+        store
+            .apply_replicas(
+                "XBB",
+                &[crate::store::Replica {
+                    id: theirs,
+                    version: 1,
+                    record,
+                    envelope: b"{}".to_vec(),
+                    retracted: false,
+                }],
+                None,
+            )
+            .unwrap();
         let first = receipt(vec![
             applied(&ids[0], 2),
             applied(&ids[0], 1),
@@ -1314,6 +1331,7 @@ mod tests {
             applied(&ids[1], 3), // never sent: ignored
             applied(&ids[2], 1), // not sent to XBB: ignored
             applied(&stranger, 1),
+            applied(&theirs, 1),
         ]);
         assert_eq!(store_receipt(store, "XBB", &first).unwrap(), 2);
         let version = |id: &RecordId| {
@@ -1325,6 +1343,7 @@ mod tests {
         assert_eq!(version(&ids[0]), Some(json!(2)));
         assert_eq!(version(&ids[1]), Some(json!(1)));
         assert_eq!(version(&ids[2]), None);
+        assert_eq!(version(&theirs), None);
         assert_eq!(store.receipts(&ids[0]).unwrap().len(), 1);
         // The same receipt again, or an older one, changes nothing.
         assert_eq!(store_receipt(store, "XBB", &first).unwrap(), 0);

@@ -79,7 +79,8 @@ pub(super) fn to_bytes(value: &Value) -> Vec<u8> {
 
 /// A record version ready to store.
 pub(super) struct Encoded {
-    /// The value for the `record_versions` tree.
+    /// The record part of the version's value in `record_versions`; the value itself is
+    /// [`version_value`] of these bytes and the version's envelope.
     pub bytes: Vec<u8>,
     /// The interpretations it refers to, as JSON; the `interpretations` tree must hold each
     /// (packed) when the version is written.
@@ -241,8 +242,13 @@ fn interpretation_id(json: &[u8]) -> InterpretationId {
 /// The value of a record version in the `record_versions` tree: `envelope` (as packed for the
 /// store) in front of `record` (an [`Encoded`] form).
 pub(super) fn version_value(record: &[u8], envelope: &[u8]) -> Result<Vec<u8>, StoreError> {
-    let len = u32::try_from(envelope.len())
-        .map_err(|_| StoreError::Seal(format!("an envelope of {} bytes", envelope.len())))?;
+    // Unreachable in practice (request bodies are far smaller), but never truncated silently.
+    let len = u32::try_from(envelope.len()).map_err(|_| {
+        StoreError::Corrupt(format!(
+            "an envelope of {} bytes is too large to store",
+            envelope.len()
+        ))
+    })?;
     let mut value = Vec::with_capacity(1 + 4 + envelope.len() + record.len());
     value.push(WITH_ENVELOPE);
     value.extend_from_slice(&len.to_be_bytes());

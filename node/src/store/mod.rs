@@ -138,6 +138,39 @@ pub struct Replica {
     pub retracted: bool,
 }
 
+/// A record version as stored ([`Store::stored`]): one read serves both its envelope and its
+/// record, which since decision 0015 share one sled value.
+pub struct StoredVersion {
+    id: RecordId,
+    version: u32,
+    value: sled::IVec,
+    /// The envelope of a version written before decision 0015, stored apart.
+    apart: Option<sled::IVec>,
+}
+
+impl StoredVersion {
+    /// The envelope (own: as the sealer gave it; a partner's: the view received), if any.
+    pub fn envelope(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let envelope = match (split_version(&self.value, &self.id)?, &self.apart) {
+            ((Some(envelope), _), _) => envelope,
+            ((None, _), Some(apart)) => apart,
+            ((None, _), None) => return Ok(None),
+        };
+        Ok(Some(unpack(envelope, &self.id)?.into_owned()))
+    }
+
+    /// The record as `parse` reads its JSON *without* the headstamp and calibre
+    /// interpretations (`derived`) the store keeps apart ([`encoding`]): for readers that skip
+    /// them, at no cost of looking them up. [`Store::get`] reads the whole record.
+    pub fn bare_with<T>(
+        &self,
+        parse: impl FnOnce(&[u8]) -> serde_json::Result<T>,
+    ) -> Result<T, StoreError> {
+        parse(&decode_record(&self.value, &self.id)?.json)
+            .map_err(|e| StoreError::Corrupt(format!("{} v{}: {e}", self.id, self.version)))
+    }
+}
+
 /// One own change as the feed serves it.
 #[derive(Debug, Clone)]
 pub struct OwnChange {
@@ -703,26 +736,6 @@ impl Store {
             .transpose()
     }
 
-    /// A version of a record as `parse` reads its JSON *without* the headstamp and calibre
-    /// interpretations (`derived`) the store keeps apart ([`encoding`]): for readers that
-    /// skip them, at no cost of looking them up. [`Store::get`] reads the whole record.
-    pub fn get_bare_with<T>(
-        &self,
-        id: &RecordId,
-        version: Option<u32>,
-        parse: impl FnOnce(&[u8]) -> serde_json::Result<T>,
-    ) -> Result<Option<T>, StoreError> {
-        let Some(version) = self.version_or_head(id, version)? else {
-            return Ok(None);
-        };
-        match self.versions.get(version_key(id, version))? {
-            Some(bytes) => parse(&decode_record(&bytes, id)?.json)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt(format!("{id} v{version}: {e}"))),
-            None => Ok(None),
-        }
-    }
-
     fn version_or_head(
         &self,
         id: &RecordId,
@@ -808,17 +821,30 @@ impl Store {
     /// The stored envelope of a record version (own: as the sealer gave it; a partner's: the
     /// view received). Read it with [`crate::envelope::load`].
     pub fn envelope(&self, id: &RecordId, version: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(match self.stored(id, version)? {
+            Some(stored) => stored.envelope()?,
+            None => None,
+        })
+    }
+
+    /// A record version as stored, read once: its envelope and its record
+    /// ([`StoredVersion`]). `None` when the version is unknown.
+    pub fn stored(&self, id: &RecordId, version: u32) -> Result<Option<StoredVersion>, StoreError> {
         let key = version_key(id, version);
-        if let Some(value) = self.versions.get(key)?
-            && let (Some(envelope), _) = split_version(&value, id)?
-        {
-            return Ok(Some(unpack(envelope, id)?.into_owned()));
-        }
+        let Some(value) = self.versions.get(key)? else {
+            return Ok(None);
+        };
         // Versions written before decision 0015 keep their envelope apart.
-        match self.envelopes.get(key)? {
-            Some(bytes) => Ok(Some(unpack(&bytes, id)?.into_owned())),
-            None => Ok(None),
-        }
+        let apart = match split_version(&value, id)? {
+            (Some(_), _) => None,
+            (None, _) => self.envelopes.get(key)?,
+        };
+        Ok(Some(StoredVersion {
+            id: *id,
+            version,
+            value,
+            apart,
+        }))
     }
 
     /// Up to `limit` own changes after own sequence number `after`, in order.
@@ -1093,7 +1119,9 @@ impl Store {
     }
 
     /// Notes that `partner` was sent these versions of own records (highest version kept).
-    /// Not flushed here: callers flush before what they note leaves the node (a feed page, a
+    /// Callers pass own records that exist, and only those (the feed serves the own log, a
+    /// grant an own hit): `sync::store_receipt` relies on it to accept receipts for own
+    /// records only. Not flushed here: callers flush before what they note leaves the node (a feed page, a
     /// grant), so a crash never leaves a partner holding a record the node does not know of.
     pub fn note_disclosed(
         &self,
@@ -1317,8 +1345,10 @@ pub(crate) mod tests {
                 whole.len()
             );
             let bare = store
-                .get_bare_with(&w.id, None, |json| serde_json::from_slice::<Value>(json))
+                .stored(&w.id, w.version)
                 .unwrap()
+                .unwrap()
+                .bare_with(|json| serde_json::from_slice::<Value>(json))
                 .unwrap();
             let mut expected = p.record.clone();
             for field in ["headstamp", "calibre"] {
@@ -1528,6 +1558,24 @@ pub(crate) mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(reloaded, loaded);
+        // The partner sends version 1 again (merged): the new value's envelope is the one
+        // read, not the stale one left in `envelopes`.
+        let merged = br#"{"claims":{"v":1},"sig":"y","disclosures":[]}"#.to_vec();
+        store
+            .apply_replicas(
+                "XBB",
+                &[Replica {
+                    id: theirs,
+                    version: 1,
+                    record,
+                    envelope: merged.clone(),
+                    retracted: false,
+                }],
+                None,
+            )
+            .unwrap();
+        assert_eq!(store.envelope(&theirs, 1).unwrap().unwrap(), merged);
+        assert_eq!(store.envelopes.len(), 2);
 
         // Cut inside the envelope: both readers report corruption.
         let key = version_key(&own.id, own.version);
@@ -1540,6 +1588,12 @@ pub(crate) mod tests {
         assert!(matches!(
             store.get(&own.id, None),
             Err(StoreError::Corrupt(_))
+        ));
+        // For the envelope's readers, that version alone is unreadable (a partner's query
+        // leaves it out), not the store.
+        assert!(matches!(
+            crate::envelope::load(&store, &own.id, own.version),
+            Err(crate::envelope::LoadError::Corrupt(id, 1, _)) if id == own.id
         ));
     }
 
