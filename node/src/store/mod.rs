@@ -1463,30 +1463,39 @@ pub(crate) mod tests {
         assert_eq!(store.versions(&id).unwrap().len(), 1);
     }
 
-    /// A store written before the `disclosed` tree learns, once, who holds what from its
-    /// receipts (feeds) and its approved disclosure requests (grants, which send no receipt).
-    /// A stored own version changed under its signature (by hand, or by a bug) is never
-    /// served: its envelope no longer rebuilds.
-    #[test]
-    fn an_own_version_changed_in_the_store_has_no_envelope_to_serve() {
+    /// A fresh store holding one own record (lot `LC-19-A`).
+    fn store_with_one() -> (tempfile::TempDir, Store, Written) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let written = store
             .create_batch(&mut [prepared("LC-19-A")], &sealer())
-            .unwrap();
-        let w = written[0];
+            .unwrap()[0];
+        (dir, store, written)
+    }
+
+    /// The stored value of a version split into its envelope and its record part.
+    fn stored_parts(store: &Store, key: [u8; 20]) -> (Vec<u8>, Vec<u8>) {
+        let value = store.versions.get(key).unwrap().unwrap();
+        let (Some(envelope), record) = split_version(&value, &"x").unwrap() else {
+            panic!("the version holds no envelope");
+        };
+        (envelope.to_vec(), record.to_vec())
+    }
+
+    /// A stored own version changed under its signature (by hand, or by a bug) is never
+    /// served: its envelope no longer rebuilds.
+    #[test]
+    fn an_own_version_changed_in_the_store_has_no_envelope_to_serve() {
+        let (_dir, store, w) = store_with_one();
         assert!(crate::envelope::load(&store, &w.id, w.version).is_ok());
         let mut record = store.get(&w.id, Some(w.version)).unwrap().unwrap();
         record["items"][0]["lot"]["raw"] = json!("LC-19-B");
         let key = version_key(&w.id, w.version);
-        let value = store.versions.get(key).unwrap().unwrap();
-        let (Some(envelope), _) = split_version(&value, &"x").unwrap() else {
-            panic!("the version holds no envelope");
-        };
+        let (envelope, _) = stored_parts(&store, key);
         let changed = encode_record(&record, &store.names).bytes;
         store
             .versions
-            .insert(key, version_value(&changed, envelope).unwrap())
+            .insert(key, version_value(&changed, &envelope).unwrap())
             .unwrap();
         let err = crate::envelope::load(&store, &w.id, w.version).unwrap_err();
         assert!(
@@ -1501,11 +1510,7 @@ pub(crate) mod tests {
     /// apart, read as they did; a value cut inside its envelope is corruption.
     #[test]
     fn a_version_holds_its_envelope_and_envelopes_stored_apart_still_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let own = store
-            .create_batch(&mut [prepared("LC-19-A")], &sealer())
-            .unwrap()[0];
+        let (_dir, store, own) = store_with_one();
         let own_envelope = store.envelope(&own.id, own.version).unwrap().unwrap();
         let loaded = crate::envelope::load(&store, &own.id, own.version)
             .unwrap()
@@ -1516,20 +1521,19 @@ pub(crate) mod tests {
         let mut record = prepared("XBB-LOT-1").record;
         record["record_id"] = json!(theirs.to_string());
         record["record_version"] = json!(1);
+        // XBB's version 1 of `theirs`, with `envelope` as received.
+        let receive = |envelope: &[u8]| {
+            let replica = Replica {
+                id: theirs,
+                version: 1,
+                record: record.clone(),
+                envelope: envelope.to_vec(),
+                retracted: false,
+            };
+            store.apply_replicas("XBB", &[replica], None).unwrap();
+        };
         let received = br#"{"claims":{"v":1},"sig":"x","disclosures":[]}"#.to_vec();
-        store
-            .apply_replicas(
-                "XBB",
-                &[Replica {
-                    id: theirs,
-                    version: 1,
-                    record: record.clone(),
-                    envelope: received.clone(),
-                    retracted: false,
-                }],
-                None,
-            )
-            .unwrap();
+        receive(&received);
         assert_eq!(store.envelope(&theirs, 1).unwrap().unwrap(), received);
         assert_eq!(store.envelopes.len(), 0, "no envelope is written apart");
         assert!(store.envelope(&theirs, 2).unwrap().is_none());
@@ -1537,14 +1541,11 @@ pub(crate) mod tests {
         // The layout before decision 0015: the record alone, its envelope in `envelopes`.
         for (id, version) in [(own.id, own.version), (theirs, 1)] {
             let key = version_key(&id, version);
-            let value = store.versions.get(key).unwrap().unwrap();
             let before = (
                 store.get(&id, None).unwrap(),
                 store.envelope(&id, version).unwrap(),
             );
-            let (Some(envelope), record) = split_version(&value, &"x").unwrap() else {
-                panic!("{id} holds no envelope");
-            };
+            let (envelope, record) = stored_parts(&store, key);
             store.envelopes.insert(key, envelope).unwrap();
             store.versions.insert(key, record).unwrap();
             assert_eq!(store.get(&id, None).unwrap(), before.0);
@@ -1561,19 +1562,7 @@ pub(crate) mod tests {
         // The partner sends version 1 again (merged): the new value's envelope is the one
         // read, not the stale one left in `envelopes`.
         let merged = br#"{"claims":{"v":1},"sig":"y","disclosures":[]}"#.to_vec();
-        store
-            .apply_replicas(
-                "XBB",
-                &[Replica {
-                    id: theirs,
-                    version: 1,
-                    record,
-                    envelope: merged.clone(),
-                    retracted: false,
-                }],
-                None,
-            )
-            .unwrap();
+        receive(&merged);
         assert_eq!(store.envelope(&theirs, 1).unwrap().unwrap(), merged);
         assert_eq!(store.envelopes.len(), 2);
 
@@ -1597,6 +1586,8 @@ pub(crate) mod tests {
         ));
     }
 
+    /// A store written before the `disclosed` tree learns, once, who holds what from its
+    /// receipts (feeds) and its approved disclosure requests (grants, which send no receipt).
     #[test]
     fn holders_are_filled_from_receipts_and_grants_once() {
         let dir = tempfile::tempdir().unwrap();
