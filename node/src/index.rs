@@ -238,7 +238,12 @@ fn add_item_docs(
     record: &serde_json::Value,
     recompute: bool,
 ) -> Result<(), IndexError> {
-    for d in item_docs(fields, id, version, record, recompute) {
+    let keys = if recompute {
+        Keys::Recompute
+    } else {
+        Keys::Stored
+    };
+    for d in item_docs(fields, id, version, record, keys) {
         writer.add_document(d)?;
     }
     Ok(())
@@ -251,13 +256,24 @@ struct Hit<'a> {
     event: &'a serde_json::Value,
 }
 
+/// Where [`item_docs`] takes each item's search keys from.
+enum Keys {
+    /// Read from the item's `derived` objects ([`IndexKeys::of`]).
+    Stored,
+    /// Normalised again from the raw text (`reindex`).
+    Recompute,
+    /// Computed with the `derived` objects, one per object item in order
+    /// ([`crate::record::derive`]); items beyond them are read as `Stored`.
+    Given(Vec<IndexKeys>),
+}
+
 /// One document per item of a record version.
 fn item_docs(
     fields: &Fields,
     id: &RecordId,
     version: u32,
     record: &serde_json::Value,
-    recompute: bool,
+    keys: Keys,
 ) -> Vec<TantivyDocument> {
     let event = EventKeys::from_record(record);
     let Some(items) = record.get("items").and_then(|v| v.as_array()) else {
@@ -265,11 +281,16 @@ fn item_docs(
     };
     let summary = event_summary(record);
     let mut docs = Vec::with_capacity(items.len());
+    let (recompute, mut given) = match keys {
+        Keys::Stored => (false, Vec::new().into_iter()),
+        Keys::Recompute => (true, Vec::new().into_iter()),
+        Keys::Given(keys) => (false, keys.into_iter()),
+    };
     for item in items.iter().filter_map(|i| i.as_object()) {
-        let keys = if recompute {
-            IndexKeys::from(ItemKeys::from_item(item))
-        } else {
-            IndexKeys::of(item)
+        let keys = match given.next() {
+            Some(keys) => keys,
+            None if recompute => IndexKeys::from(ItemKeys::from_item(item)),
+            None => IndexKeys::of(item),
         };
         let hit = serde_json::to_string(&Hit {
             item,
@@ -464,12 +485,20 @@ impl SearchIndex {
     }
 
     /// The documents of a record version about to be written, built while the record is in
-    /// memory (see [`SearchIndex::offer`]).
-    pub fn documents(&self, id: RecordId, version: u32, record: &serde_json::Value) -> Documents {
+    /// memory (see [`SearchIndex::offer`]), from its items' search keys as
+    /// [`crate::record::derive`] returned them (read from the record's `derived` objects for
+    /// any item they do not cover).
+    pub fn documents(
+        &self,
+        id: RecordId,
+        version: u32,
+        record: &serde_json::Value,
+        keys: Vec<IndexKeys>,
+    ) -> Documents {
         Documents {
             id,
             version,
-            docs: item_docs(&self.shared.fields, &id, version, record, false),
+            docs: item_docs(&self.shared.fields, &id, version, record, Keys::Given(keys)),
         }
     }
 
@@ -918,12 +947,14 @@ mod tests {
 
         // A write that failed: offered, then withdrawn.
         let refused = prepared(a, "REFUSED-1");
-        let offered = index.offer([index.documents(refused.id, 1, &refused.record)]);
+        let offered =
+            index.offer([index.documents(refused.id, 1, &refused.record, refused.keys.clone())]);
         index.withdraw(offered);
 
         // The same version written with other content, offered; and one not offered.
         let mut batch = vec![prepared(a, "KEPT-2")];
-        let offered = index.offer([index.documents(batch[0].id, 1, &batch[0].record)]);
+        let offered =
+            index.offer([index.documents(batch[0].id, 1, &batch[0].record, batch[0].keys.clone())]);
         assert_eq!(offered.keys.len(), 1);
         let written = store.create_batch(&mut batch, &sealer()).unwrap();
         let mut plain = vec![prepared(b, "PLAIN-3")];
@@ -940,8 +971,8 @@ mod tests {
         // A write that stored only some of what was offered: the rest is taken back.
         let (c, d) = (prepared(b, "SKIPPED-4"), prepared(a, "LATER-5"));
         let offered = index.offer([
-            index.documents(c.id, 1, &c.record),
-            index.documents(d.id, 2, &d.record),
+            index.documents(c.id, 1, &c.record, c.keys.clone()),
+            index.documents(d.id, 2, &d.record, Vec::new()),
         ]);
         assert_eq!(waiting(), 2);
         index.settle(offered, &[(d.id, 2)]);

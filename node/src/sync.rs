@@ -703,9 +703,9 @@ fn build_replicas(
     let build = |part: &[(RecordId, Envelope)]| -> Result<Built, serde_json::Error> {
         part.iter()
             .map(|(id, e)| {
-                let replica = replica_from(*id, e)?;
+                let (replica, keys) = keyed_replica(*id, e)?;
                 let docs = (!replica.retracted)
-                    .then(|| index.documents(replica.id, replica.version, &replica.record));
+                    .then(|| index.documents(replica.id, replica.version, &replica.record, keys));
                 Ok((replica, docs))
             })
             .collect()
@@ -776,6 +776,15 @@ fn write_page(
 /// The stored form of a verified envelope from a partner: the record its disclosures show,
 /// with identity fields from the signed claims and this node's `derived` interpretations.
 pub fn replica_from(id: RecordId, envelope: &Envelope) -> Result<Replica, serde_json::Error> {
+    keyed_replica(id, envelope).map(|(replica, _)| replica)
+}
+
+/// [`replica_from`], with the search keys of the record's items from the same derivation
+/// (for [`crate::index::SearchIndex::documents`]).
+fn keyed_replica(
+    id: RecordId,
+    envelope: &Envelope,
+) -> Result<(Replica, Vec<crate::record::IndexKeys>), serde_json::Error> {
     let c = &envelope.claims;
     let mut record = envelope.record();
     if let Some(o) = record.as_object_mut() {
@@ -786,14 +795,15 @@ pub fn replica_from(id: RecordId, envelope: &Envelope) -> Result<Replica, serde_
             o.insert("retracted".into(), json!(true));
         }
     }
-    crate::record::derive(&mut record);
-    Ok(Replica {
+    let keys = crate::record::derive(&mut record);
+    let replica = Replica {
         id,
         version: c.version,
         record,
         envelope: serde_json::to_vec(envelope)?,
         retracted: c.retracted,
-    })
+    };
+    Ok((replica, keys))
 }
 
 /// Stores what a partner's (verified) receipt says it applied, in one write; returns how many

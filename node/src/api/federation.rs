@@ -746,8 +746,10 @@ pub(crate) mod tests {
                     let index = node.index();
                     let offered = index.offer(
                         prepared
-                            .iter()
-                            .map(|p| index.documents(p.id, 1, &p.record))
+                            .iter_mut()
+                            .map(|p| {
+                                index.documents(p.id, 1, &p.record, std::mem::take(&mut p.keys))
+                            })
                             .collect::<Vec<_>>(),
                     );
                     let written = node

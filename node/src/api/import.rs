@@ -134,7 +134,7 @@ pub async fn import(
             // One transaction: every accepted record is stored, or none is.
             let (rows, mut batch): (Vec<usize>, Vec<Prepared>) = accepted.into_iter().unzip();
             let index = node.index();
-            let offered = index.offer(batch.iter().map(|p| index.documents(p.id, p.declared_version.unwrap_or(1), &p.record)));
+            let offered = index.offer(batch.iter_mut().map(|p| index.documents(p.id, p.declared_version.unwrap_or(1), &p.record, std::mem::take(&mut p.keys))));
             let prepared_at = std::time::Instant::now();
             let written = node.store().create_batch(&mut batch, node.sealer()).inspect_err(|_| index.withdraw(offered))?;
             let stored_at = std::time::Instant::now();

@@ -52,6 +52,7 @@ pub async fn create(
             prepared.id,
             prepared.declared_version.unwrap_or(1),
             &prepared.record,
+            std::mem::take(&mut prepared.keys),
         )]);
         let written = node
             .store()

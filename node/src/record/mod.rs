@@ -86,6 +86,9 @@ pub struct Prepared {
     /// The version the submitter declared, if any.
     pub declared_version: Option<u32>,
     pub record: Value,
+    /// The search keys of its items, in order, computed with their `derived` objects (for
+    /// [`crate::index::SearchIndex::documents`]).
+    pub keys: Vec<IndexKeys>,
 }
 
 /// Validates submitted records for one node.
@@ -160,11 +163,12 @@ impl Validator {
         object
             .entry("updated_at")
             .or_insert_with(|| Value::String(now.into()));
-        derive(&mut value);
+        let keys = derive(&mut value);
         Ok(Prepared {
             id,
             declared_version,
             record: value,
+            keys,
         })
     }
 
@@ -505,17 +509,20 @@ pub fn without_node_fields(record: &Value) -> Value {
     copy
 }
 
-/// Recomputes the node-owned `derived` objects and `normaliser_version` of a record.
-pub fn derive(record: &mut Value) {
+/// Recomputes the node-owned `derived` objects and `normaliser_version` of a record. Returns
+/// the search keys of its items (the object ones, in order), which are what
+/// [`IndexKeys::of`] would read back from those `derived` objects.
+pub fn derive(record: &mut Value) -> Vec<IndexKeys> {
+    let mut index_keys = Vec::new();
     let Some(object) = record.as_object_mut() else {
-        return;
+        return index_keys;
     };
     object.insert(
         "normaliser_version".into(),
         Value::String(NORMALISER_VERSION.into()),
     );
     let Some(items) = object.get_mut("items").and_then(Value::as_array_mut) else {
-        return;
+        return index_keys;
     };
     for item in items.iter_mut().filter_map(Value::as_object_mut) {
         let keys = ItemKeys::from_item(item);
@@ -570,7 +577,9 @@ pub fn derive(record: &mut Value) {
             }
             cal_obj.insert("derived".into(), derived);
         }
+        index_keys.push(IndexKeys::from(keys));
     }
+    index_keys
 }
 
 /// The searchable identifiers of one item, recomputed from its raw text by the current
@@ -843,6 +852,36 @@ pub(crate) mod tests {
                     .prop_map(|kv| Value::Object(kv.into_iter().collect())),
             ]
         })
+    }
+
+    /// The search keys `derive` hands the index are exactly what the index would read back
+    /// from the `derived` objects it wrote, and what normalising the raw text again gives:
+    /// over every record of the shared dev set (real transcription variants).
+    #[test]
+    fn derived_keys_equal_the_keys_read_back_and_recomputed() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/data/dev-set/records.jsonl"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut items = 0;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let mut record: Value = serde_json::from_str(line).unwrap();
+            let keys = derive(&mut record);
+            let objects: Vec<_> = record["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_object)
+                .collect();
+            assert_eq!(keys.len(), objects.len());
+            for (keys, item) in keys.iter().zip(objects) {
+                assert_eq!(keys, &IndexKeys::of(item), "{item:?}");
+                assert_eq!(keys, &IndexKeys::from(ItemKeys::from_item(item)));
+                items += 1;
+            }
+        }
+        assert!(items > 6_000, "{items} items");
     }
 
     proptest! {
