@@ -273,7 +273,7 @@ fn item_docs(
     id: &RecordId,
     version: u32,
     record: &serde_json::Value,
-    keys: Keys,
+    mut keys: Keys,
 ) -> Vec<TantivyDocument> {
     let event = EventKeys::from_record(record);
     let Some(items) = record.get("items").and_then(|v| v.as_array()) else {
@@ -281,16 +281,11 @@ fn item_docs(
     };
     let summary = event_summary(record);
     let mut docs = Vec::with_capacity(items.len());
-    let (recompute, mut given) = match keys {
-        Keys::Stored => (false, Vec::new().into_iter()),
-        Keys::Recompute => (true, Vec::new().into_iter()),
-        Keys::Given(keys) => (false, keys.into_iter()),
-    };
-    for item in items.iter().filter_map(|i| i.as_object()) {
-        let keys = match given.next() {
-            Some(keys) => keys,
-            None if recompute => IndexKeys::from(ItemKeys::from_item(item)),
-            None => IndexKeys::of(item),
+    for (n, item) in items.iter().filter_map(|i| i.as_object()).enumerate() {
+        let keys = match &mut keys {
+            Keys::Given(given) if n < given.len() => std::mem::take(&mut given[n]),
+            Keys::Recompute => IndexKeys::from(ItemKeys::from_item(item)),
+            Keys::Given(_) | Keys::Stored => IndexKeys::of(item),
         };
         let hit = serde_json::to_string(&Hit {
             item,
