@@ -10,7 +10,10 @@
 //! - `interpretations`: the SHA-256 of its JSON → a headstamp or calibre
 //!   interpretation (`derived`), packed: each distinct one once, written in the transaction
 //!   of the first version that refers to it
-//! - `changes`: `seq u64 BE` → `RecordId(16) ‖ version u32 BE ‖ retracted u8 ‖ created u8`
+//! - `change_groups`: the change log, up to 64 consecutive entries per value, keyed by the last
+//!   one's `seq u64 BE`; an entry is `RecordId(16) ‖ version u32 BE ‖ retracted u8 ‖ created u8`
+//!   ([`log`], decision 0016). `changes` holds the entries of stores written before, one per
+//!   `seq` key, and is read only
 //! - `meta`: `b"last_seq"` → `u64 BE`; `b"own_seq"` → `u64 BE`; `b"own_head"` → digest;
 //!   `note:NAME` → text ([`Store::note`]; `note:secret:NAME` the node's secrets)
 //! - `envelopes` (written before decision 0015, read only since: a version now holds its
@@ -18,8 +21,11 @@
 //!   the sealer gave (since decision 0011 a compact form, `0x02` then JSON, from which
 //!   `envelope::load` rebuilds the envelope; before, the whole envelope as JSON); for
 //!   partners' records the view received, JSON
-//! - `own_log`: `own_seq u64 BE` → `RecordId(16) ‖ version u32 BE ‖ claims digest`: this
-//!   node's own changes, the sequence its partners pull (hash-chained through the claims)
+//! - `own_groups`: this node's own changes, the sequence its partners pull (hash-chained
+//!   through the claims), grouped like the change log; an entry is `RecordId(16) ‖ version
+//!   u32 BE ‖ digest length u8 ‖ claims digest`. `own_log` holds those of stores written
+//!   before decision 0016, one per `own_seq u64 BE` key (`RecordId(16) ‖ version u32 BE ‖
+//!   claims digest`), and is read only
 //! - `cursors`: origin → JSON [`Cursor`]: how far this node has pulled each partner's feed
 //! - `receipts`: `RecordId(16) ‖ partner` → JSON receipt entry
 //! - `nonces`: `sender ‖ 0 ‖ nonce` → `unix seconds i64 BE`: request nonces already seen
@@ -44,6 +50,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use crate::record::{Prepared, RecordId};
 
 mod encoding;
+mod log;
+
+use log::Groups;
 
 use encoding::{
     Encoded, InterpretationId, Names, decode_record, encode_record, pack, split_version, to_bytes,
@@ -211,10 +220,14 @@ pub struct Store {
     db: sled::Db,
     head: sled::Tree,
     versions: sled::Tree,
+    /// Change-log entries one per key, written before decision 0016; read only.
     changes: sled::Tree,
+    change_groups: sled::Tree,
     meta: sled::Tree,
     envelopes: sled::Tree,
+    /// Own-log entries one per key, written before decision 0016; read only.
     own_log: sled::Tree,
+    own_groups: sled::Tree,
     cursors: sled::Tree,
     receipts: sled::Tree,
     nonces: sled::Tree,
@@ -282,23 +295,10 @@ fn decode_head(bytes: &[u8]) -> Option<Head> {
     })
 }
 
-fn decode_change(seq: &[u8], value: &[u8]) -> Option<Change> {
-    let seq = u64::from_be_bytes(seq.try_into().ok()?);
-    let id = RecordId(uuid::Uuid::from_bytes(value.get(..16)?.try_into().ok()?));
-    let version = u32::from_be_bytes(value.get(16..20)?.try_into().ok()?);
-    Some(Change {
-        seq,
-        id,
-        version,
-        retracted: *value.get(20)? == 1,
-        created: value.get(21) == Some(&1),
-    })
-}
-
 type Tx<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
+/// The head, versions and meta trees of a write.
 type Trees<'a> = (
-    &'a TransactionalTree,
     &'a TransactionalTree,
     &'a TransactionalTree,
     &'a TransactionalTree,
@@ -307,25 +307,25 @@ type Trees<'a> = (
 /// Records an own version's own-log entry inside a transaction (its envelope is in the version's
 /// value: [`encoding::version_value`]).
 fn append_own(
-    own_log: &TransactionalTree,
+    own_log: &mut Groups<'_>,
     meta: &TransactionalTree,
     id: &RecordId,
     version: u32,
     own_seq: u64,
     sealed: &Sealed,
 ) -> Tx<()> {
-    let mut entry = version_key(id, version).to_vec();
-    entry.extend_from_slice(sealed.digest.as_bytes());
-    own_log.insert(&own_seq.to_be_bytes(), entry)?;
+    own_log.push_own(own_seq, id, version, &sealed.digest)?;
     meta.insert(OWN_SEQ, &own_seq.to_be_bytes())?;
     meta.insert(OWN_HEAD, sealed.digest.as_bytes())?;
     Ok(())
 }
 
 /// Appends one version inside a transaction; returns its sequence number. `value` is the
-/// version's stored form with its envelope ([`encoding::version_value`]).
+/// version's stored form with its envelope ([`encoding::version_value`]); the change-log entry
+/// goes to `changes`, which the caller finishes before the transaction ends.
 fn append(
-    (head, versions, changes, meta): Trees<'_>,
+    (head, versions, meta): Trees<'_>,
+    changes: &mut Groups<'_>,
     id: &RecordId,
     version: u32,
     value: &[u8],
@@ -342,11 +342,13 @@ fn append(
     meta.insert(LAST_SEQ, &seq.to_be_bytes())?;
     versions.insert(&version_key(id, version), value)?;
     head.insert(id.as_bytes(), &encode_head(Head { version, retracted }))?;
-    let mut change = [0u8; 22];
-    change[..20].copy_from_slice(&version_key(id, version));
-    change[20] = u8::from(retracted);
-    change[21] = u8::from(created);
-    changes.insert(&seq.to_be_bytes(), &change)?;
+    changes.push_change(&Change {
+        seq,
+        id: *id,
+        version,
+        retracted,
+        created,
+    })?;
     Ok(seq)
 }
 
@@ -406,9 +408,11 @@ impl Store {
             head: db.open_tree("record_head")?,
             versions: db.open_tree("record_versions")?,
             changes: db.open_tree("changes")?,
+            change_groups: db.open_tree("change_groups")?,
             meta: db.open_tree("meta")?,
             envelopes: db.open_tree("envelopes")?,
             own_log: db.open_tree("own_log")?,
+            own_groups: db.open_tree("own_groups")?,
             cursors: db.open_tree("cursors")?,
             receipts: db.open_tree("receipts")?,
             nonces: db.open_tree("nonces")?,
@@ -446,9 +450,9 @@ impl Store {
         (
             &self.head,
             &self.versions,
-            &self.changes,
+            &self.change_groups,
             &self.meta,
-            &self.own_log,
+            &self.own_groups,
             &self.interpretations,
         )
     }
@@ -554,19 +558,37 @@ impl Store {
         let trees = self.own_write_trees();
         let result = flatten(trees.transaction(|t| {
             keep_interpretations(&t.5, &interpretations)?;
+            let (mut changes, mut own) = (Groups::new(&t.2), Groups::new(&t.4));
             let mut written = Vec::with_capacity(encoded.len());
             for (n, ((id, version, _), value)) in encoded.iter().zip(&values).enumerate() {
                 if t.0.get(id.as_bytes())?.is_some() {
                     return abort(StoreError::Exists(*id));
                 }
-                let seq = append((&t.0, &t.1, &t.2, &t.3), id, *version, value, false, true)?;
-                append_own(&t.4, &t.3, id, *version, first_own + n as u64, &sealed[n])?;
+                let seq = append(
+                    (&t.0, &t.1, &t.3),
+                    &mut changes,
+                    id,
+                    *version,
+                    value,
+                    false,
+                    true,
+                )?;
+                append_own(
+                    &mut own,
+                    &t.3,
+                    id,
+                    *version,
+                    first_own + n as u64,
+                    &sealed[n],
+                )?;
                 written.push(Written {
                     id: *id,
                     version: *version,
                     seq,
                 });
             }
+            changes.finish()?;
+            own.finish()?;
             Ok(written)
         }));
         tracing::debug!(
@@ -704,15 +726,19 @@ impl Store {
                 None => return abort(StoreError::NotFound(id)),
             }
             keep_interpretations(&t.5, &interpretations)?;
+            let (mut changes, mut own) = (Groups::new(&t.2), Groups::new(&t.4));
             let seq = append(
-                (&t.0, &t.1, &t.2, &t.3),
+                (&t.0, &t.1, &t.3),
+                &mut changes,
                 &id,
                 version,
                 &value,
                 retracted,
                 false,
             )?;
-            append_own(&t.4, &t.3, &id, version, own_seq, sealed)?;
+            append_own(&mut own, &t.3, &id, version, own_seq, sealed)?;
+            changes.finish()?;
+            own.finish()?;
             Ok(Written { id, version, seq })
         }))
     }
@@ -776,15 +802,15 @@ impl Store {
 
     /// Up to `limit` changes with a sequence number greater than `after`, in order.
     pub fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
-        let start = after.saturating_add(1).to_be_bytes();
-        self.changes
-            .range(start..)
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode_change(&k, &v).ok_or_else(|| StoreError::Corrupt("change log entry".into()))
-            })
-            .collect()
+        log::read_after(
+            &self.changes,
+            &self.change_groups,
+            after,
+            limit,
+            log::single_change,
+            log::change_group,
+            |c| c.seq,
+        )
     }
 
     /// The sequence number of the last write.
@@ -853,33 +879,15 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<OwnChange>, StoreError> {
-        let start = after.saturating_add(1).to_be_bytes();
-        self.own_log
-            .range(start..)
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv?;
-                let bad = || StoreError::Corrupt("own log entry".into());
-                let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| bad())?);
-                let id = RecordId(uuid::Uuid::from_bytes(
-                    v.get(..16)
-                        .and_then(|b| b.try_into().ok())
-                        .ok_or_else(bad)?,
-                ));
-                let version = u32::from_be_bytes(
-                    v.get(16..20)
-                        .and_then(|b| b.try_into().ok())
-                        .ok_or_else(bad)?,
-                );
-                let digest = String::from_utf8_lossy(v.get(20..).ok_or_else(bad)?).into_owned();
-                Ok(OwnChange {
-                    seq,
-                    id,
-                    version,
-                    digest,
-                })
-            })
-            .collect()
+        log::read_after(
+            &self.own_log,
+            &self.own_groups,
+            after,
+            limit,
+            log::single_own,
+            log::own_group,
+            |c| c.seq,
+        )
     }
 
     /// The cursor of a partner's feed.
@@ -927,7 +935,7 @@ impl Store {
         let trees = (
             &self.head,
             &self.versions,
-            &self.changes,
+            &self.change_groups,
             &self.meta,
             &self.replicas,
             &self.cursors,
@@ -935,6 +943,7 @@ impl Store {
         );
         flatten(trees.transaction(|t| {
             keep_interpretations(&t.6, &interpretations)?;
+            let mut changes = Groups::new(&t.2);
             let mut written = Vec::new();
             for ((r, _), value) in encoded.iter().zip(&values) {
                 let current = t.0.get(r.id.as_bytes())?.as_deref().and_then(decode_head);
@@ -953,7 +962,8 @@ impl Store {
                     continue;
                 }
                 let seq = append(
-                    (&t.0, &t.1, &t.2, &t.3),
+                    (&t.0, &t.1, &t.3),
+                    &mut changes,
                     &r.id,
                     r.version,
                     value,
@@ -967,6 +977,7 @@ impl Store {
                     seq,
                 });
             }
+            changes.finish()?;
             if let Some(bytes) = &cursor_bytes {
                 t.5.insert(origin.as_bytes(), bytes.as_slice())?;
             }
@@ -1696,5 +1707,102 @@ pub(crate) mod tests {
             store.get(&written[1].id, None).unwrap().unwrap()["items"][0]["lot"]["raw"],
             "2"
         );
+    }
+
+    #[test]
+    fn the_logs_are_read_across_groups_and_from_entries_stored_one_per_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut batch: Vec<Prepared> = (0..150).map(|n| prepared(&format!("L{n}"))).collect();
+        let written = store.create_batch(&mut batch, &sealer()).unwrap();
+        // 150 entries make three groups in each log.
+        assert_eq!(store.change_groups.len(), 3);
+        assert_eq!(store.own_groups.len(), 3);
+        assert!(store.changes.is_empty() && store.own_log.is_empty());
+
+        // The first group as a store written before decision 0016 held it: one entry per key.
+        let changes = store.changes_after(0, 64).unwrap();
+        let own = store.own_changes_after(0, 64).unwrap();
+        for (c, o) in changes.iter().zip(&own) {
+            let mut entry = version_key(&c.id, c.version).to_vec();
+            entry.extend_from_slice(&[u8::from(c.retracted), u8::from(c.created)]);
+            store.changes.insert(c.seq.to_be_bytes(), entry).unwrap();
+            let mut entry = version_key(&o.id, o.version).to_vec();
+            entry.extend_from_slice(o.digest.as_bytes());
+            store.own_log.insert(o.seq.to_be_bytes(), entry).unwrap();
+        }
+        store.change_groups.remove(64u64.to_be_bytes()).unwrap();
+        store.own_groups.remove(64u64.to_be_bytes()).unwrap();
+
+        // Two more writes, one transaction each: a group of one entry each.
+        let mut update = prepared("L0b");
+        update.id = written[0].id;
+        store.update(update, &sealer()).unwrap();
+        store
+            .retract(written[1].id, "twice", "2026-01-02T00:00:00Z", &sealer())
+            .unwrap();
+        assert_eq!(store.change_groups.len(), 4);
+
+        let mut expected: Vec<(u64, RecordId, u32)> =
+            written.iter().map(|w| (w.seq, w.id, w.version)).collect();
+        expected.push((151, written[0].id, 2));
+        expected.push((152, written[1].id, 2));
+        for after in [0, 1, 63, 64, 65, 100, 127, 128, 149, 150, 151, 152, 500] {
+            for limit in [1, 7, 64, 65, 1000] {
+                let want: Vec<(u64, RecordId, u32)> = expected
+                    .iter()
+                    .filter(|(seq, _, _)| *seq > after)
+                    .take(limit)
+                    .copied()
+                    .collect();
+                let got: Vec<(u64, RecordId, u32)> = store
+                    .changes_after(after, limit)
+                    .unwrap()
+                    .iter()
+                    .map(|c| (c.seq, c.id, c.version))
+                    .collect();
+                assert_eq!(got, want, "changes after {after}, limit {limit}");
+                // Own sequence numbers equal the store's here: every write is an own one.
+                let got: Vec<(u64, RecordId, u32)> = store
+                    .own_changes_after(after, limit)
+                    .unwrap()
+                    .iter()
+                    .map(|c| (c.seq, c.id, c.version))
+                    .collect();
+                assert_eq!(got, want, "own changes after {after}, limit {limit}");
+            }
+        }
+        let all = store.changes_after(0, usize::MAX).unwrap();
+        assert!(all[..150].iter().all(|c| c.created && !c.retracted));
+        assert!(!all[150].created && !all[150].retracted);
+        assert!(all[151].retracted);
+        // The own log still chains: each claims' `prev` is the digest before it.
+        let own = store.own_changes_after(0, usize::MAX).unwrap();
+        for pair in own.windows(2) {
+            let env = crate::envelope::load(&store, &pair[1].id, pair[1].version)
+                .unwrap()
+                .unwrap();
+            assert_eq!(env.claims.prev, pair[0].digest);
+        }
+
+        // A group cut short is corruption, not a shorter log.
+        let (key, value) = store.change_groups.last().unwrap().unwrap();
+        store
+            .change_groups
+            .insert(key, &value[..value.len() - 1])
+            .unwrap();
+        assert!(matches!(
+            store.changes_after(0, usize::MAX),
+            Err(StoreError::Corrupt(_))
+        ));
+        let (key, value) = store.own_groups.last().unwrap().unwrap();
+        store
+            .own_groups
+            .insert(key, &value[..value.len() - 1])
+            .unwrap();
+        assert!(matches!(
+            store.own_changes_after(0, usize::MAX),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }
