@@ -1786,20 +1786,16 @@ pub(crate) mod tests {
         }
 
         // A group cut short is corruption, not a shorter log.
-        let (key, value) = store.change_groups.last().unwrap().unwrap();
-        store
-            .change_groups
-            .insert(key, &value[..value.len() - 1])
-            .unwrap();
+        let cut_last = |tree: &sled::Tree| {
+            let (key, value) = tree.last().unwrap().unwrap();
+            tree.insert(key, &value[..value.len() - 1]).unwrap();
+        };
+        cut_last(&store.change_groups);
         assert!(matches!(
             store.changes_after(0, usize::MAX),
             Err(StoreError::Corrupt(_))
         ));
-        let (key, value) = store.own_groups.last().unwrap().unwrap();
-        store
-            .own_groups
-            .insert(key, &value[..value.len() - 1])
-            .unwrap();
+        cut_last(&store.own_groups);
         assert!(matches!(
             store.own_changes_after(0, usize::MAX),
             Err(StoreError::Corrupt(_))
