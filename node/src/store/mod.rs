@@ -10,7 +10,7 @@
 //! - `interpretations`: the SHA-256 of its JSON → a headstamp or calibre
 //!   interpretation (`derived`), packed: each distinct one once, written in the transaction
 //!   of the first version that refers to it
-//! - `change_groups`: the change log, up to 64 consecutive entries per value, keyed by the last
+//! - `change_groups`: the change log, up to 8 consecutive entries per value, keyed by the last
 //!   one's `seq u64 BE`; an entry is `RecordId(16) ‖ version u32 BE ‖ retracted u8 ‖ created u8`
 //!   ([`log`], decision 0016). `changes` holds the entries of stores written before, one per
 //!   `seq` key, and is read only
@@ -1715,14 +1715,16 @@ pub(crate) mod tests {
         let store = Store::open(dir.path()).unwrap();
         let mut batch: Vec<Prepared> = (0..150).map(|n| prepared(&format!("L{n}"))).collect();
         let written = store.create_batch(&mut batch, &sealer()).unwrap();
-        // 150 entries make three groups in each log.
-        assert_eq!(store.change_groups.len(), 3);
-        assert_eq!(store.own_groups.len(), 3);
+        let groups = 150usize.div_ceil(log::GROUP);
+        assert!(groups > 2, "the test needs several groups");
+        assert_eq!(store.change_groups.len(), groups);
+        assert_eq!(store.own_groups.len(), groups);
         assert!(store.changes.is_empty() && store.own_log.is_empty());
 
         // The first group as a store written before decision 0016 held it: one entry per key.
-        let changes = store.changes_after(0, 64).unwrap();
-        let own = store.own_changes_after(0, 64).unwrap();
+        let first = log::GROUP as u64;
+        let changes = store.changes_after(0, log::GROUP).unwrap();
+        let own = store.own_changes_after(0, log::GROUP).unwrap();
         for (c, o) in changes.iter().zip(&own) {
             let mut entry = version_key(&c.id, c.version).to_vec();
             entry.extend_from_slice(&[u8::from(c.retracted), u8::from(c.created)]);
@@ -1731,8 +1733,8 @@ pub(crate) mod tests {
             entry.extend_from_slice(o.digest.as_bytes());
             store.own_log.insert(o.seq.to_be_bytes(), entry).unwrap();
         }
-        store.change_groups.remove(64u64.to_be_bytes()).unwrap();
-        store.own_groups.remove(64u64.to_be_bytes()).unwrap();
+        store.change_groups.remove(first.to_be_bytes()).unwrap();
+        store.own_groups.remove(first.to_be_bytes()).unwrap();
 
         // Two more writes, one transaction each: a group of one entry each.
         let mut update = prepared("L0b");
@@ -1741,14 +1743,17 @@ pub(crate) mod tests {
         store
             .retract(written[1].id, "twice", "2026-01-02T00:00:00Z", &sealer())
             .unwrap();
-        assert_eq!(store.change_groups.len(), 4);
+        assert_eq!(store.change_groups.len(), groups + 1);
 
         let mut expected: Vec<(u64, RecordId, u32)> =
             written.iter().map(|w| (w.seq, w.id, w.version)).collect();
         expected.push((151, written[0].id, 2));
         expected.push((152, written[1].id, 2));
-        for after in [0, 1, 63, 64, 65, 100, 127, 128, 149, 150, 151, 152, 500] {
-            for limit in [1, 7, 64, 65, 1000] {
+        let g = first;
+        let near_groups = [0, 1, g - 1, g, g + 1, 2 * g];
+        let elsewhere = [63, 64, 65, 100, 149, 150, 151, 152, 500];
+        for after in near_groups.into_iter().chain(elsewhere) {
+            for limit in [1, 7, log::GROUP, log::GROUP + 1, 64, 1000] {
                 let want: Vec<(u64, RecordId, u32)> = expected
                     .iter()
                     .filter(|(seq, _, _)| *seq > after)
