@@ -107,6 +107,13 @@ fn seq_of(key: &[u8], what: &str) -> Result<u64, StoreError> {
     ))
 }
 
+/// The number of a group's first entry, from its last one's and its length; `None` for an
+/// empty group or numbers no store assigns (a damaged key).
+fn first_of(last: u64, entries: usize) -> Option<u64> {
+    let n = u64::try_from(entries).ok().filter(|n| *n > 0)?;
+    last.checked_add(1)?.checked_sub(n)
+}
+
 fn id_version(entry: &[u8]) -> Option<(RecordId, u32)> {
     let id = RecordId(uuid::Uuid::from_bytes(entry.get(..16)?.try_into().ok()?));
     let version = u32::from_be_bytes(entry.get(16..20)?.try_into().ok()?);
@@ -137,8 +144,7 @@ pub(super) fn change_group(key: &[u8], value: &[u8]) -> Result<Vec<Change>, Stor
     if value.is_empty() || !value.len().is_multiple_of(CHANGE_LEN) {
         return Err(bad());
     }
-    let n = (value.len() / CHANGE_LEN) as u64;
-    let first = (last + 1).checked_sub(n).ok_or_else(bad)?;
+    let first = first_of(last, value.len() / CHANGE_LEN).ok_or_else(bad)?;
     value
         .chunks_exact(CHANGE_LEN)
         .zip(first..)
@@ -173,11 +179,7 @@ pub(super) fn own_group(key: &[u8], value: &[u8]) -> Result<Vec<OwnChange>, Stor
         entries.push((id, version, String::from_utf8_lossy(digest).into_owned()));
         rest = &rest[21 + len..];
     }
-    let n = entries.len() as u64;
-    let first = (last + 1)
-        .checked_sub(n)
-        .filter(|_| n > 0)
-        .ok_or_else(bad)?;
+    let first = first_of(last, entries.len()).ok_or_else(bad)?;
     Ok(entries
         .into_iter()
         .zip(first..)
@@ -224,4 +226,23 @@ pub(super) fn read_after<T>(
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_s_first_number_never_overflows() {
+        assert_eq!(first_of(8, 8), Some(1));
+        assert_eq!(first_of(8, 1), Some(8));
+        assert_eq!(first_of(8, 0), None);
+        assert_eq!(first_of(3, 8), None);
+        assert_eq!(first_of(u64::MAX, 1), None);
+        let key = u64::MAX.to_be_bytes();
+        assert!(matches!(
+            change_group(&key, &[0; CHANGE_LEN]),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
 }
