@@ -5,6 +5,10 @@
 //! Every leaf of the record becomes a disclosure `[salt, path, value]`; the signed `claims` hold
 //! the sorted digests of all disclosures. A view keeps the claims and signature and drops
 //! disclosures; a receiver checks the signature and that every disclosure it got is listed.
+//!
+//! Claims written together may share one signature (decision 0017): the signature is then over
+//! the head of an RFC 6962 Merkle tree of their digests, and each envelope carries its
+//! [`Tree`], the proof that its claims are a leaf of that tree.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
@@ -48,6 +52,8 @@ pub enum EnvelopeError {
     UnsortedDigests,
     #[error("cannot make canonical JSON: {0}")]
     Canonical(String),
+    #[error("the claims are not in the signed tree: {0}")]
+    Tree(String),
 }
 
 /// `[salt, path, value]`.
@@ -167,8 +173,114 @@ impl Claims {
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
     pub claims: Claims,
+    /// Over `JCS(claims)`, or when `tree` is present over the tree's head ([`Tree::head`]).
     pub sig: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<Tree>,
     pub disclosures: Vec<Disclosure>,
+}
+
+/// Most claims one signature covers: a proof is then at most four hashes.
+pub const TREE_LEAVES: usize = 16;
+
+/// Largest tree a receiver accepts (a bound on the proof's work; the origin makes trees of at
+/// most [`TREE_LEAVES`]).
+const MAX_TREE: u64 = 1 << 20;
+
+/// `kind` of a signed tree head.
+const TREE_KIND: &str = "ammotrace/claims-tree/1";
+
+/// Where one record version's claims sit in a tree of claims signed together (decision 0017):
+/// the tree is RFC 6962's Merkle tree hash over the leaves `SHA-256(JCS(claims))` (32 bytes
+/// each) of the claims signed together, in order; the signature is over the JCS of its head
+/// `{"kind": "ammotrace/claims-tree/1", "root": …, "size": …}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tree {
+    /// The tree's root hash, base64url.
+    pub root: String,
+    /// How many claims the tree holds.
+    pub size: u64,
+    /// This claims' leaf, from 0.
+    pub index: u64,
+    /// The audit path from the leaf to the root (RFC 6962 §2.1.1), base64url hashes.
+    pub path: Vec<String>,
+}
+
+impl Tree {
+    /// The signed bytes: `JCS({"kind", "root", "size"})`.
+    fn head(&self) -> Result<Vec<u8>, EnvelopeError> {
+        tree_head(&self.root, self.size)
+    }
+
+    /// Checks that `leaf` (the digest of the claims) is leaf `index` of the tree with this
+    /// root and size.
+    fn check(&self, leaf: [u8; 32]) -> Result<(), EnvelopeError> {
+        let bad = |why: &str| EnvelopeError::Tree(why.to_owned());
+        let hash = |text: &str| {
+            URL_SAFE_NO_PAD
+                .decode(text)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        };
+        if self.size == 0 || self.size > MAX_TREE {
+            return Err(bad("its size is not between 1 and 2^20"));
+        }
+        if self.index >= self.size {
+            return Err(bad("its index is outside the tree"));
+        }
+        let root = hash(&self.root).ok_or_else(|| bad("the root is not base64url of 32 bytes"))?;
+        let mut path = Vec::with_capacity(self.path.len() * 32);
+        for node in &self.path {
+            path.extend(hash(node).ok_or_else(|| bad("a path hash is not base64url of 32 bytes"))?);
+        }
+        let proof = ct_merkle::InclusionProof::<Sha256>::try_from_bytes(path)
+            .map_err(|_| bad("the path is malformed"))?;
+        ct_merkle::RootHash::<Sha256>::new(root.into(), self.size)
+            .verify_inclusion(&leaf, self.index, &proof)
+            .map_err(|_| bad("the path does not lead from the claims to the root"))
+    }
+}
+
+/// `JCS({"kind": TREE_KIND, "root": root, "size": size})`.
+fn tree_head(root: &str, size: u64) -> Result<Vec<u8>, EnvelopeError> {
+    canonical(&serde_json::json!({"kind": TREE_KIND, "root": root, "size": size}))
+}
+
+/// Signs the claims whose digests are `leaves` with one signature: the signature over the
+/// tree head, and each leaf's place in the tree. A single leaf is signed alone (no tree).
+fn sign_leaves(
+    leaves: &[[u8; 32]],
+    single: &[u8],
+    key: &SigningKey,
+) -> Result<(String, Vec<Option<Tree>>), EnvelopeError> {
+    let encode = |s: Signature| URL_SAFE_NO_PAD.encode(s.to_bytes());
+    if leaves.len() == 1 {
+        return Ok((encode(key.sign(single)), vec![None]));
+    }
+    let mut tree = ct_merkle::mem_backed_tree::MemoryBackedTree::<Sha256, [u8; 32]>::new();
+    for leaf in leaves {
+        tree.push(*leaf);
+    }
+    let root = URL_SAFE_NO_PAD.encode(tree.root().as_bytes());
+    let size = leaves.len() as u64;
+    let sig = encode(key.sign(&tree_head(&root, size)?));
+    let trees = (0..leaves.len())
+        .map(|index| {
+            let proof = tree.prove_inclusion(index);
+            Some(Tree {
+                root: root.clone(),
+                size,
+                index: index as u64,
+                path: proof
+                    .as_bytes()
+                    .chunks(32)
+                    .map(|h| URL_SAFE_NO_PAD.encode(h))
+                    .collect(),
+            })
+        })
+        .collect();
+    Ok((sig, trees))
 }
 
 /// What the origin states about a record version besides its content.
@@ -355,8 +467,50 @@ fn sign_bytes(
     Ok(Envelope {
         claims,
         sig: URL_SAFE_NO_PAD.encode(signature.to_bytes()),
+        tree: None,
         disclosures,
     })
+}
+
+/// Signs consecutive record versions of one origin with one signature (decision 0017), as the
+/// node does a batch: version `i` gets `seq = first.seq + i`, its `prev` the digest of the
+/// claims before it, and a salt from `salt_for(path)`. One version is signed alone, as
+/// [`seal_with`] does.
+pub fn seal_tree_with(
+    records: &[&Value],
+    first: &Seal<'_>,
+    key: &SigningKey,
+    mut salt_for: impl FnMut(&str) -> String,
+) -> Result<Vec<Envelope>, EnvelopeError> {
+    let key_id = crate::identity::key_id(&key.verifying_key());
+    let mut unsigned_all = Vec::with_capacity(records.len());
+    let mut leaves: Vec<[u8; 32]> = Vec::with_capacity(records.len());
+    let mut single = Vec::new();
+    let mut prev = first.prev.to_owned();
+    for (i, record) in records.iter().enumerate() {
+        let seal = Seal {
+            seq: first.seq + i as u64,
+            prev: &prev,
+            ..first.clone()
+        };
+        let (claims, disclosures) = unsigned(record, &seal, &key_id, &mut salt_for)?;
+        single = claims.canonical()?;
+        let leaf: [u8; 32] = Sha256::digest(&single).into();
+        prev = URL_SAFE_NO_PAD.encode(leaf);
+        leaves.push(leaf);
+        unsigned_all.push((claims, disclosures));
+    }
+    let (sig, trees) = sign_leaves(&leaves, &single, key)?;
+    Ok(unsigned_all
+        .into_iter()
+        .zip(trees)
+        .map(|((claims, disclosures), tree)| Envelope {
+            claims,
+            sig: sig.clone(),
+            tree,
+            disclosures,
+        })
+        .collect())
 }
 
 /// The claims and disclosures of a record version, before signing.
@@ -467,25 +621,38 @@ fn verify_chunk(
     offset: usize,
     items: &[(&Envelope, VerifyingKey)],
 ) -> Result<(), (usize, EnvelopeError)> {
-    let mut messages = Vec::with_capacity(items.len());
+    // Envelopes signed in one tree share their signed message, key and signature: each
+    // distinct one is verified once, on behalf of the first envelope that carried it.
+    let mut owners = Vec::with_capacity(items.len());
+    let mut messages: Vec<Vec<u8>> = Vec::with_capacity(items.len());
     let mut signatures = Vec::with_capacity(items.len());
+    let mut keys = Vec::with_capacity(items.len());
     for (n, (env, key)) in items.iter().enumerate() {
         let at = |e| (offset + n, e);
         env.check_key(key)
             .and_then(|()| env.check_disclosures())
             .map_err(at)?;
-        messages.push(env.claims.canonical().map_err(at)?);
-        signatures.push(env.signature().map_err(at)?);
+        let message = env.signed_message().map_err(at)?;
+        let signature = env.signature().map_err(at)?;
+        let repeat = messages.last() == Some(&message)
+            && signatures.last() == Some(&signature)
+            && keys.last() == Some(key);
+        if !repeat {
+            owners.push(offset + n);
+            messages.push(message);
+            signatures.push(signature);
+            keys.push(*key);
+        }
     }
-    let keys: Vec<VerifyingKey> = items.iter().map(|(_, k)| *k).collect();
     let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
     if ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok() {
         return Ok(());
     }
-    for (n, ((message, signature), key)) in messages.iter().zip(&signatures).zip(&keys).enumerate()
+    for (((message, signature), key), owner) in
+        messages.iter().zip(&signatures).zip(&keys).zip(&owners)
     {
         key.verify_strict(message, signature)
-            .map_err(|_| (offset + n, EnvelopeError::BadSignature))?;
+            .map_err(|_| (*owner, EnvelopeError::BadSignature))?;
     }
     Ok(())
 }
@@ -502,6 +669,8 @@ const COMPACT: u8 = 0x02;
 struct Compact {
     claims: Claims,
     sig: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tree: Option<Tree>,
     digest: String,
     /// The 32-byte secret the version's salts come from ([`salts_from`]), base64url.
     secret: String,
@@ -539,6 +708,7 @@ impl Compact {
         Ok(Envelope {
             claims,
             sig: self.sig,
+            tree: self.tree,
             disclosures,
         })
     }
@@ -667,44 +837,36 @@ impl crate::store::Sealer for NodeSealer {
                 ..claims
             };
             let canonical = claims.canonical().map_err(|e| e.to_string())?;
-            prev = b64_sha256(&canonical);
-            parts.push((claims, canonical, prev.clone(), secret));
+            let leaf: [u8; 32] = Sha256::digest(&canonical).into();
+            prev = URL_SAFE_NO_PAD.encode(leaf);
+            parts.push((claims, canonical, leaf, secret));
         }
-        let sign_all = |parts: Vec<(Claims, Vec<u8>, String, [u8; 32])>| {
-            parts
-                .into_iter()
-                .map(|(claims, canonical, digest, secret)| {
-                    let sig = URL_SAFE_NO_PAD.encode(self.key.sign(&canonical).to_bytes());
-                    let compact = Compact {
-                        claims: Claims {
-                            digests: Vec::new(),
-                            ..claims
-                        },
-                        sig,
-                        digest,
-                        secret: URL_SAFE_NO_PAD.encode(secret),
-                    };
-                    Ok(crate::store::Sealed {
-                        envelope: compact.bytes()?,
-                        digest: compact.digest,
-                    })
-                })
-                .collect::<Result<Vec<_>, String>>()
-        };
-        // Signing is the costly part: split large batches over two threads.
-        if parts.len() < 64 {
-            return sign_all(parts);
+        // One signature per tree of up to TREE_LEAVES consecutive versions (decision 0017).
+        let mut sealed = Vec::with_capacity(parts.len());
+        let mut parts = parts.into_iter().peekable();
+        while parts.peek().is_some() {
+            let tree: Vec<_> = parts.by_ref().take(TREE_LEAVES).collect();
+            let leaves: Vec<[u8; 32]> = tree.iter().map(|p| p.2).collect();
+            let (sig, trees) =
+                sign_leaves(&leaves, &tree[0].1, &self.key).map_err(|e| e.to_string())?;
+            for ((claims, _, leaf, secret), tree) in tree.into_iter().zip(trees) {
+                let compact = Compact {
+                    claims: Claims {
+                        digests: Vec::new(),
+                        ..claims
+                    },
+                    sig: sig.clone(),
+                    tree,
+                    digest: URL_SAFE_NO_PAD.encode(leaf),
+                    secret: URL_SAFE_NO_PAD.encode(secret),
+                };
+                sealed.push(crate::store::Sealed {
+                    envelope: compact.bytes()?,
+                    digest: compact.digest,
+                });
+            }
         }
-        let second = parts.split_off(parts.len() / 2);
-        std::thread::scope(|scope| {
-            let handle = scope.spawn(|| sign_all(second));
-            let mut first = sign_all(parts)?;
-            let second = handle
-                .join()
-                .map_err(|_| "a signing thread panicked".to_owned())??;
-            first.extend(second);
-            Ok(first)
-        })
+        Ok(sealed)
     }
 }
 
@@ -723,6 +885,7 @@ impl Envelope {
         Envelope {
             claims: self.claims.clone(),
             sig: self.sig.clone(),
+            tree: self.tree.clone(),
             disclosures: self
                 .disclosures
                 .iter()
@@ -737,9 +900,20 @@ impl Envelope {
     /// listed, carries no float, and has a path of its own.
     pub fn verify(&self, key: &VerifyingKey) -> Result<(), EnvelopeError> {
         self.check_key(key)?;
-        key.verify_strict(&self.claims.canonical()?, &self.signature()?)
+        key.verify_strict(&self.signed_message()?, &self.signature()?)
             .map_err(|_| EnvelopeError::BadSignature)?;
         self.check_disclosures()
+    }
+
+    /// What the signature is over: `JCS(claims)`, or, for claims signed in a tree, the tree's
+    /// head once the claims are shown to be its leaf.
+    fn signed_message(&self) -> Result<Vec<u8>, EnvelopeError> {
+        let claims = self.claims.canonical()?;
+        let Some(tree) = &self.tree else {
+            return Ok(claims);
+        };
+        tree.check(Sha256::digest(&claims).into())?;
+        tree.head()
     }
 
     fn check_key(&self, key: &VerifyingKey) -> Result<(), EnvelopeError> {
@@ -795,7 +969,7 @@ impl Envelope {
     /// The union of two views of the same signed claims (used when a widened policy shows
     /// more of a version already received).
     pub fn merge(&self, other: &Envelope) -> Option<Envelope> {
-        if self.claims != other.claims || self.sig != other.sig {
+        if self.claims != other.claims || self.sig != other.sig || self.tree != other.tree {
             return None;
         }
         let mut merged = self.clone();
@@ -1097,6 +1271,92 @@ mod tests {
         assert_eq!(verify_all(&items), Err((33, EnvelopeError::BadSignature)));
     }
 
+    /// Claims signed together share one signature over a Merkle tree of their digests: each
+    /// envelope verifies alone, as a view and in a batch; a proof moved to other claims,
+    /// altered, or dropped is refused, and so are claims changed after signing.
+    #[test]
+    fn claims_signed_in_one_tree_verify_alone_and_refuse_a_wrong_proof() {
+        let vk = key().verifying_key();
+        let seal_n = |n: usize| {
+            let records: Vec<Value> = (0..n)
+                .map(|i| {
+                    let mut r = sample();
+                    r["record_version"] = json!(i + 1);
+                    r
+                })
+                .collect();
+            let first = Seal {
+                origin: "XAA",
+                seq: 1,
+                prev: GENESIS,
+                issued_at: "2026-01-01T00:00:00.000Z",
+                retracted: false,
+                normaliser: "1",
+            };
+            let refs: Vec<&Value> = records.iter().collect();
+            seal_tree_with(&refs, &first, &key(), |_| random_salt()).unwrap()
+        };
+        for n in 1..=17 {
+            let envs = seal_n(n);
+            assert_eq!(envs.len(), n);
+            assert!(envs.iter().all(|e| e.sig == envs[0].sig));
+            assert_eq!(envs[0].tree.is_some(), n > 1, "{n} claims");
+            for (i, e) in envs.iter().enumerate() {
+                e.verify(&vk).unwrap();
+                e.view(|p| p.starts_with("/items")).verify(&vk).unwrap();
+                assert_eq!(e.claims.seq, i as u64 + 1);
+                if i > 0 {
+                    assert_eq!(e.claims.prev, envs[i - 1].claims.digest().unwrap());
+                }
+                if let Some(t) = &e.tree {
+                    assert_eq!((t.index, t.size), (i as u64, n as u64));
+                    assert!(t.path.len() <= 5);
+                }
+                let wire = serde_json::to_string(e).unwrap();
+                assert_eq!(serde_json::from_str::<Envelope>(&wire).unwrap(), *e);
+            }
+            let items: Vec<(&Envelope, VerifyingKey)> = envs.iter().map(|e| (e, vk)).collect();
+            verify_all(&items).unwrap();
+        }
+        let envs = seal_n(5);
+        let tree_error = |e: &Envelope| matches!(e.verify(&vk), Err(EnvelopeError::Tree(_)));
+        let mut moved = envs[1].clone();
+        moved.tree = envs[2].tree.clone();
+        assert!(tree_error(&moved));
+        let mut altered = envs[1].clone();
+        if let Some(t) = altered.tree.as_mut() {
+            t.path[0] = t.root.clone();
+        }
+        assert!(tree_error(&altered));
+        for (index, size) in [(5, 5), (0, 0), (u64::MAX - 1, u64::MAX), (0, MAX_TREE + 1)] {
+            let mut out_of_range = envs[1].clone();
+            if let Some(t) = out_of_range.tree.as_mut() {
+                (t.index, t.size) = (index, size);
+            }
+            assert!(tree_error(&out_of_range), "index {index} of {size}");
+        }
+        let mut resized = envs[1].clone();
+        if let Some(t) = resized.tree.as_mut() {
+            t.size = 6;
+        }
+        assert!(matches!(
+            resized.verify(&vk),
+            Err(EnvelopeError::Tree(_) | EnvelopeError::BadSignature)
+        ));
+        let mut dropped = envs[1].clone();
+        dropped.tree = None;
+        assert_eq!(dropped.verify(&vk), Err(EnvelopeError::BadSignature));
+        let mut changed = envs[1].clone();
+        changed.claims.retracted = true;
+        assert!(tree_error(&changed));
+        // Another tree's signature on claims of this one is named in a batch, though the
+        // envelopes around it share their signed message.
+        let mut mixed = envs.clone();
+        mixed[3].sig = seal_n(5)[3].sig.clone();
+        let items: Vec<(&Envelope, VerifyingKey)> = mixed.iter().map(|e| (e, vk)).collect();
+        assert_eq!(verify_all(&items), Err((3, EnvelopeError::BadSignature)));
+    }
+
     #[test]
     fn floats_and_numeric_keys_are_refused() {
         let s = Seal {
@@ -1204,10 +1464,16 @@ mod tests {
         let own = store.own_changes_after(0, usize::MAX).unwrap();
         assert_eq!(own.len(), writers * batches * size);
         let mut prev = String::new();
+        let mut signatures = HashSet::new();
         for (n, change) in own.iter().enumerate() {
             assert_eq!(change.seq, n as u64 + 1);
             let envelope = load(&store, &change.id, change.version).unwrap().unwrap();
             envelope.verify(&sealer.key.verifying_key()).unwrap();
+            // Each batch of 70 is signed as trees of 16, 16, 16, 16 and 6 versions.
+            let tree = envelope.tree.as_ref().unwrap();
+            assert_eq!(tree.index, n as u64 % 70 % 16);
+            assert_eq!(tree.size, if n % 70 < 64 { 16 } else { 6 });
+            signatures.insert(envelope.sig.clone());
             assert_eq!(envelope.claims.seq, change.seq);
             assert_eq!(
                 envelope.claims.prev, prev,
@@ -1219,6 +1485,7 @@ mod tests {
             assert_eq!(prev, change.digest);
         }
         assert_eq!(store.own_tail().unwrap(), (own.len() as u64, prev));
+        assert_eq!(signatures.len(), writers * batches * 5);
     }
 
     /// Updates, retractions and records that declare their version rebuild too: every write
@@ -1452,6 +1719,37 @@ mod vectors {
             "view": {"partner": "XBB", "policy": policy, "envelope": view, "record": view.record()},
         });
         let mut out = vec![("sealed-record.json", positive)];
+        // Changes 2 to 4, sealed together with one signature over the tree of their claims.
+        let more: Vec<Value> = (2..=4)
+            .map(|n| {
+                let mut r = record.clone();
+                r["record_id"] = json!(format!("01900000-0000-7000-8000-00000000a00{n}"));
+                r["items"][0]["lot"]["raw"] = json!(format!("21-85 53{n}"));
+                r
+            })
+            .collect();
+        let refs: Vec<&Value> = more.iter().collect();
+        let after = envelope.claims.digest().unwrap();
+        let first = Seal {
+            seq: 2,
+            prev: &after,
+            ..s.clone()
+        };
+        let tree = seal_tree_with(&refs, &first, &key, salt).unwrap();
+        let head = tree[0].tree.as_ref().unwrap().head().unwrap();
+        out.push((
+            "signed-tree.json",
+            json!({
+                "description": "Three record versions XAA sealed together after sealed-record.json (changes 2 to 4), with one signature over the RFC 6962 Merkle tree of their claims: for each, its leaf (SHA-256 of JCS(claims), base64url) and its envelope, whose `tree` gives its place and audit path; the tree head whose JCS was signed; the signature.",
+                "key": key_fields,
+                "records": more,
+                "seal": {"origin": "XAA", "first_seq": 2, "prev": after, "issued_at": s.issued_at, "retracted": false, "normaliser": "1"},
+                "leaves": tree.iter().map(|e| e.claims.digest().unwrap()).collect::<Vec<_>>(),
+                "signed_jcs": String::from_utf8(head).unwrap(),
+                "sig": tree[0].sig,
+                "envelopes": tree,
+            }),
+        ));
         let negative =
             |name: &'static str, description: &str, env: Envelope, error: EnvelopeError| {
                 (
@@ -1509,6 +1807,14 @@ mod vectors {
             t2,
             EnvelopeError::BadSignature,
         ));
+        let mut t = tree[0].clone();
+        t.tree = tree[1].tree.clone();
+        out.push(negative(
+            "tree-wrong-leaf.json",
+            "Claims from signed-tree.json carrying another version's place in the tree.",
+            t,
+            EnvelopeError::Tree("the path does not lead from the claims to the root".into()),
+        ));
         let mut t = envelope.clone();
         t.claims.retracted = true;
         out.push(negative(
@@ -1532,9 +1838,15 @@ mod vectors {
         let validator = jsonschema::validator_for(&envelope_schema).unwrap();
         let policy_validator = jsonschema::validator_for(&load("policy.schema.json")).unwrap();
         for (name, value) in build() {
-            validator
-                .validate(&value["envelope"])
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let envelopes = match value.get("envelopes") {
+                Some(Value::Array(all)) => all.clone(),
+                _ => vec![value["envelope"].clone()],
+            };
+            for envelope in envelopes {
+                validator
+                    .validate(&envelope)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
             if value.get("view").is_some() {
                 validator.validate(&value["view"]["envelope"]).unwrap();
                 policy_validator.validate(&value["view"]["policy"]).unwrap();
@@ -1579,6 +1891,18 @@ mod vectors {
             let file: Value =
                 serde_json::from_slice(&std::fs::read(dir().join(name)).unwrap()).unwrap();
             assert_eq!(&file, value, "{name} differs from what the code makes");
+            if let Some(envelopes) = file.get("envelopes") {
+                let envelopes: Vec<Envelope> = serde_json::from_value(envelopes.clone()).unwrap();
+                for (n, env) in envelopes.iter().enumerate() {
+                    env.verify(&vk).unwrap();
+                    assert_eq!(env.record(), file["records"][n]);
+                    assert_eq!(env.sig, file["sig"].as_str().unwrap());
+                    assert_eq!(file["leaves"][n], json!(env.claims.digest().unwrap()));
+                    let head = env.tree.as_ref().unwrap().head().unwrap();
+                    assert_eq!(file["signed_jcs"], json!(String::from_utf8(head).unwrap()));
+                }
+                continue;
+            }
             let env: Envelope = serde_json::from_value(file["envelope"].clone()).unwrap();
             match file.get("error") {
                 None => {
