@@ -670,10 +670,67 @@ struct Compact {
     claims: Claims,
     sig: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    tree: Option<Tree>,
+    tree: Option<StoredTree>,
     digest: String,
     /// The 32-byte secret the version's salts come from ([`salts_from`]), base64url.
     secret: String,
+}
+
+/// Where an own version stored compact sits in the tree it was signed in (decision 0017): the
+/// root, not the path. [`StoredTree::rebuild`] makes the path again from the own log, which
+/// holds the digests of the tree's other versions; storing the path grew the store by a third.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredTree {
+    root: String,
+    size: u64,
+    index: u64,
+}
+
+impl StoredTree {
+    /// The envelope's [`Tree`]: the leaves are the own log's digests of the versions signed
+    /// with this one (`digest` its own), and they must hash to the stored root.
+    fn rebuild(&self, store: &crate::store::Store, seq: u64, digest: &str) -> Result<Tree, String> {
+        let size = usize::try_from(self.size)
+            .ok()
+            .filter(|&n| (1..=TREE_LEAVES).contains(&n))
+            .ok_or("the stored tree's size is out of range")?;
+        let first = seq
+            .checked_sub(self.index)
+            .filter(|&f| f >= 1 && self.index < self.size)
+            .ok_or("the stored tree's index does not fit the change number")?;
+        let entries = store
+            .own_changes_after(first - 1, size)
+            .map_err(|e| e.to_string())?;
+        let mut tree = ct_merkle::mem_backed_tree::MemoryBackedTree::<Sha256, [u8; 32]>::new();
+        for (n, entry) in entries.iter().enumerate() {
+            let leaf = URL_SAFE_NO_PAD
+                .decode(&entry.digest)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                .filter(|_| entry.seq == first + n as u64)
+                .ok_or("the own log does not hold the tree's versions")?;
+            tree.push(leaf);
+        }
+        let index = self.index as usize;
+        if entries.len() != size || entries[index].digest != digest {
+            return Err("the own log does not hold the tree's versions".into());
+        }
+        if URL_SAFE_NO_PAD.encode(tree.root().as_bytes()) != self.root {
+            return Err("the own log's digests do not make the signed tree".into());
+        }
+        Ok(Tree {
+            root: self.root.clone(),
+            size: self.size,
+            index: self.index,
+            path: tree
+                .prove_inclusion(index)
+                .as_bytes()
+                .chunks(32)
+                .map(|h| URL_SAFE_NO_PAD.encode(h))
+                .collect(),
+        })
+    }
 }
 
 impl Compact {
@@ -684,8 +741,9 @@ impl Compact {
     }
 
     /// The full envelope, from the record version it was sealed from, as submitted (without
-    /// what the node added: [`crate::record::parse_submitted`]).
-    fn rebuild(self, record: &Value) -> Result<Envelope, String> {
+    /// what the node added: [`crate::record::parse_submitted`]), and the envelope's place in
+    /// the tree it was signed in, if any ([`StoredTree::rebuild`]).
+    fn rebuild(self, record: &Value, tree: Option<Tree>) -> Result<Envelope, String> {
         let secret = URL_SAFE_NO_PAD
             .decode(&self.secret)
             .ok()
@@ -708,7 +766,7 @@ impl Compact {
         Ok(Envelope {
             claims,
             sig: self.sig,
-            tree: self.tree,
+            tree,
             disclosures,
         })
     }
@@ -774,7 +832,14 @@ fn read(
     let record = stored
         .bare_with(crate::record::parse_submitted)
         .map_err(stored_error)?;
-    let envelope = compact.rebuild(&record).map_err(corrupt)?;
+    let tree = match &compact.tree {
+        Some(t) => Some(
+            t.rebuild(store, compact.claims.seq, &compact.digest)
+                .map_err(corrupt)?,
+        ),
+        None => None,
+    };
+    let envelope = compact.rebuild(&record, tree).map_err(corrupt)?;
     Ok(Some((envelope, Some(record))))
 }
 
@@ -856,7 +921,11 @@ impl crate::store::Sealer for NodeSealer {
                         ..claims
                     },
                     sig: sig.clone(),
-                    tree,
+                    tree: tree.map(|t| StoredTree {
+                        root: t.root,
+                        size: t.size,
+                        index: t.index,
+                    }),
                     digest: URL_SAFE_NO_PAD.encode(leaf),
                     secret: URL_SAFE_NO_PAD.encode(secret),
                 };
@@ -1559,8 +1628,8 @@ mod tests {
         let mut record = crate::record::without_node_fields(
             &store.get(&w.id, Some(w.version)).unwrap().unwrap(),
         );
-        assert!(compact().rebuild(&record).is_ok());
-        let refused = |c: Compact, record: &Value| c.rebuild(record).unwrap_err();
+        assert!(compact().rebuild(&record, None).is_ok());
+        let refused = |c: Compact, record: &Value| c.rebuild(record, None).unwrap_err();
         let mut other_secret = compact();
         other_secret.secret = URL_SAFE_NO_PAD.encode([9u8; 32]);
         assert!(refused(other_secret, &record).contains("no longer matches"));
@@ -1569,6 +1638,53 @@ mod tests {
         assert!(refused(short_secret, &record).contains("32 bytes"));
         record["items"][0]["lot"]["raw"] = json!("LC-19-B");
         assert!(refused(compact(), &record).contains("no longer matches"));
+    }
+
+    /// An own version signed in a tree is stored with the tree's root only; its path is made
+    /// again from the own log, and a root, place or digest that does not fit is refused.
+    #[test]
+    fn a_stored_tree_is_rebuilt_from_the_own_log_and_checked() {
+        let sealer = crate::store::tests::sealer();
+        let lots = ["A-1", "A-2", "A-3", "A-4", "A-5"];
+        let (_dir, store, written) = stored_with(&sealer, &lots);
+        let vk = sealer.key.verifying_key();
+        let envelopes: Vec<Envelope> = written
+            .iter()
+            .map(|w| load(&store, &w.id, w.version).unwrap().unwrap())
+            .collect();
+        for (n, e) in envelopes.iter().enumerate() {
+            e.verify(&vk).unwrap();
+            let tree = e.tree.as_ref().unwrap();
+            assert_eq!((tree.index, tree.size), (n as u64, 5));
+            assert_eq!(tree.root, envelopes[0].tree.as_ref().unwrap().root);
+            assert!(!tree.path.is_empty());
+        }
+        let w = &written[2];
+        let stored = store.envelope(&w.id, w.version).unwrap().unwrap();
+        let compact: Compact = serde_json::from_slice(&stored[1..]).unwrap();
+        assert!(
+            stored.len() < 600,
+            "{} bytes stored for an own envelope",
+            stored.len()
+        );
+        let t = compact.tree.as_ref().unwrap();
+        let seq = compact.claims.seq;
+        assert!(t.rebuild(&store, seq, &compact.digest).is_ok());
+        let other = |root: &str, size: u64, index: u64| StoredTree {
+            root: root.to_owned(),
+            size,
+            index,
+        };
+        let refused = |tree: StoredTree, digest: &str| tree.rebuild(&store, seq, digest).is_err();
+        assert!(refused(other(&compact.digest, 5, 2), &compact.digest));
+        assert!(refused(other(&t.root, 5, 3), &compact.digest));
+        for (size, index) in [(0, 0), (17, 2), (5, 5), (5, u64::MAX)] {
+            assert!(refused(other(&t.root, size, index), &compact.digest));
+        }
+        assert!(refused(
+            other(&t.root, 5, 2),
+            &envelopes[1].claims.digest().unwrap()
+        ));
     }
 
     /// Seals as nodes did before compact storage: whole envelopes, random salts.
