@@ -217,28 +217,59 @@ impl Tree {
     /// root and size.
     fn check(&self, leaf: [u8; 32]) -> Result<(), EnvelopeError> {
         let bad = |why: &str| EnvelopeError::Tree(why.to_owned());
-        let hash = |text: &str| {
-            URL_SAFE_NO_PAD
-                .decode(text)
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-        };
         if self.size == 0 || self.size > MAX_TREE {
             return Err(bad("its size is not between 1 and 2^20"));
         }
         if self.index >= self.size {
             return Err(bad("its index is outside the tree"));
         }
-        let root = hash(&self.root).ok_or_else(|| bad("the root is not base64url of 32 bytes"))?;
+        let root =
+            hash32(&self.root).ok_or_else(|| bad("the root is not base64url of 32 bytes"))?;
         let mut path = Vec::with_capacity(self.path.len() * 32);
         for node in &self.path {
-            path.extend(hash(node).ok_or_else(|| bad("a path hash is not base64url of 32 bytes"))?);
+            path.extend(
+                hash32(node).ok_or_else(|| bad("a path hash is not base64url of 32 bytes"))?,
+            );
         }
         let proof = ct_merkle::InclusionProof::<Sha256>::try_from_bytes(path)
             .map_err(|_| bad("the path is malformed"))?;
         ct_merkle::RootHash::<Sha256>::new(root.into(), self.size)
             .verify_inclusion(&leaf, self.index, &proof)
             .map_err(|_| bad("the path does not lead from the claims to the root"))
+    }
+}
+
+/// The 32 bytes of a base64url SHA-256.
+fn hash32(text: &str) -> Option<[u8; 32]> {
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+}
+
+type ClaimsTree = ct_merkle::mem_backed_tree::MemoryBackedTree<Sha256, [u8; 32]>;
+
+/// The tree over `leaves`, in order.
+fn claims_tree<'a>(leaves: impl IntoIterator<Item = &'a [u8; 32]>) -> ClaimsTree {
+    let mut tree = ClaimsTree::new();
+    for leaf in leaves {
+        tree.push(*leaf);
+    }
+    tree
+}
+
+/// The [`Tree`] of leaf `index`, which must be in `tree`.
+fn place(tree: &ClaimsTree, root: &str, index: usize) -> Tree {
+    Tree {
+        root: root.to_owned(),
+        size: tree.len(),
+        index: index as u64,
+        path: tree
+            .prove_inclusion(index)
+            .as_bytes()
+            .chunks(32)
+            .map(|h| URL_SAFE_NO_PAD.encode(h))
+            .collect(),
     }
 }
 
@@ -258,27 +289,11 @@ fn sign_leaves(
     if leaves.len() == 1 {
         return Ok((encode(key.sign(single)), vec![None]));
     }
-    let mut tree = ct_merkle::mem_backed_tree::MemoryBackedTree::<Sha256, [u8; 32]>::new();
-    for leaf in leaves {
-        tree.push(*leaf);
-    }
+    let tree = claims_tree(leaves);
     let root = URL_SAFE_NO_PAD.encode(tree.root().as_bytes());
-    let size = leaves.len() as u64;
-    let sig = encode(key.sign(&tree_head(&root, size)?));
+    let sig = encode(key.sign(&tree_head(&root, tree.len())?));
     let trees = (0..leaves.len())
-        .map(|index| {
-            let proof = tree.prove_inclusion(index);
-            Some(Tree {
-                root: root.clone(),
-                size,
-                index: index as u64,
-                path: proof
-                    .as_bytes()
-                    .chunks(32)
-                    .map(|h| URL_SAFE_NO_PAD.encode(h))
-                    .collect(),
-            })
-        })
+        .map(|index| Some(place(&tree, &root, index)))
         .collect();
     Ok((sig, trees))
 }
@@ -702,34 +717,25 @@ impl StoredTree {
         let entries = store
             .own_changes_after(first - 1, size)
             .map_err(|e| e.to_string())?;
-        let mut tree = ct_merkle::mem_backed_tree::MemoryBackedTree::<Sha256, [u8; 32]>::new();
-        for (n, entry) in entries.iter().enumerate() {
-            let leaf = URL_SAFE_NO_PAD
-                .decode(&entry.digest)
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-                .filter(|_| entry.seq == first + n as u64)
-                .ok_or("the own log does not hold the tree's versions")?;
-            tree.push(leaf);
-        }
+        let missing = "the own log does not hold the tree's versions";
+        let leaves = entries
+            .iter()
+            .enumerate()
+            .map(|(n, entry)| {
+                hash32(&entry.digest)
+                    .filter(|_| entry.seq == first + n as u64)
+                    .ok_or(missing)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let index = self.index as usize;
         if entries.len() != size || entries[index].digest != digest {
-            return Err("the own log does not hold the tree's versions".into());
+            return Err(missing.into());
         }
+        let tree = claims_tree(&leaves);
         if URL_SAFE_NO_PAD.encode(tree.root().as_bytes()) != self.root {
             return Err("the own log's digests do not make the signed tree".into());
         }
-        Ok(Tree {
-            root: self.root.clone(),
-            size: self.size,
-            index: self.index,
-            path: tree
-                .prove_inclusion(index)
-                .as_bytes()
-                .chunks(32)
-                .map(|h| URL_SAFE_NO_PAD.encode(h))
-                .collect(),
-        })
+        Ok(place(&tree, &self.root, index))
     }
 }
 
