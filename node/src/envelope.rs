@@ -693,7 +693,8 @@ struct Compact {
 
 /// Where an own version stored compact sits in the tree it was signed in (decision 0017): the
 /// root, not the path. [`StoredTree::rebuild`] makes the path again from the own log, which
-/// holds the digests of the tree's other versions; storing the path cost a sixth more bytes on disk.
+/// holds the digests of the tree's other versions; storing the path cost a sixth more bytes
+/// on disk.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoredTree {
