@@ -224,11 +224,11 @@ impl Tree {
             return Err(bad("its index is outside the tree"));
         }
         let root =
-            hash32(&self.root).ok_or_else(|| bad("the root is not base64url of 32 bytes"))?;
+            bytes32(&self.root).ok_or_else(|| bad("the root is not base64url of 32 bytes"))?;
         let mut path = Vec::with_capacity(self.path.len() * 32);
         for node in &self.path {
             path.extend(
-                hash32(node).ok_or_else(|| bad("a path hash is not base64url of 32 bytes"))?,
+                bytes32(node).ok_or_else(|| bad("a path hash is not base64url of 32 bytes"))?,
             );
         }
         let proof = ct_merkle::InclusionProof::<Sha256>::try_from_bytes(path)
@@ -239,8 +239,8 @@ impl Tree {
     }
 }
 
-/// The 32 bytes of a base64url SHA-256.
-fn hash32(text: &str) -> Option<[u8; 32]> {
+/// The 32 bytes a base64url string holds (a SHA-256, a secret).
+fn bytes32(text: &str) -> Option<[u8; 32]> {
     URL_SAFE_NO_PAD
         .decode(text)
         .ok()
@@ -279,23 +279,21 @@ fn tree_head(root: &str, size: u64) -> Result<Vec<u8>, EnvelopeError> {
 }
 
 /// Signs the claims whose digests are `leaves` with one signature: the signature over the
-/// tree head, and each leaf's place in the tree. A single leaf is signed alone (no tree).
+/// tree head, and the tree with its root (base64url). A single leaf is signed alone, over
+/// `single` (its claims' canonical bytes), and has no tree.
 fn sign_leaves(
     leaves: &[[u8; 32]],
     single: &[u8],
     key: &SigningKey,
-) -> Result<(String, Vec<Option<Tree>>), EnvelopeError> {
+) -> Result<(String, Option<(ClaimsTree, String)>), EnvelopeError> {
     let encode = |s: Signature| URL_SAFE_NO_PAD.encode(s.to_bytes());
     if leaves.len() == 1 {
-        return Ok((encode(key.sign(single)), vec![None]));
+        return Ok((encode(key.sign(single)), None));
     }
     let tree = claims_tree(leaves);
     let root = URL_SAFE_NO_PAD.encode(tree.root().as_bytes());
     let sig = encode(key.sign(&tree_head(&root, tree.len())?));
-    let trees = (0..leaves.len())
-        .map(|index| Some(place(&tree, &root, index)))
-        .collect();
-    Ok((sig, trees))
+    Ok((sig, Some((tree, root))))
 }
 
 /// What the origin states about a record version besides its content.
@@ -515,14 +513,14 @@ pub fn seal_tree_with(
         leaves.push(leaf);
         unsigned_all.push((claims, disclosures));
     }
-    let (sig, trees) = sign_leaves(&leaves, &single, key)?;
+    let (sig, tree) = sign_leaves(&leaves, &single, key)?;
     Ok(unsigned_all
         .into_iter()
-        .zip(trees)
-        .map(|((claims, disclosures), tree)| Envelope {
+        .enumerate()
+        .map(|(index, (claims, disclosures))| Envelope {
             claims,
             sig: sig.clone(),
-            tree,
+            tree: tree.as_ref().map(|(t, root)| place(t, root, index)),
             disclosures,
         })
         .collect())
@@ -723,7 +721,7 @@ impl StoredTree {
             .iter()
             .enumerate()
             .map(|(n, entry)| {
-                hash32(&entry.digest)
+                bytes32(&entry.digest)
                     .filter(|_| entry.seq == first + n as u64)
                     .ok_or(missing)
             })
@@ -751,11 +749,7 @@ impl Compact {
     /// what the node added: [`crate::record::parse_submitted`]), and the envelope's place in
     /// the tree it was signed in, if any ([`StoredTree::rebuild`]).
     fn rebuild(self, record: &Value, tree: Option<Tree>) -> Result<Envelope, String> {
-        let secret = URL_SAFE_NO_PAD
-            .decode(&self.secret)
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or("the salt secret is not base64url of 32 bytes")?;
+        let secret = bytes32(&self.secret).ok_or("the salt secret is not base64url of 32 bytes")?;
         let c = &self.claims;
         let seal = Seal {
             origin: &c.origin,
@@ -919,19 +913,21 @@ impl crate::store::Sealer for NodeSealer {
         while parts.peek().is_some() {
             let tree: Vec<_> = parts.by_ref().take(TREE_LEAVES).collect();
             let leaves: Vec<[u8; 32]> = tree.iter().map(|p| p.2).collect();
-            let (sig, trees) =
+            let (sig, signed) =
                 sign_leaves(&leaves, &tree[0].1, &self.key).map_err(|e| e.to_string())?;
-            for ((claims, _, leaf, secret), tree) in tree.into_iter().zip(trees) {
+            // The store keeps each version's place, not its path ([`StoredTree`]).
+            let size = leaves.len() as u64;
+            for (index, (claims, _, leaf, secret)) in tree.into_iter().enumerate() {
                 let compact = Compact {
                     claims: Claims {
                         digests: Vec::new(),
                         ..claims
                     },
                     sig: sig.clone(),
-                    tree: tree.map(|t| StoredTree {
-                        root: t.root,
-                        size: t.size,
-                        index: t.index,
+                    tree: signed.as_ref().map(|(_, root)| StoredTree {
+                        root: root.clone(),
+                        size,
+                        index: index as u64,
                     }),
                     digest: URL_SAFE_NO_PAD.encode(leaf),
                     secret: URL_SAFE_NO_PAD.encode(secret),
