@@ -31,7 +31,7 @@ use tantivy::schema::{
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 use tokio::sync::watch;
 
-use crate::record::{EventKeys, IndexKeys, ItemKeys, RecordId, event_summary};
+use crate::record::{DerivedItem, EventKeys, IndexKeys, ItemKeys, RecordId, event_summary};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -251,9 +251,14 @@ fn add_item_docs(
 
 /// The stored `hit` field: `{"item": …, "event": …}`, written without copying the item.
 #[derive(serde::Serialize)]
-struct Hit<'a> {
-    item: &'a serde_json::Map<String, serde_json::Value>,
+struct Hit<'a, I> {
+    item: &'a I,
     event: &'a serde_json::Value,
+}
+
+/// The JSON of a [`Hit`].
+fn hit_json<I: serde::Serialize>(item: &I, event: &serde_json::Value) -> String {
+    serde_json::to_string(&Hit { item, event }).unwrap_or_default()
 }
 
 /// Where [`item_docs`] takes each item's search keys from.
@@ -262,9 +267,10 @@ enum Keys {
     Stored,
     /// Normalised again from the raw text (`reindex`).
     Recompute,
-    /// Computed with the `derived` objects, one per object item in order
-    /// ([`crate::record::derive`]); items beyond them are read as `Stored`.
-    Given(Vec<IndexKeys>),
+    /// Computed as the record was written, one per object item in order
+    /// ([`crate::record::item_keys`]), for a record without its `derived` objects: the hit
+    /// shows them as [`crate::record::derive`] would. Items beyond them are read as `Stored`.
+    Given(Vec<ItemKeys>),
 }
 
 /// One document per item of a record version.
@@ -273,7 +279,7 @@ fn item_docs(
     id: &RecordId,
     version: u32,
     record: &serde_json::Value,
-    mut keys: Keys,
+    keys: Keys,
 ) -> Vec<TantivyDocument> {
     let event = EventKeys::from_record(record);
     let Some(items) = record.get("items").and_then(|v| v.as_array()) else {
@@ -282,16 +288,21 @@ fn item_docs(
     let summary = event_summary(record);
     let mut docs = Vec::with_capacity(items.len());
     for (n, item) in items.iter().filter_map(|i| i.as_object()).enumerate() {
-        let keys = match &mut keys {
-            Keys::Given(given) if n < given.len() => std::mem::take(&mut given[n]),
-            Keys::Recompute => IndexKeys::from(ItemKeys::from_item(item)),
-            Keys::Given(_) | Keys::Stored => IndexKeys::of(item),
+        let (keys, hit) = match &keys {
+            Keys::Given(given) if n < given.len() => {
+                let derived = given[n].derived(item);
+                let item = DerivedItem {
+                    item,
+                    derived: &derived,
+                };
+                (IndexKeys::from(&given[n]), hit_json(&item, &summary))
+            }
+            Keys::Recompute => (
+                IndexKeys::from(&ItemKeys::from_item(item)),
+                hit_json(item, &summary),
+            ),
+            Keys::Given(_) | Keys::Stored => (IndexKeys::of(item), hit_json(item, &summary)),
         };
-        let hit = serde_json::to_string(&Hit {
-            item,
-            event: &summary,
-        })
-        .unwrap_or_default();
         // Sized for the `hit` text and the keys, so adding them does not regrow its bytes.
         let mut d = TantivyDocument::with_capacity(hit.len() + 1024);
         d.add_text(fields.record_id, id.to_string());
@@ -481,14 +492,14 @@ impl SearchIndex {
 
     /// The documents of a record version about to be written, built while the record is in
     /// memory (see [`SearchIndex::offer`]), from its items' search keys as
-    /// [`crate::record::derive`] returned them (read from the record's `derived` objects for
+    /// [`crate::record::item_keys`] returned them (read from the record's `derived` objects for
     /// any item they do not cover).
     pub fn documents(
         &self,
         id: RecordId,
         version: u32,
         record: &serde_json::Value,
-        keys: Vec<IndexKeys>,
+        keys: Vec<ItemKeys>,
     ) -> Documents {
         Documents {
             id,

@@ -774,7 +774,8 @@ fn write_page(
 }
 
 /// The stored form of a verified envelope from a partner: the record its disclosures show,
-/// with identity fields from the signed claims and this node's `derived` interpretations.
+/// with identity fields from the signed claims (the store shows it with this node's `derived`
+/// interpretations as it reads it).
 pub fn replica_from(id: RecordId, envelope: &Envelope) -> Result<Replica, serde_json::Error> {
     keyed_replica(id, envelope).map(|(replica, _)| replica)
 }
@@ -784,7 +785,7 @@ pub fn replica_from(id: RecordId, envelope: &Envelope) -> Result<Replica, serde_
 fn keyed_replica(
     id: RecordId,
     envelope: &Envelope,
-) -> Result<(Replica, Vec<crate::record::IndexKeys>), serde_json::Error> {
+) -> Result<(Replica, Vec<crate::record::ItemKeys>), serde_json::Error> {
     let c = &envelope.claims;
     let mut record = envelope.record();
     if let Some(o) = record.as_object_mut() {
@@ -795,7 +796,7 @@ fn keyed_replica(
             o.insert("retracted".into(), json!(true));
         }
     }
-    let keys = crate::record::derive(&mut record);
+    let keys = crate::record::item_keys(&record);
     let replica = Replica {
         id,
         version: c.version,

@@ -128,7 +128,7 @@ fn index_keys_from_derived_equal_recomputed_keys() {
         derive(&mut record);
         for item in record["items"].as_array().unwrap() {
             let item = item.as_object().unwrap();
-            let recomputed = IndexKeys::from(ItemKeys::from_item(item));
+            let recomputed = IndexKeys::from(&ItemKeys::from_item(item));
             if let Some(read) = IndexKeys::from_derived(item) {
                 assert_eq!(read, recomputed, "{item:?}");
                 checked += 1;

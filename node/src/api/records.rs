@@ -64,6 +64,8 @@ pub async fn create(
             .into_iter()
             .next()
             .ok_or_else(|| ApiError::internal("empty write"))?;
+        // Shown as a read would show it, with this node's interpretations.
+        crate::record::derive(&mut prepared.record);
         Ok::<_, ApiError>((written, prepared.record))
     })
     .await??;

@@ -6,8 +6,9 @@
 //!   `designation`, and `headstamp` → `{"present": true, "raw_transcription": …}`);
 //! - assigns `record_id` (UUIDv7), `record_version`, `created_at`/`updated_at`,
 //!   `schema_version` when absent;
-//! - writes a node-owned `derived` object beside the raw `lot`, `headstamp` and `calibre` text
-//!   (method, confidence, `normaliser_version`), recomputed on every write.
+//! - shows a node-owned `derived` object beside the raw `lot`, `headstamp` and `calibre` text
+//!   (method, confidence, `normaliser_version`): [`derive`], as the store reads a record (it
+//!   keeps records without them, decision 0018).
 //!
 //! Validation refuses, with a JSON pointer to the field: any float (no floats in stored
 //! records), anything the schema refuses, unknown country codes, duplicate item ids, and a
@@ -86,9 +87,10 @@ pub struct Prepared {
     /// The version the submitter declared, if any.
     pub declared_version: Option<u32>,
     pub record: Value,
-    /// The search keys of its items, in order, computed with their `derived` objects (for
-    /// [`crate::index::SearchIndex::documents`]).
-    pub keys: Vec<IndexKeys>,
+    /// The search keys of its object items, in order (for
+    /// [`crate::index::SearchIndex::documents`]). The record itself carries no `derived`
+    /// objects: the store keeps it without them (see [`derive`]).
+    pub keys: Vec<ItemKeys>,
 }
 
 /// Validates submitted records for one node.
@@ -163,7 +165,7 @@ impl Validator {
         object
             .entry("updated_at")
             .or_insert_with(|| Value::String(now.into()));
-        let keys = derive(&mut value);
+        let keys = item_keys(&value);
         Ok(Prepared {
             id,
             declared_version,
@@ -512,6 +514,10 @@ pub fn without_node_fields(record: &Value) -> Value {
 /// Recomputes the node-owned `derived` objects and `normaliser_version` of a record. Returns
 /// the search keys of its items (the object ones, in order), which are what
 /// [`IndexKeys::of`] would read back from those `derived` objects.
+///
+/// The store keeps records without them and calls this as it reads one (decision 0018): they
+/// are a pure function of the raw text and the normaliser, so a read always shows the current
+/// normaliser's interpretations.
 pub fn derive(record: &mut Value) -> Vec<IndexKeys> {
     let mut index_keys = Vec::new();
     let Some(object) = record.as_object_mut() else {
@@ -526,60 +532,142 @@ pub fn derive(record: &mut Value) -> Vec<IndexKeys> {
     };
     for item in items.iter_mut().filter_map(Value::as_object_mut) {
         let keys = ItemKeys::from_item(item);
-        if let Some(lot_obj) = item.get_mut("lot").and_then(Value::as_object_mut)
-            && let Some(lot) = &keys.lot
-        {
-            let mut derived = serde_json::to_value(lot).unwrap_or(Value::Null);
-            if let Some(d) = derived.as_object_mut() {
-                let reading = keys.readings.first();
-                let identity = lot::identity_key(
-                    lot,
-                    reading.and_then(|r| r.manufacturer_code.as_deref()),
-                    reading.and_then(|r| r.year_gregorian),
-                );
-                d.insert("weak".into(), Value::Bool(identity.is_none()));
-                if let Some(identity) = identity {
-                    d.insert("identity_key".into(), Value::String(identity));
-                }
-                d.insert("method".into(), json!("lot_grammar"));
-                d.insert(
-                    "confidence".into(),
-                    json!(if lot.scheme == "unknown" {
-                        "low"
-                    } else {
-                        "medium"
-                    }),
-                );
-                d.insert("normaliser_version".into(), json!(NORMALISER_VERSION));
+        let derived = keys.derived(item);
+        let values = [
+            ("lot", derived.lot.as_ref().map(serde_json::to_value)),
+            (
+                "headstamp",
+                derived.headstamp.as_ref().map(serde_json::to_value),
+            ),
+            (
+                "calibre",
+                derived.calibre.as_ref().map(serde_json::to_value),
+            ),
+        ];
+        for (field, value) in values {
+            if let Some(Ok(value)) = value
+                && let Some(reading) = item.get_mut(field).and_then(Value::as_object_mut)
+            {
+                reading.insert("derived".into(), value);
             }
-            lot_obj.insert("derived".into(), derived);
         }
-        if let Some(hs_obj) = item.get_mut("headstamp").and_then(Value::as_object_mut)
-            && !keys.headstamp_tokens.is_empty()
-        {
-            hs_obj.insert(
-                "derived".into(),
-                json!({
-                    "tokens": keys.headstamp_tokens,
-                    // The three best readings; the rest add size, not information.
-                    "readings": keys.readings.iter().take(3).collect::<Vec<_>>(),
-                    "method": "headstamp_table",
-                    "normaliser_version": NORMALISER_VERSION,
-                }),
-            );
-        }
-        if let Some(cal_obj) = item.get_mut("calibre").and_then(Value::as_object_mut)
-            && let Some(calibre) = &keys.calibre
-        {
-            let mut derived = serde_json::to_value(calibre).unwrap_or(Value::Null);
-            if let Some(d) = derived.as_object_mut() {
-                d.insert("normaliser_version".into(), json!(NORMALISER_VERSION));
-            }
-            cal_obj.insert("derived".into(), derived);
-        }
-        index_keys.push(IndexKeys::from(keys));
+        index_keys.push(IndexKeys::from(&keys));
     }
     index_keys
+}
+
+/// The search keys of a record's object items, in order, without writing its `derived`
+/// objects (what a write needs: the store keeps the record without them).
+pub fn item_keys(record: &Value) -> Vec<ItemKeys> {
+    record
+        .get("items")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_object)
+                .map(ItemKeys::from_item)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `derived` object of a lot: its normal form and the identity key it gives with the
+/// item's headstamp.
+#[derive(Debug, Serialize)]
+pub struct LotDerived<'a> {
+    #[serde(flatten)]
+    lot: &'a lot::LotNorm,
+    weak: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identity_key: Option<String>,
+    method: &'static str,
+    confidence: &'static str,
+    normaliser_version: &'static str,
+}
+
+/// The `derived` object of a headstamp: its tokens and its three best readings (the rest add
+/// size, not information).
+#[derive(Debug, Serialize)]
+pub struct HeadstampDerived<'a> {
+    tokens: &'a [String],
+    readings: &'a [normalise::maker::HeadstampReading],
+    method: &'static str,
+    normaliser_version: &'static str,
+}
+
+/// The `derived` object of a calibre: its resolution.
+#[derive(Debug, Serialize)]
+pub struct CalibreDerived<'a> {
+    #[serde(flatten)]
+    calibre: &'a CalibreResolution,
+    normaliser_version: &'static str,
+}
+
+/// The `derived` objects of one item, each present only where its reading is an object with
+/// something to interpret ([`derive`] writes exactly these).
+#[derive(Debug)]
+pub struct ItemDerived<'a> {
+    pub lot: Option<LotDerived<'a>>,
+    pub headstamp: Option<HeadstampDerived<'a>>,
+    pub calibre: Option<CalibreDerived<'a>>,
+}
+
+/// An item as [`derive`] would leave it, written without building it: its fields as they are,
+/// each reading with its `derived` object last (for the index's stored hits).
+pub struct DerivedItem<'a> {
+    pub item: &'a Map<String, Value>,
+    pub derived: &'a ItemDerived<'a>,
+}
+
+impl Serialize for DerivedItem<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        /// A reading object with its `derived` object put last.
+        struct Reading<'a, D> {
+            object: &'a Map<String, Value>,
+            derived: &'a D,
+        }
+        impl<D: Serialize> Serialize for Reading<'_, D> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut map = serializer.serialize_map(None)?;
+                for (k, v) in self.object.iter().filter(|(k, _)| *k != "derived") {
+                    map.serialize_entry(k, v)?;
+                }
+                map.serialize_entry("derived", self.derived)?;
+                map.end()
+            }
+        }
+        let d = self.derived;
+        let mut map = serializer.serialize_map(Some(self.item.len()))?;
+        for (key, value) in self.item {
+            match (key.as_str(), value.as_object()) {
+                ("lot", Some(object)) if d.lot.is_some() => map.serialize_entry(
+                    key,
+                    &Reading {
+                        object,
+                        derived: &d.lot,
+                    },
+                )?,
+                ("headstamp", Some(object)) if d.headstamp.is_some() => map.serialize_entry(
+                    key,
+                    &Reading {
+                        object,
+                        derived: &d.headstamp,
+                    },
+                )?,
+                ("calibre", Some(object)) if d.calibre.is_some() => map.serialize_entry(
+                    key,
+                    &Reading {
+                        object,
+                        derived: &d.calibre,
+                    },
+                )?,
+                _ => map.serialize_entry(key, value)?,
+            }
+        }
+        map.end()
+    }
 }
 
 /// The searchable identifiers of one item, recomputed from its raw text by the current
@@ -629,6 +717,49 @@ impl ItemKeys {
             calibre,
         }
     }
+
+    /// The `derived` objects of `item` (whose keys these are), as [`derive`] writes them.
+    pub fn derived<'a>(&'a self, item: &Map<String, Value>) -> ItemDerived<'a> {
+        let is_object = |key: &str| item.get(key).is_some_and(Value::is_object);
+        let reading = self.readings.first();
+        ItemDerived {
+            lot: self.lot.as_ref().filter(|_| is_object("lot")).map(|lot| {
+                let identity_key = lot::identity_key(
+                    lot,
+                    reading.and_then(|r| r.manufacturer_code.as_deref()),
+                    reading.and_then(|r| r.year_gregorian),
+                );
+                LotDerived {
+                    lot,
+                    weak: identity_key.is_none(),
+                    identity_key,
+                    method: "lot_grammar",
+                    confidence: if lot.scheme == "unknown" {
+                        "low"
+                    } else {
+                        "medium"
+                    },
+                    normaliser_version: NORMALISER_VERSION,
+                }
+            }),
+            headstamp: (is_object("headstamp") && !self.headstamp_tokens.is_empty()).then(|| {
+                HeadstampDerived {
+                    tokens: &self.headstamp_tokens,
+                    readings: &self.readings[..self.readings.len().min(3)],
+                    method: "headstamp_table",
+                    normaliser_version: NORMALISER_VERSION,
+                }
+            }),
+            calibre: self
+                .calibre
+                .as_ref()
+                .filter(|_| is_object("calibre"))
+                .map(|calibre| CalibreDerived {
+                    calibre,
+                    normaliser_version: NORMALISER_VERSION,
+                }),
+        }
+    }
 }
 
 /// What the search index needs of one item: the keys of its lot, headstamp and calibre.
@@ -652,7 +783,7 @@ impl IndexKeys {
     /// wrote them (every write and every received replica is derived on arrival, so this is
     /// the common case and saves normalising twice), else recomputed from the raw text.
     pub fn of(item: &Map<String, Value>) -> IndexKeys {
-        IndexKeys::from_derived(item).unwrap_or_else(|| IndexKeys::from(ItemKeys::from_item(item)))
+        IndexKeys::from_derived(item).unwrap_or_else(|| IndexKeys::from(&ItemKeys::from_item(item)))
     }
 
     /// `None` unless every raw field present has a `derived` of the current normaliser.
@@ -711,8 +842,8 @@ impl IndexKeys {
     }
 }
 
-impl From<ItemKeys> for IndexKeys {
-    fn from(k: ItemKeys) -> IndexKeys {
+impl From<&ItemKeys> for IndexKeys {
+    fn from(k: &ItemKeys) -> IndexKeys {
         let first = k.readings.first();
         IndexKeys {
             identity: k.lot.as_ref().and_then(|l| {
@@ -724,16 +855,23 @@ impl From<ItemKeys> for IndexKeys {
             }),
             maker: first.and_then(|r| r.manufacturer_code.clone()),
             year: first.and_then(|r| r.year_gregorian).map(i64::from),
-            lot: k.lot.map(|l| (l.folded, l.key, l.skeleton)),
-            headstamp_tokens: k.headstamp_tokens,
+            lot: k
+                .lot
+                .as_ref()
+                .map(|l| (l.folded.clone(), l.key.clone(), l.skeleton.clone())),
+            headstamp_tokens: k.headstamp_tokens.clone(),
             calibres: k
                 .calibre
                 .as_ref()
                 .map(|c| c.candidates.clone())
                 .unwrap_or_default(),
-            families: k.calibre.map(|c| c.families).unwrap_or_default(),
-            item_id: k.item_id,
-            category: k.category,
+            families: k
+                .calibre
+                .as_ref()
+                .map(|c| c.families.clone())
+                .unwrap_or_default(),
+            item_id: k.item_id.clone(),
+            category: k.category.clone(),
         }
     }
 }
@@ -855,8 +993,10 @@ pub(crate) mod tests {
     }
 
     /// The search keys `derive` hands the index are exactly what the index would read back
-    /// from the `derived` objects it wrote, and what normalising the raw text again gives:
-    /// over every record of the shared dev set (real transcription variants).
+    /// from the `derived` objects it wrote, and what normalising the raw text again gives;
+    /// and an item as a write shows it (`item_keys`, then `DerivedItem`) is, byte for byte,
+    /// the item `derive` makes: over every record of the shared dev set (real transcription
+    /// variants).
     #[test]
     fn derived_keys_equal_the_keys_read_back_and_recomputed() {
         let path = concat!(
@@ -865,9 +1005,36 @@ pub(crate) mod tests {
         );
         let text = std::fs::read_to_string(path).unwrap();
         let mut items = 0;
+        let mut shown = 0;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let mut record: Value = serde_json::from_str(line).unwrap();
+            if let Some(o) = record.as_object_mut() {
+                strip_derived(o);
+            }
+            let written = item_keys(&record);
+            let bare = record.clone();
             let keys = derive(&mut record);
+            let bare_items = bare["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_object);
+            let derived_items = record["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_object);
+            for ((k, item), derived) in written.iter().zip(bare_items).zip(derived_items) {
+                let view = DerivedItem {
+                    item,
+                    derived: &k.derived(item),
+                };
+                assert_eq!(
+                    serde_json::to_string(&view).unwrap(),
+                    serde_json::to_string(derived).unwrap()
+                );
+                shown += usize::from(derived.values().any(|v| v.get("derived").is_some()));
+            }
             let objects: Vec<_> = record["items"]
                 .as_array()
                 .unwrap()
@@ -877,11 +1044,12 @@ pub(crate) mod tests {
             assert_eq!(keys.len(), objects.len());
             for (keys, item) in keys.iter().zip(objects) {
                 assert_eq!(keys, &IndexKeys::of(item), "{item:?}");
-                assert_eq!(keys, &IndexKeys::from(ItemKeys::from_item(item)));
+                assert_eq!(keys, &IndexKeys::from(&ItemKeys::from_item(item)));
                 items += 1;
             }
         }
         assert!(items > 6_000, "{items} items");
+        assert!(shown > 6_000, "{shown} items with interpretations");
     }
 
     proptest! {
@@ -907,9 +1075,13 @@ pub(crate) mod tests {
                 "2026-01-01T00:00:00Z",
             )
             .unwrap();
-        let stored = serde_json::to_vec(&prepared.record).unwrap();
+        // As a store written before decision 0018 kept it: with its interpretations.
+        let mut record = prepared.record.clone();
+        derive(&mut record);
+        let stored = serde_json::to_vec(&record).unwrap();
         assert!(String::from_utf8_lossy(&stored).contains("\"derived\""));
         let submitted = parse_submitted(&stored).unwrap();
+        assert_eq!(submitted, without_node_fields(&record));
         assert_eq!(submitted, without_node_fields(&prepared.record));
         assert!(!submitted.to_string().contains("derived"));
         assert_eq!(submitted["items"][0]["lot"]["raw"], "LC19A001-002");
@@ -936,9 +1108,17 @@ pub(crate) mod tests {
             .unwrap();
         let item = &p.record["items"][0];
         assert_eq!(item["lot"]["raw"], "21-85");
-        assert_eq!(item["lot"]["derived"]["key"], "2185");
         assert_eq!(item["headstamp"]["raw_transcription"], "539 85");
+        // The record is kept without interpretations; its keys carry them, and a read shows
+        // them (`derive`).
+        assert!(!p.record.to_string().contains("derived"));
+        assert_eq!(p.keys[0].lot.as_ref().unwrap().key, "2185");
+        let mut shown = p.record.clone();
+        derive(&mut shown);
+        let item = &shown["items"][0];
+        assert_eq!(item["lot"]["derived"]["key"], "2185");
         assert_eq!(item["calibre"]["derived"]["canonical_id"], "7.62x39");
+        assert_eq!(shown["normaliser_version"], NORMALISER_VERSION);
         assert_eq!(p.record["record_id"], p.id.to_string());
         assert_eq!(p.id.0.get_version_num(), 7);
     }

@@ -197,6 +197,12 @@ pub struct Written {
     pub seq: u64,
 }
 
+/// A stored record as a reader sees it: with this node's `derived` interpretations.
+fn shown(mut record: Value) -> Value {
+    crate::record::derive(&mut record);
+    record
+}
+
 /// One entry of the change log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Change {
@@ -660,7 +666,7 @@ impl Store {
             return Err(StoreError::Foreign(id));
         }
         let mut record = self
-            .get(&id, Some(head.version))?
+            .get_stored(&id, Some(head.version))?
             .ok_or(StoreError::NotFound(id))?;
         let next = head
             .version
@@ -751,8 +757,15 @@ impl Store {
             .and_then(decode_head))
     }
 
-    /// A version of a record (the latest when `version` is `None`).
+    /// A version of a record (the latest when `version` is `None`), with this node's `derived`
+    /// interpretations ([`crate::record::derive`], computed as it is read: decision 0018).
     pub fn get(&self, id: &RecordId, version: Option<u32>) -> Result<Option<Value>, StoreError> {
+        Ok(self.get_stored(id, version)?.map(shown))
+    }
+
+    /// A version of a record as stored: without `derived` interpretations (except for versions
+    /// written before decision 0018, which kept them).
+    fn get_stored(&self, id: &RecordId, version: Option<u32>) -> Result<Option<Value>, StoreError> {
         let Some(version) = self.version_or_head(id, version)? else {
             return Ok(None);
         };
@@ -789,13 +802,13 @@ impl Store {
         Ok(record)
     }
 
-    /// Every version of a record, oldest first.
+    /// Every version of a record, oldest first, as [`Store::get`] shows them.
     pub fn versions(&self, id: &RecordId) -> Result<Vec<Value>, StoreError> {
         self.versions
             .scan_prefix(id.as_bytes())
             .map(|kv| {
                 let (_, bytes) = kv?;
-                self.whole(&bytes, id)
+                self.whole(&bytes, id).map(shown)
             })
             .collect()
     }
@@ -1315,10 +1328,11 @@ pub(crate) mod tests {
             .unwrap()
     }
 
-    /// Headstamp and calibre interpretations are stored once however many versions refer to
-    /// them, every read puts them back, and readers that skip them get the record without.
+    /// Records are kept without their interpretations (decision 0018): nothing goes to the
+    /// `interpretations` tree, every read shows them as `record::derive` makes them, and
+    /// readers that skip them (`bare_with`) get the record as written.
     #[test]
-    fn interpretations_are_kept_once_and_records_read_back_whole() {
+    fn records_are_kept_bare_and_read_back_with_their_interpretations() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut batch = vec![
@@ -1326,67 +1340,46 @@ pub(crate) mod tests {
             prepared_with("LC10A000-002", "LC 10", "5.56x45mm NATO"),
             prepared_with("WCC10A000-001", "WCC 10", "5.56x45mm NATO"),
         ];
+        let shown = |record: &Value| {
+            let mut record = record.clone();
+            crate::record::derive(&mut record);
+            record
+        };
         for p in &batch {
-            let item = &p.record["items"][0];
-            assert!(item["headstamp"]["derived"].is_object(), "{item}");
-            assert!(item["calibre"]["derived"].is_object(), "{item}");
+            assert!(!p.record.to_string().contains("derived"), "{}", p.record);
         }
         let written = store.create_batch(&mut batch, &sealer()).unwrap();
-        // Two headstamps, one calibre.
-        assert_eq!(store.interpretations.len(), 3);
+        assert_eq!(store.interpretations.len(), 0);
         for (w, p) in written.iter().zip(&batch) {
+            let expected = shown(&p.record);
+            assert!(expected["items"][0]["headstamp"]["derived"].is_object());
+            assert!(expected["items"][0]["calibre"]["derived"].is_object());
+            assert!(expected["items"][0]["lot"]["derived"].is_object());
             // Equal as text too: every key where it was (`Value` equality ignores order).
             assert_eq!(
                 to_bytes(&store.get(&w.id, None).unwrap().unwrap()),
-                to_bytes(&p.record)
+                to_bytes(&expected)
             );
-            assert_eq!(store.versions(&w.id).unwrap(), vec![p.record.clone()]);
-            let value = store
-                .versions
-                .get(version_key(&w.id, w.version))
-                .unwrap()
-                .unwrap();
-            let (envelope, bytes) = split_version(&value, &"x").unwrap();
-            assert!(envelope.is_some());
-            let whole = pack(&to_bytes(&p.record));
-            assert!(
-                bytes.len() * 3 < whole.len() * 2,
-                "{} bytes against {}",
-                bytes.len(),
-                whole.len()
-            );
+            assert_eq!(store.versions(&w.id).unwrap(), vec![expected]);
             let bare = store
                 .stored(&w.id, w.version)
                 .unwrap()
                 .unwrap()
                 .bare_with(|json| serde_json::from_slice::<Value>(json))
                 .unwrap();
-            let mut expected = p.record.clone();
-            for field in ["headstamp", "calibre"] {
-                expected["items"][0][field]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("derived");
-            }
-            assert_eq!(bare, expected);
-            assert!(bare["items"][0]["lot"]["derived"].is_object());
+            assert_eq!(to_bytes(&bare), to_bytes(&p.record));
         }
-        // A new version with the same readings adds none; a new headstamp adds one.
-        let mut update = prepared_with("LC10A000-009", "LC 10", "5.56x45mm NATO");
-        update.id = written[0].id;
-        store.update(update.clone(), &sealer()).unwrap();
-        assert_eq!(store.interpretations.len(), 3);
+        // A new version shows its own readings.
         let mut next = prepared_with("LC10A000-009", "FC 18", "5.56x45mm NATO");
         next.id = written[0].id;
         store.update(next.clone(), &sealer()).unwrap();
-        assert_eq!(store.interpretations.len(), 4);
         let versions = store.versions(&written[0].id).unwrap();
-        assert_eq!(versions.len(), 3);
+        assert_eq!(versions.len(), 2);
         assert_eq!(
-            versions[2]["items"][0]["headstamp"],
-            next.record["items"][0]["headstamp"]
+            versions[1]["items"][0]["headstamp"]["derived"]["tokens"],
+            json!(["FC", "18"])
         );
-        // A retraction is a version like any other.
+        // A retraction is a version like any other, kept bare too.
         store
             .retract(
                 written[1].id,
@@ -1397,16 +1390,17 @@ pub(crate) mod tests {
             .unwrap();
         let retracted = store.get(&written[1].id, None).unwrap().unwrap();
         assert_eq!(retracted["retracted"], true);
-        assert_eq!(retracted["items"], batch[1].record["items"]);
-        // They survive a reopen, as the versions referring to them do.
+        assert_eq!(retracted["items"], shown(&batch[1].record)["items"]);
+        let kept = store.get_stored(&written[1].id, None).unwrap().unwrap();
+        assert!(!kept.to_string().contains("derived"), "{kept}");
+        assert_eq!(store.interpretations.len(), 0);
         store.flush().unwrap();
         drop(store);
         let store = reopen(dir.path());
         assert_eq!(
             to_bytes(&store.get(&written[2].id, None).unwrap().unwrap()),
-            to_bytes(&batch[2].record)
+            to_bytes(&shown(&batch[2].record))
         );
-        assert_eq!(store.interpretations.len(), 4);
     }
 
     /// A `derived` that is not an object (a partner's record can carry anything the origin
@@ -1414,7 +1408,9 @@ pub(crate) mod tests {
     /// reported as corruption, not read as a record without it.
     #[test]
     fn only_object_interpretations_are_kept_apart_and_a_missing_one_is_corruption() {
+        // A record as stores written before decision 0018 kept it: with its interpretations.
         let mut record = prepared_with("LC10A000-001", "LC 10", "9mm").record;
+        crate::record::derive(&mut record);
         record["items"][0]["calibre"]["derived"] = json!("a string");
         // A headstamp whose interpretation is not its last key stays whole too, so that a
         // read gives back every key where it was.
