@@ -11,7 +11,7 @@
 //! [`Tree`], the proof that its claims are a leaf of that tree.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -702,9 +702,14 @@ struct StoredTree {
 }
 
 impl StoredTree {
-    /// The envelope's [`Tree`]: the leaves are the own log's digests of the versions signed
-    /// with this one (`digest` its own), and they must hash to the stored root.
-    fn rebuild(&self, store: &crate::store::Store, seq: u64, digest: &str) -> Result<Tree, String> {
+    /// The tree: its leaves are the own log's digests of the versions signed with this one
+    /// (`digest` its own, at `index`), and they must hash to the stored root.
+    fn rebuild(
+        &self,
+        store: &crate::store::Store,
+        seq: u64,
+        digest: &str,
+    ) -> Result<ClaimsTree, String> {
         let size = usize::try_from(self.size)
             .ok()
             .filter(|&n| (1..=TREE_LEAVES).contains(&n))
@@ -734,7 +739,7 @@ impl StoredTree {
         if URL_SAFE_NO_PAD.encode(tree.root().as_bytes()) != self.root {
             return Err("the own log's digests do not make the signed tree".into());
         }
-        Ok(place(&tree, &self.root, index))
+        Ok(tree)
     }
 }
 
@@ -789,7 +794,9 @@ pub fn load(
     id: &crate::record::RecordId,
     version: u32,
 ) -> Result<Option<Envelope>, LoadError> {
-    Ok(read(store, id, version)?.map(|(envelope, _)| envelope))
+    Ok(Loader::new(store)
+        .read(id, version)?
+        .map(|(envelope, _)| envelope))
 }
 
 /// [`load`], with the record the envelope discloses in full ([`Envelope::record`]), which
@@ -799,49 +806,92 @@ pub fn load_with_record(
     id: &crate::record::RecordId,
     version: u32,
 ) -> Result<Option<(Envelope, Value)>, LoadError> {
-    Ok(read(store, id, version)?.map(|(envelope, record)| {
-        let record = record.unwrap_or_else(|| envelope.record());
-        (envelope, record)
-    }))
+    Loader::new(store).with_record(id, version)
 }
 
-/// The stored envelope, and for an own one the record it was rebuilt from.
-fn read(
-    store: &crate::store::Store,
-    id: &crate::record::RecordId,
-    version: u32,
-) -> Result<Option<(Envelope, Option<Value>)>, LoadError> {
-    let corrupt = |e: String| LoadError::Corrupt(*id, version, e);
-    // Stored bytes that do not decode are this version's problem, not the store's: callers
-    // that can leave one version out (a partner's query) do.
-    let stored_error = |e: crate::store::StoreError| match e {
-        crate::store::StoreError::Corrupt(e) => corrupt(e),
-        e => LoadError::Store(e),
-    };
-    let Some(stored) = store.stored(id, version).map_err(stored_error)? else {
-        return Ok(None);
-    };
-    let Some(bytes) = stored.envelope().map_err(stored_error)? else {
-        return Ok(None);
-    };
-    let Some((&COMPACT, compact)) = bytes.split_first() else {
-        return serde_json::from_slice(&bytes)
-            .map(|envelope| Some((envelope, None)))
-            .map_err(|e| corrupt(e.to_string()));
-    };
-    let compact: Compact = serde_json::from_slice(compact).map_err(|e| corrupt(e.to_string()))?;
-    let record = stored
-        .bare_with(crate::record::parse_submitted)
-        .map_err(stored_error)?;
-    let tree = match &compact.tree {
-        Some(t) => Some(
-            t.rebuild(store, compact.claims.seq, &compact.digest)
-                .map_err(corrupt)?,
-        ),
-        None => None,
-    };
-    let envelope = compact.rebuild(&record, tree).map_err(corrupt)?;
-    Ok(Some((envelope, Some(record))))
+/// Loads stored envelopes like [`load_with_record`], making each tree an own version was
+/// signed in ([`StoredTree`]) once: a feed page or a query's hits load many versions of the
+/// same trees, and each tree otherwise costs a read of the own log and its hashes.
+pub struct Loader<'a> {
+    store: &'a crate::store::Store,
+    /// Trees made from the own log and checked against their root, by root.
+    trees: HashMap<String, ClaimsTree>,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(store: &'a crate::store::Store) -> Self {
+        Loader {
+            store,
+            trees: HashMap::new(),
+        }
+    }
+
+    /// [`load_with_record`].
+    pub fn with_record(
+        &mut self,
+        id: &crate::record::RecordId,
+        version: u32,
+    ) -> Result<Option<(Envelope, Value)>, LoadError> {
+        Ok(self.read(id, version)?.map(|(envelope, record)| {
+            let record = record.unwrap_or_else(|| envelope.record());
+            (envelope, record)
+        }))
+    }
+
+    /// The stored envelope, and for an own one the record it was rebuilt from.
+    fn read(
+        &mut self,
+        id: &crate::record::RecordId,
+        version: u32,
+    ) -> Result<Option<(Envelope, Option<Value>)>, LoadError> {
+        let corrupt = |e: String| LoadError::Corrupt(*id, version, e);
+        // Stored bytes that do not decode are this version's problem, not the store's:
+        // callers that can leave one version out (a partner's query) do.
+        let stored_error = |e: crate::store::StoreError| match e {
+            crate::store::StoreError::Corrupt(e) => corrupt(e),
+            e => LoadError::Store(e),
+        };
+        let Some(stored) = self.store.stored(id, version).map_err(stored_error)? else {
+            return Ok(None);
+        };
+        let Some(bytes) = stored.envelope().map_err(stored_error)? else {
+            return Ok(None);
+        };
+        let Some((&COMPACT, compact)) = bytes.split_first() else {
+            return serde_json::from_slice(&bytes)
+                .map(|envelope| Some((envelope, None)))
+                .map_err(|e| corrupt(e.to_string()));
+        };
+        let compact: Compact =
+            serde_json::from_slice(compact).map_err(|e| corrupt(e.to_string()))?;
+        let record = stored
+            .bare_with(crate::record::parse_submitted)
+            .map_err(stored_error)?;
+        let tree = match &compact.tree {
+            Some(t) => Some(self.place(t, &compact).map_err(corrupt)?),
+            None => None,
+        };
+        let envelope = compact.rebuild(&record, tree).map_err(corrupt)?;
+        Ok(Some((envelope, Some(record))))
+    }
+
+    /// The [`Tree`] of a compact own version: from a tree already made and checked when its
+    /// leaf there is this version's digest, otherwise made from the own log.
+    fn place(&mut self, stored: &StoredTree, compact: &Compact) -> Result<Tree, String> {
+        let index = usize::try_from(stored.index).unwrap_or(usize::MAX);
+        if let Some(tree) = self.trees.get(&stored.root)
+            && tree.len() == stored.size
+            && tree
+                .get(index)
+                .is_some_and(|leaf| URL_SAFE_NO_PAD.encode(leaf) == compact.digest)
+        {
+            return Ok(place(tree, &stored.root, index));
+        }
+        let tree = stored.rebuild(self.store, compact.claims.seq, &compact.digest)?;
+        let made = place(&tree, &stored.root, index);
+        self.trees.insert(stored.root.clone(), tree);
+        Ok(made)
+    }
 }
 
 /// Seals own record versions as the store writes them, with the node's current key. What it
@@ -1643,6 +1693,12 @@ mod tests {
         assert!(refused(compact(), &record).contains("no longer matches"));
     }
 
+    fn compact_with_digest(stored: &[u8], digest: &str) -> Compact {
+        let mut compact: Compact = serde_json::from_slice(&stored[1..]).unwrap();
+        compact.digest = digest.to_owned();
+        compact
+    }
+
     /// An own version signed in a tree is stored with the tree's root only; its path is made
     /// again from the own log, and a root, place or digest that does not fit is refused.
     #[test]
@@ -1662,9 +1718,26 @@ mod tests {
             assert_eq!(tree.root, envelopes[0].tree.as_ref().unwrap().root);
             assert!(!tree.path.is_empty());
         }
+        // One loader makes the tree once and gives the same envelopes.
+        let mut loader = Loader::new(&store);
+        for (w, e) in written.iter().zip(&envelopes) {
+            let (loaded, record) = loader.with_record(&w.id, w.version).unwrap().unwrap();
+            assert_eq!(&loaded, e);
+            assert_eq!(record, e.record());
+        }
+        assert_eq!(loader.trees.len(), 1);
         let w = &written[2];
         let stored = store.envelope(&w.id, w.version).unwrap().unwrap();
         let compact: Compact = serde_json::from_slice(&stored[1..]).unwrap();
+        // A tree already made serves a version only if its leaf there is the version's digest.
+        let mut other = compact_with_digest(&stored, &envelopes[1].claims.digest().unwrap());
+        assert!(
+            loader
+                .place(compact.tree.as_ref().unwrap(), &other)
+                .is_err()
+        );
+        other.digest = compact.digest.clone();
+        assert!(loader.place(compact.tree.as_ref().unwrap(), &other).is_ok());
         assert!(
             stored.len() < 600,
             "{} bytes stored for an own envelope",

@@ -148,6 +148,8 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
     let store = node.store();
     let replicate = peer.policy.mode == Mode::Replicate;
     let changes = store.own_changes_after(after, limit)?;
+    // Each tree of versions signed together is made once a page.
+    let mut envelopes = crate::envelope::Loader::new(store);
     let mut entries = Vec::with_capacity(changes.len());
     let mut sent = Vec::new();
     let mut disclosed_paths = std::collections::BTreeSet::new();
@@ -162,8 +164,8 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
             });
             continue;
         }
-        let (envelope, submitted) = node
-            .envelope_with_record(&change.id, change.version)?
+        let (envelope, submitted) = envelopes
+            .with_record(&change.id, change.version)?
             .ok_or_else(|| anyhow::anyhow!("no envelope for {}@{}", change.id, change.version))?;
         let retraction = envelope.claims.retracted;
         let shared = if replicate {
