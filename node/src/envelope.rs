@@ -118,7 +118,12 @@ pub struct Claims {
 impl Claims {
     /// `base64url(SHA-256(JCS(claims)))`: what the next change's `prev` names.
     pub fn digest(&self) -> Result<String, EnvelopeError> {
-        Ok(b64_sha256(&self.canonical()?))
+        Ok(URL_SAFE_NO_PAD.encode(self.leaf()?))
+    }
+
+    /// `SHA-256(JCS(claims))`: the claims' leaf in the tree they were signed in, if any.
+    pub fn leaf(&self) -> Result<[u8; 32], EnvelopeError> {
+        Ok(Sha256::digest(self.canonical()?).into())
     }
 
     /// RFC 8785 form of the claims: what is signed. The claims hold only strings, booleans,
@@ -614,15 +619,31 @@ fn salts_from(secret: [u8; 32]) -> impl FnMut(&str) -> String {
 /// Verifies many envelopes as [`Envelope::verify`] does, faster: in two halves on two
 /// threads, each half's signatures in one ed25519 batch. When a batch fails, each of its
 /// signatures is checked alone (strictly) to name the first bad envelope. Errors carry the
-/// envelope's position; the first bad one is named.
-pub fn verify_all(items: &[(&Envelope, VerifyingKey)]) -> Result<(), (usize, EnvelopeError)> {
-    if items.len() < 32 {
-        return verify_chunk(0, items);
+/// envelope's position; the first bad one is named. `leaves`, when given, holds each
+/// envelope's [`Claims::leaf`] as the caller computed it from the same claims (a feed page's
+/// chain check does), so it is not computed twice; it must be as long as `items`.
+pub fn verify_all(
+    items: &[(&Envelope, VerifyingKey)],
+    leaves: Option<&[[u8; 32]]>,
+) -> Result<(), (usize, EnvelopeError)> {
+    if leaves.is_some_and(|l| l.len() != items.len()) {
+        return Err((
+            0,
+            EnvelopeError::Tree("one leaf per envelope is needed".into()),
+        ));
     }
-    let (a, b) = items.split_at(items.len() / 2);
+    if items.len() < 32 {
+        return verify_chunk(0, items, leaves);
+    }
+    let half = items.len() / 2;
+    let (a, b) = items.split_at(half);
+    let (la, lb) = match leaves {
+        Some(l) => (Some(&l[..half]), Some(&l[half..])),
+        None => (None, None),
+    };
     std::thread::scope(|scope| {
-        let second = scope.spawn(|| verify_chunk(a.len(), b));
-        let first = verify_chunk(0, a);
+        let second = scope.spawn(|| verify_chunk(a.len(), b, lb));
+        let first = verify_chunk(0, a, la);
         let second = second
             .join()
             .unwrap_or(Err((a.len(), EnvelopeError::BadSignature)));
@@ -633,6 +654,7 @@ pub fn verify_all(items: &[(&Envelope, VerifyingKey)]) -> Result<(), (usize, Env
 fn verify_chunk(
     offset: usize,
     items: &[(&Envelope, VerifyingKey)],
+    leaves: Option<&[[u8; 32]]>,
 ) -> Result<(), (usize, EnvelopeError)> {
     // Envelopes signed in one tree share their signed message, key and signature: each
     // distinct one is verified once, on behalf of the first envelope that carried it.
@@ -645,7 +667,8 @@ fn verify_chunk(
         env.check_key(key)
             .and_then(|()| env.check_disclosures())
             .map_err(at)?;
-        let message = env.signed_message().map_err(at)?;
+        let leaf = leaves.and_then(|l| l.get(n).copied());
+        let message = env.signed_message(leaf).map_err(at)?;
         let signature = env.signature().map_err(at)?;
         let repeat = messages.last() == Some(&message)
             && signatures.last() == Some(&signature)
@@ -1022,19 +1045,23 @@ impl Envelope {
     /// listed, carries no float, and has a path of its own.
     pub fn verify(&self, key: &VerifyingKey) -> Result<(), EnvelopeError> {
         self.check_key(key)?;
-        key.verify_strict(&self.signed_message()?, &self.signature()?)
+        key.verify_strict(&self.signed_message(None)?, &self.signature()?)
             .map_err(|_| EnvelopeError::BadSignature)?;
         self.check_disclosures()
     }
 
     /// What the signature is over: `JCS(claims)`, or, for claims signed in a tree, the tree's
     /// head once the claims are shown to be its leaf.
-    fn signed_message(&self) -> Result<Vec<u8>, EnvelopeError> {
-        let claims = self.claims.canonical()?;
+    /// What the signature covers: the canonical claims, or the head of the tree whose leaf
+    /// they are (`leaf`: their [`Claims::leaf`], if already computed).
+    fn signed_message(&self, leaf: Option<[u8; 32]>) -> Result<Vec<u8>, EnvelopeError> {
         let Some(tree) = &self.tree else {
-            return Ok(claims);
+            return self.claims.canonical();
         };
-        tree.check(Sha256::digest(&claims).into())?;
+        tree.check(match leaf {
+            Some(leaf) => leaf,
+            None => self.claims.leaf()?,
+        })?;
         tree.head()
     }
 
@@ -1378,19 +1405,22 @@ mod tests {
         let vk = key().verifying_key();
         let envs: Vec<Envelope> = (0..40).map(|_| seal_sample()).collect();
         let items: Vec<(&Envelope, VerifyingKey)> = envs.iter().map(|e| (e, vk)).collect();
-        verify_all(&items).unwrap();
+        verify_all(&items, None).unwrap();
         let mut bad = envs.clone();
         bad[33].claims.seq = 6;
         bad[35].disclosures[0].2 = json!("x");
         let items: Vec<(&Envelope, VerifyingKey)> = bad.iter().map(|e| (e, vk)).collect();
         // Disclosures are checked first: 35 is named before the signature pass finds 33.
         assert!(matches!(
-            verify_all(&items),
+            verify_all(&items, None),
             Err((35, EnvelopeError::Unlisted(_)))
         ));
         bad[35] = envs[35].clone();
         let items: Vec<(&Envelope, VerifyingKey)> = bad.iter().map(|e| (e, vk)).collect();
-        assert_eq!(verify_all(&items), Err((33, EnvelopeError::BadSignature)));
+        assert_eq!(
+            verify_all(&items, None),
+            Err((33, EnvelopeError::BadSignature))
+        );
     }
 
     /// Claims signed together share one signature over a Merkle tree of their digests: each
@@ -1438,7 +1468,19 @@ mod tests {
                 assert_eq!(serde_json::from_str::<Envelope>(&wire).unwrap(), *e);
             }
             let items: Vec<(&Envelope, VerifyingKey)> = envs.iter().map(|e| (e, vk)).collect();
-            verify_all(&items).unwrap();
+            verify_all(&items, None).unwrap();
+            // Leaves the caller computed are used as given: the right ones verify, another
+            // envelope's leaf fails the path check, and a short list is refused.
+            let mut leaves: Vec<[u8; 32]> = envs.iter().map(|e| e.claims.leaf().unwrap()).collect();
+            verify_all(&items, Some(&leaves)).unwrap();
+            if n > 1 {
+                leaves.swap(0, 1);
+                assert!(matches!(
+                    verify_all(&items, Some(&leaves)),
+                    Err((0, EnvelopeError::Tree(_)))
+                ));
+                assert!(verify_all(&items, Some(&leaves[1..])).is_err());
+            }
         }
         let envs = seal_n(5);
         let tree_error = |e: &Envelope| matches!(e.verify(&vk), Err(EnvelopeError::Tree(_)));
@@ -1476,7 +1518,10 @@ mod tests {
         let mut mixed = envs.clone();
         mixed[3].sig = seal_n(5)[3].sig.clone();
         let items: Vec<(&Envelope, VerifyingKey)> = mixed.iter().map(|e| (e, vk)).collect();
-        assert_eq!(verify_all(&items), Err((3, EnvelopeError::BadSignature)));
+        assert_eq!(
+            verify_all(&items, None),
+            Err((3, EnvelopeError::BadSignature))
+        );
     }
 
     #[test]

@@ -561,6 +561,9 @@ mod tests {
         init(dir.path(), "XAA").unwrap();
         let first = Identity::load(dir.path(), "XAA").unwrap();
         let pinned = first.verifying_key();
+        // Times have millisecond precision: a rotation within the key's first millisecond
+        // would leave it no time of its own to check below.
+        std::thread::sleep(std::time::Duration::from_millis(5));
         let second_id = rotate(dir.path(), "XAA").unwrap();
         let second = Identity::load(dir.path(), "XAA").unwrap();
         assert_eq!(second.key_id(), second_id);

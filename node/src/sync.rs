@@ -368,6 +368,7 @@ pub fn verify_page(peer: &Peer, cursor: &Cursor, page: &FeedPage) -> Result<Curs
     let mut expected = cursor.after + 1;
     let mut prev = cursor.prev.clone();
     let mut to_verify = Vec::new();
+    let mut leaves = Vec::new();
     let mut seqs = Vec::new();
     let mut last_key: Option<(&str, &str, ed25519_dalek::VerifyingKey)> = None;
     for entry in &page.entries {
@@ -388,8 +389,10 @@ pub fn verify_page(peer: &Peer, cursor: &Cursor, page: &FeedPage) -> Result<Curs
             if c.prev != prev {
                 return Err(format!("change {}: the hash chain is broken", entry.seq));
             }
-            let digest = c.digest().map_err(|e| e.to_string())?;
-            if digest != entry.digest {
+            let leaf = c.leaf().map_err(|e| e.to_string())?;
+            if base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, leaf)
+                != entry.digest
+            {
                 return Err(format!(
                     "change {}: digest does not match the claims",
                     entry.seq
@@ -410,12 +413,13 @@ pub fn verify_page(peer: &Peer, cursor: &Cursor, page: &FeedPage) -> Result<Curs
                 return Err(format!("change {}: bad record id", entry.seq));
             }
             to_verify.push((env, key));
+            leaves.push(leaf);
             seqs.push(entry.seq);
         }
         prev = entry.digest.clone();
         expected += 1;
     }
-    crate::envelope::verify_all(&to_verify)
+    crate::envelope::verify_all(&to_verify, Some(&leaves))
         .map_err(|(n, e)| format!("change {}: {e}", seqs.get(n).copied().unwrap_or(0)))?;
     Ok(Cursor {
         after: expected - 1,

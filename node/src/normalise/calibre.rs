@@ -1496,9 +1496,14 @@ impl CalibreTable {
     /// Resolves a raw calibre string with the embedded table, remembering recent strings
     /// (see [`super::Memo`]).
     pub fn resolve_embedded(raw: &str) -> CalibreResolution {
+        CalibreResolution::clone(&Self::resolve_shared(raw))
+    }
+
+    /// [`CalibreTable::resolve_embedded`], shared with every other caller of the same text.
+    pub fn resolve_shared(raw: &str) -> std::sync::Arc<CalibreResolution> {
         static MEMO: LazyLock<super::Memo<CalibreResolution>> =
             LazyLock::new(|| super::Memo::new(4096));
-        CalibreResolution::clone(&MEMO.get(raw, |raw| EMBEDDED.resolve(raw)))
+        MEMO.get(raw, |raw| EMBEDDED.resolve(raw))
     }
 
     /// Resolves a raw calibre string. Total and deterministic on any input.

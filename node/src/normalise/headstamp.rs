@@ -147,9 +147,14 @@ pub fn tokenise(raw: &str) -> (Vec<String>, Vec<String>) {
 
 /// Tokenises and reads a transcription.
 pub fn normalise(raw: &str) -> HeadstampNorm {
+    HeadstampNorm::clone(&normalise_shared(raw))
+}
+
+/// [`normalise`], shared with every other caller of the same text (no copy of the readings).
+pub fn normalise_shared(raw: &str) -> std::sync::Arc<HeadstampNorm> {
     static MEMO: std::sync::LazyLock<super::Memo<HeadstampNorm>> =
         std::sync::LazyLock::new(|| super::Memo::new(4096));
-    HeadstampNorm::clone(&MEMO.get(raw, read))
+    MEMO.get(raw, read)
 }
 
 /// [`normalise`] without the memo.

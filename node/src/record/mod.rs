@@ -17,7 +17,7 @@
 pub mod country;
 
 use std::fmt;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -677,9 +677,10 @@ pub struct ItemKeys {
     pub item_id: String,
     pub category: String,
     pub lot: Option<lot::LotNorm>,
-    pub headstamp_tokens: Vec<String>,
-    pub readings: Vec<normalise::maker::HeadstampReading>,
-    pub calibre: Option<CalibreResolution>,
+    /// The headstamp's tokens and readings, shared with the normaliser's memo.
+    pub headstamp: Option<Arc<headstamp::HeadstampNorm>>,
+    /// The calibre's resolution, shared with the normaliser's memo.
+    pub calibre: Option<Arc<CalibreResolution>>,
 }
 
 impl ItemKeys {
@@ -692,14 +693,8 @@ impl ItemKeys {
         let lot = text("lot", "raw")
             .map(lot::normalise)
             .filter(|l| !l.is_empty());
-        let (headstamp_tokens, readings) = match text("headstamp", "raw_transcription") {
-            Some(raw) => {
-                let h = headstamp::normalise(raw);
-                (h.tokens, h.readings)
-            }
-            None => (Vec::new(), Vec::new()),
-        };
-        let calibre = text("calibre", "raw").map(CalibreTable::resolve_embedded);
+        let headstamp = text("headstamp", "raw_transcription").map(headstamp::normalise_shared);
+        let calibre = text("calibre", "raw").map(CalibreTable::resolve_shared);
         ItemKeys {
             item_id: item
                 .get("item_id")
@@ -712,16 +707,25 @@ impl ItemKeys {
                 .unwrap_or_default()
                 .to_owned(),
             lot,
-            headstamp_tokens,
-            readings,
+            headstamp,
             calibre,
         }
+    }
+
+    /// The headstamp's tokens (none without a headstamp).
+    pub fn headstamp_tokens(&self) -> &[String] {
+        self.headstamp.as_ref().map_or(&[], |h| &h.tokens)
+    }
+
+    /// The headstamp's readings, best first (none without a headstamp).
+    pub fn readings(&self) -> &[normalise::maker::HeadstampReading] {
+        self.headstamp.as_ref().map_or(&[], |h| &h.readings)
     }
 
     /// The `derived` objects of `item` (whose keys these are), as [`derive`] writes them.
     pub fn derived<'a>(&'a self, item: &Map<String, Value>) -> ItemDerived<'a> {
         let is_object = |key: &str| item.get(key).is_some_and(Value::is_object);
-        let reading = self.readings.first();
+        let reading = self.readings().first();
         ItemDerived {
             lot: self.lot.as_ref().filter(|_| is_object("lot")).map(|lot| {
                 let identity_key = lot::identity_key(
@@ -742,17 +746,18 @@ impl ItemKeys {
                     normaliser_version: NORMALISER_VERSION,
                 }
             }),
-            headstamp: (is_object("headstamp") && !self.headstamp_tokens.is_empty()).then(|| {
+            headstamp: (is_object("headstamp") && !self.headstamp_tokens().is_empty()).then(|| {
+                let readings = self.readings();
                 HeadstampDerived {
-                    tokens: &self.headstamp_tokens,
-                    readings: &self.readings[..self.readings.len().min(3)],
+                    tokens: self.headstamp_tokens(),
+                    readings: &readings[..readings.len().min(3)],
                     method: "headstamp_table",
                     normaliser_version: NORMALISER_VERSION,
                 }
             }),
             calibre: self
                 .calibre
-                .as_ref()
+                .as_deref()
                 .filter(|_| is_object("calibre"))
                 .map(|calibre| CalibreDerived {
                     calibre,
@@ -844,7 +849,7 @@ impl IndexKeys {
 
 impl From<&ItemKeys> for IndexKeys {
     fn from(k: &ItemKeys) -> IndexKeys {
-        let first = k.readings.first();
+        let first = k.readings().first();
         IndexKeys {
             identity: k.lot.as_ref().and_then(|l| {
                 lot::identity_key(
@@ -859,7 +864,7 @@ impl From<&ItemKeys> for IndexKeys {
                 .lot
                 .as_ref()
                 .map(|l| (l.folded.clone(), l.key.clone(), l.skeleton.clone())),
-            headstamp_tokens: k.headstamp_tokens.clone(),
+            headstamp_tokens: k.headstamp_tokens().to_vec(),
             calibres: k
                 .calibre
                 .as_ref()
