@@ -9,6 +9,7 @@
 #        SYNC_N=20000 scripts/bench-sync.sh
 #        SYNC_PAGE=2000 scripts/bench-sync.sh   (feed page size; default 1000, the nodes' default)
 #        SYNC_BIN=/tmp/ammotrace-old scripts/bench-sync.sh   (another build of the node, to compare)
+#        SYNC_COMMIT_MS=1000 scripts/bench-sync.sh   (the receiver's index.commit_interval_ms)
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 n="${SYNC_N:-100000}"
@@ -41,6 +42,9 @@ echo '{"mode":"replicate","categories":["*"],"fields":["*"],"location_precision"
 sed -i 's/^pull_interval_ms = 5000/pull_interval_ms = 200/' "$b/config.toml"
 page="${SYNC_PAGE:-1000}" # feed page size on both nodes (the server caps at its own)
 sed -i "s/^page_size = [0-9]*/page_size = $page/" "$a/config.toml" "$b/config.toml"
+if [ -n "${SYNC_COMMIT_MS:-}" ]; then # the receiver's index commit interval, to compare
+  sed -i "s/^commit_interval_ms = [0-9]*/commit_interval_ms = $SYNC_COMMIT_MS/" "$b/config.toml"
+fi
 
 "$bench" gen "$n" "$work/records.jsonl"
 start_node "$a" "$pa"; url_a="$url"
