@@ -1115,6 +1115,24 @@ impl Envelope {
         rebuild(self.disclosures.iter().map(|d| (d.path(), d.value())))
     }
 
+    /// The record a partner's version is, at the node that received it: what the disclosures
+    /// show ([`Envelope::record`]), with the identity fields from the signed claims (and
+    /// `retracted` for a retraction). The store keeps a partner's version as its envelope
+    /// alone and reads the record back this way (decision 0019).
+    pub fn replica_record(&self) -> Value {
+        let c = &self.claims;
+        let mut record = self.record();
+        if let Some(o) = record.as_object_mut() {
+            o.insert("record_id".into(), Value::String(c.record_id.clone()));
+            o.insert("record_version".into(), Value::from(c.version));
+            o.insert("originating_state".into(), Value::String(c.origin.clone()));
+            if c.retracted {
+                o.insert("retracted".into(), Value::Bool(true));
+            }
+        }
+        record
+    }
+
     /// The union of two views of the same signed claims (used when a widened policy shows
     /// more of a version already received).
     pub fn merge(&self, other: &Envelope) -> Option<Envelope> {

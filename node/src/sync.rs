@@ -779,29 +779,22 @@ fn write_page(
     Ok((applied, next))
 }
 
-/// The stored form of a verified envelope from a partner: the record its disclosures show,
-/// with identity fields from the signed claims (the store shows it with this node's `derived`
+/// The stored form of a verified envelope from a partner: the envelope, and the record its
+/// disclosures show with identity fields from the signed claims ([`Envelope::replica_record`];
+/// the store keeps the envelope alone and shows the record with this node's `derived`
 /// interpretations as it reads it).
 pub fn replica_from(id: RecordId, envelope: &Envelope) -> Result<Replica, serde_json::Error> {
     keyed_replica(id, envelope).map(|(replica, _)| replica)
 }
 
-/// [`replica_from`], with the search keys of the record's items from the same derivation
+/// [`replica_from`], with the search keys of the record's items
 /// (for [`crate::index::SearchIndex::documents`]).
 fn keyed_replica(
     id: RecordId,
     envelope: &Envelope,
 ) -> Result<(Replica, Vec<crate::record::ItemKeys>), serde_json::Error> {
     let c = &envelope.claims;
-    let mut record = envelope.record();
-    if let Some(o) = record.as_object_mut() {
-        o.insert("record_id".into(), json!(c.record_id));
-        o.insert("record_version".into(), json!(c.version));
-        o.insert("originating_state".into(), json!(c.origin));
-        if c.retracted {
-            o.insert("retracted".into(), json!(true));
-        }
-    }
+    let record = envelope.replica_record();
     let keys = crate::record::item_keys(&record);
     let replica = Replica {
         id,

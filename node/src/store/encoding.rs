@@ -13,7 +13,8 @@
 //! - `0x04`, the version's envelope length `u32` BE, the envelope (what `Store::envelope` hands
 //!   out, packed), then the record in any of the forms above (decision 0015: one sled insert
 //!   per version instead of two). Versions written before keep their envelope in the
-//!   `envelopes` tree.
+//!   `envelopes` tree. A partner's version written since decision 0019 has no record after
+//!   its envelope: its record is the one the envelope shows.
 
 use std::borrow::Cow;
 use std::collections::HashMap;

@@ -142,7 +142,11 @@ pub struct Cursor {
 pub struct Replica {
     pub id: RecordId,
     pub version: u32,
+    /// The record its envelope shows ([`crate::envelope::Envelope::replica_record`]), for the
+    /// index. The store keeps the envelope alone and makes the record again from it as it
+    /// reads it (decision 0019).
     pub record: Value,
+    /// The envelope as received (JSON).
     pub envelope: Vec<u8>,
     pub retracted: bool,
 }
@@ -786,8 +790,15 @@ impl Store {
         })
     }
 
-    /// A stored record version with its interpretations put back.
+    /// A stored record version with its interpretations put back; a partner's version kept as
+    /// its envelope alone, as the record that envelope shows.
     fn whole(&self, bytes: &[u8], what: &dyn std::fmt::Display) -> Result<Value, StoreError> {
+        if let (Some(envelope), []) = split_version(bytes, what)? {
+            let envelope: crate::envelope::Envelope =
+                serde_json::from_slice(&unpack(envelope, what)?)
+                    .map_err(|e| StoreError::Corrupt(format!("{what}: envelope: {e}")))?;
+            return Ok(envelope.replica_record());
+        }
         let decoded = decode_record(bytes, what)?;
         let mut record: Value = serde_json::from_slice(&decoded.json)
             .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
@@ -935,15 +946,12 @@ impl Store {
         page: &[Replica],
         cursor: Option<&Cursor>,
     ) -> Result<Vec<Written>, StoreError> {
-        let encoded: Vec<(&Replica, Encoded)> = page
+        // A partner's version is its envelope alone: the record is the one it shows
+        // (decision 0019), made again as the version is read.
+        let values = page
             .iter()
-            .map(|r| (r, encode_record(&r.record, &self.names)))
-            .collect();
-        let values = encoded
-            .iter()
-            .map(|(r, stored)| version_value(&stored.bytes, &pack(&r.envelope)))
+            .map(|r| version_value(&[], &pack(&r.envelope)))
             .collect::<Result<Vec<_>, _>>()?;
-        let interpretations = interpretations_of(encoded.iter().map(|(_, e)| e));
         let cursor_bytes = cursor.map(|c| serde_json::to_vec(c).unwrap_or_default());
         let trees = (
             &self.head,
@@ -952,13 +960,11 @@ impl Store {
             &self.meta,
             &self.replicas,
             &self.cursors,
-            &self.interpretations,
         );
         flatten(trees.transaction(|t| {
-            keep_interpretations(&t.6, &interpretations)?;
             let mut changes = Groups::new(&t.2);
             let mut written = Vec::new();
-            for ((r, _), value) in encoded.iter().zip(&values) {
+            for (r, value) in page.iter().zip(&values) {
                 let current = t.0.get(r.id.as_bytes())?.as_deref().and_then(decode_head);
                 if current.is_some() {
                     match t.4.get(r.id.as_bytes())? {
@@ -1525,39 +1531,75 @@ pub(crate) mod tests {
         assert_eq!(loaded.claims.version, 1);
 
         let theirs = RecordId(uuid::Uuid::now_v7());
-        let mut record = prepared("XBB-LOT-1").record;
-        record["record_id"] = json!(theirs.to_string());
-        record["record_version"] = json!(1);
-        // XBB's version 1 of `theirs`, with `envelope` as received.
-        let receive = |envelope: &[u8]| {
+        // XBB's version 1 of `theirs`, sealed by XBB, as received.
+        let sealed = |lot: &str| {
+            let mut record = prepared(lot).record;
+            record["record_id"] = json!(theirs.to_string());
+            record["originating_state"] = json!("XBB");
+            let seal = crate::envelope::Seal {
+                origin: "XBB",
+                seq: 1,
+                prev: "",
+                issued_at: "2026-01-01T00:00:00.000Z",
+                retracted: false,
+                normaliser: crate::normalise::NORMALISER_VERSION,
+            };
+            let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+            crate::envelope::seal(&record, &seal, &key).unwrap()
+        };
+        let receive = |envelope: &crate::envelope::Envelope| {
             let replica = Replica {
                 id: theirs,
                 version: 1,
-                record: record.clone(),
-                envelope: envelope.to_vec(),
+                record: envelope.replica_record(),
+                envelope: serde_json::to_vec(envelope).unwrap(),
                 retracted: false,
             };
             store.apply_replicas("XBB", &[replica], None).unwrap();
         };
-        let received = br#"{"claims":{"v":1},"sig":"x","disclosures":[]}"#.to_vec();
-        receive(&received);
+        let shown = |envelope: &crate::envelope::Envelope| {
+            let mut record = envelope.replica_record();
+            crate::record::derive(&mut record);
+            record
+        };
+        let first = sealed("XBB-LOT-1");
+        receive(&first);
+        let received = serde_json::to_vec(&first).unwrap();
         assert_eq!(store.envelope(&theirs, 1).unwrap().unwrap(), received);
         assert_eq!(store.envelopes.len(), 0, "no envelope is written apart");
         assert!(store.envelope(&theirs, 2).unwrap().is_none());
+        // A partner's version is its envelope alone (decision 0019); its record is the one
+        // the envelope shows, with the identity fields of the claims.
+        let (_, kept) = stored_parts(&store, version_key(&theirs, 1));
+        assert!(kept.is_empty(), "{} bytes of record kept", kept.len());
+        let read = store.get(&theirs, None).unwrap().unwrap();
+        assert_eq!(read, shown(&first));
+        assert_eq!(read["record_id"], theirs.to_string());
+        assert_eq!(read["originating_state"], "XBB");
+        assert_eq!(read["items"][0]["lot"]["raw"], "XBB-LOT-1");
+        assert!(read["items"][0]["lot"]["derived"].is_object());
+        assert_eq!(store.versions(&theirs).unwrap(), vec![read.clone()]);
 
-        // The layout before decision 0015: the record alone, its envelope in `envelopes`.
-        for (id, version) in [(own.id, own.version), (theirs, 1)] {
-            let key = version_key(&id, version);
-            let before = (
-                store.get(&id, None).unwrap(),
-                store.envelope(&id, version).unwrap(),
-            );
-            let (envelope, record) = stored_parts(&store, key);
-            store.envelopes.insert(key, envelope).unwrap();
-            store.versions.insert(key, record).unwrap();
-            assert_eq!(store.get(&id, None).unwrap(), before.0);
-            assert_eq!(store.envelope(&id, version).unwrap(), before.1);
-        }
+        // The layout before decision 0015: the record alone, its envelope in `envelopes`
+        // (a partner's version then kept its record too).
+        let key = version_key(&own.id, own.version);
+        let before = (
+            store.get(&own.id, None).unwrap(),
+            store.envelope(&own.id, own.version).unwrap(),
+        );
+        let (envelope, record) = stored_parts(&store, key);
+        store.envelopes.insert(key, envelope).unwrap();
+        store.versions.insert(key, record).unwrap();
+        assert_eq!(store.get(&own.id, None).unwrap(), before.0);
+        assert_eq!(store.envelope(&own.id, own.version).unwrap(), before.1);
+        let key = version_key(&theirs, 1);
+        store.envelopes.insert(key, pack(&received)).unwrap();
+        store
+            .versions
+            .insert(key, pack(&to_bytes(&first.replica_record())))
+            .unwrap();
+        assert_eq!(store.get(&theirs, None).unwrap().unwrap(), read);
+        assert_eq!(store.envelope(&theirs, 1).unwrap().unwrap(), received);
         assert_eq!(
             store.envelope(&own.id, own.version).unwrap().unwrap(),
             own_envelope
@@ -1567,10 +1609,14 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(reloaded, loaded);
         // The partner sends version 1 again (merged): the new value's envelope is the one
-        // read, not the stale one left in `envelopes`.
-        let merged = br#"{"claims":{"v":1},"sig":"y","disclosures":[]}"#.to_vec();
+        // read, not the stale one left in `envelopes`, and so is its record.
+        let merged = sealed("XBB-LOT-2");
         receive(&merged);
-        assert_eq!(store.envelope(&theirs, 1).unwrap().unwrap(), merged);
+        assert_eq!(
+            store.envelope(&theirs, 1).unwrap().unwrap(),
+            serde_json::to_vec(&merged).unwrap()
+        );
+        assert_eq!(store.get(&theirs, None).unwrap().unwrap(), shown(&merged));
         assert_eq!(store.envelopes.len(), 2);
 
         // Cut inside the envelope: both readers report corruption.
