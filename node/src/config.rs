@@ -79,6 +79,8 @@ impl Default for SearchConfig {
 pub struct IndexConfig {
     pub writer_memory_mib: usize,
     pub commit_interval_ms: u64,
+    /// How long a write may wait for search while writes arrive in bulk (decision 0020).
+    pub bulk_commit_interval_ms: u64,
 }
 
 impl Default for IndexConfig {
@@ -86,6 +88,7 @@ impl Default for IndexConfig {
         IndexConfig {
             writer_memory_mib: 256,
             commit_interval_ms: 200,
+            bulk_commit_interval_ms: 2000,
         }
     }
 }

@@ -345,17 +345,19 @@ fn item_docs(
     docs
 }
 
-/// Applies changes after the index's watermark; returns the new watermark.
+/// Adds the changes after `watermark` (the last change added) to the writer, without
+/// committing; returns the last change added and how many changes were read (`batch` at most:
+/// when it is reached, more may be waiting).
 fn catch_up(
     store: &Store,
     shared: &Shared,
     writer: &mut IndexWriter,
     mut watermark: u64,
     batch: usize,
-) -> Result<(u64, bool), IndexError> {
+) -> Result<(u64, usize), IndexError> {
     let changes = store.changes_after(watermark, batch)?;
     if changes.is_empty() {
-        return Ok((watermark, false));
+        return Ok((watermark, 0));
     }
     let mut prebuilt = {
         let mut waiting = shared
@@ -401,11 +403,78 @@ fn catch_up(
         watermark = change.seq;
     }
     tracing::debug!(changes = changes.len(), built, read, "indexing");
+    Ok((watermark, changes.len()))
+}
+
+/// Commits what the writer holds, with `watermark` (the last change added) as the payload,
+/// and makes it visible to searches.
+fn commit(shared: &Shared, writer: &mut IndexWriter, watermark: u64) -> Result<(), IndexError> {
     let mut commit = writer.prepare_commit()?;
     commit.set_payload(&watermark.to_string());
     commit.commit()?;
     shared.reader.reload()?;
-    Ok((watermark, changes.len() == batch))
+    Ok(())
+}
+
+/// When the indexer commits (decision 0020). Each commit makes a tantivy segment, which later
+/// merges combine: a commit every `interval` during a bulk write (an import, or a partner's feed
+/// being caught up) makes many small segments, and merging them cost a receiver about 25 µs of
+/// CPU a record. So while changes arrive in bulk, commits wait up to `bulk_interval`.
+#[derive(Debug, Clone, Copy)]
+pub struct Commits {
+    /// How long a write waits for search to see it, when writes do not arrive in bulk.
+    pub interval: Duration,
+    /// How long a write may wait while they do.
+    pub bulk_interval: Duration,
+}
+
+/// Changes read in one round (one `interval`) from which writes count as arriving in bulk:
+/// 500 a second at the default interval, far beyond what officers enter by hand.
+const BULK_CHANGES: usize = 100;
+
+/// Rounds without a bulk one after which a bulk write counts as over. Bulk writes come in
+/// bursts (a partner's feed arrives a page at a time), so a round that reads little does not
+/// end one; the last changes of a bulk write wait this many rounds longer to be seen.
+const QUIET_ROUNDS: u32 = 3;
+
+/// The indexer's state between two commits.
+struct Pending {
+    /// The last change committed (visible to searches).
+    committed: u64,
+    /// The last change added to the writer.
+    added: u64,
+    /// When the first change not yet committed was added.
+    since: Option<Instant>,
+    /// When a round last read changes in bulk.
+    bulk_at: Option<Instant>,
+}
+
+impl Pending {
+    /// Notes a round that read `read` changes, started at `began`.
+    fn round(&mut self, added: u64, read: usize, began: Instant) {
+        if added != self.added {
+            self.added = added;
+            self.since.get_or_insert(began);
+        }
+        if read >= BULK_CHANGES {
+            self.bulk_at = Some(began);
+        }
+    }
+
+    /// Whether to commit now: what was added, at once unless changes are arriving in bulk
+    /// (a bulk round less than [`QUIET_ROUNDS`] intervals ago), and then once the oldest has
+    /// waited `bulk_interval`.
+    fn due(&self, commits: &Commits, now: Instant) -> bool {
+        let waited = |t: Option<Instant>, d: Duration| t.is_none_or(|t| now.duration_since(t) >= d);
+        self.added != self.committed
+            && (waited(self.bulk_at, commits.interval * QUIET_ROUNDS)
+                || waited(self.since, commits.bulk_interval))
+    }
+
+    fn committed(&mut self) {
+        self.committed = self.added;
+        self.since = None;
+    }
 }
 
 impl SearchIndex {
@@ -415,7 +484,7 @@ impl SearchIndex {
         path: &Path,
         store: Store,
         writer_memory_mib: usize,
-        commit_interval: Duration,
+        commits: Commits,
     ) -> Result<SearchIndex, IndexError> {
         let (index, fields) = open_index(path)?;
         let reader = index
@@ -442,39 +511,60 @@ impl SearchIndex {
             std::thread::Builder::new()
                 .name("indexer".into())
                 .spawn(move || {
-                    let mut watermark = start;
+                    let mut pending = Pending {
+                        committed: start,
+                        added: start,
+                        since: None,
+                        bulk_at: None,
+                    };
                     while !stop.load(Ordering::Relaxed) {
                         let began = Instant::now();
-                        match catch_up(&store, &shared, &mut writer, watermark, 50_000) {
-                            Ok((mark, more)) => {
-                                if mark != watermark {
-                                    watermark = mark;
-                                    tx_mark.send_replace(watermark);
+                        let round = catch_up(&store, &shared, &mut writer, pending.added, 50_000)
+                            .and_then(|(added, read)| {
+                                pending.round(added, read, began);
+                                if pending.due(&commits, Instant::now()) {
+                                    commit(&shared, &mut writer, pending.added)?;
+                                    pending.committed();
+                                    tx_mark.send_replace(pending.committed);
                                 }
-                                if more {
-                                    continue;
-                                }
-                            }
+                                Ok(read)
+                            });
+                        match round {
+                            // A full batch: more changes are waiting.
+                            Ok(50_000) => continue,
+                            Ok(_) => {}
                             Err(e) => {
-                            tracing::error!(error = %e, "indexer failed; retrying from the last commit");
-                            // Drop what this batch added, so the retry adds it once.
-                            if let Err(e) = writer.rollback() {
-                                tracing::error!(error = %e, "index rollback failed");
+                                tracing::error!(error = %e, "indexer failed; retrying from the last commit");
+                                // Drop what was added since, so the retry adds it once.
+                                if let Err(e) = writer.rollback() {
+                                    tracing::error!(error = %e, "index rollback failed");
+                                }
+                                pending.added = pending.committed;
+                                pending.since = None;
                             }
                         }
-                        }
-                        match wake_rx.recv_timeout(commit_interval) {
+                        match wake_rx.recv_timeout(commits.interval) {
                             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
                             Err(RecvTimeoutError::Disconnected) => break,
                         }
-                        // Commits at most once per interval: writes that arrive meanwhile
-                        // join the next commit (and its segment) instead of each making one.
-                        let next = began + commit_interval;
+                        // One round per interval at most: writes that arrive meanwhile join
+                        // the next round (and commit, and segment) instead of each making one.
+                        let next = began + commits.interval;
                         let now = Instant::now();
                         if next > now && !stop.load(Ordering::Relaxed) {
                             std::thread::sleep(next - now);
                         }
                         while wake_rx.try_recv().is_ok() {}
+                    }
+                    // What was added and not committed is committed now; were this to fail,
+                    // the next start replays it from the store.
+                    if pending.added != pending.committed {
+                        match commit(&shared, &mut writer, pending.added) {
+                            Ok(()) => {
+                                tx_mark.send_replace(pending.added);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "index commit at shutdown"),
+                        }
                     }
                     if let Err(e) = writer.wait_merging_threads() {
                         tracing::warn!(error = %e, "index merge threads");
@@ -881,6 +971,13 @@ mod tests {
         found
     }
 
+    fn quick() -> Commits {
+        Commits {
+            interval: Duration::from_millis(20),
+            bulk_interval: Duration::from_millis(200),
+        }
+    }
+
     /// Waits until the indexer has committed the store's last change.
     fn wait_indexed(index: &SearchIndex, store: &Store) {
         let last = store.last_seq().unwrap();
@@ -920,7 +1017,7 @@ mod tests {
             commit.commit().unwrap();
         }
 
-        let index = SearchIndex::open(&path, store.clone(), 16, Duration::from_millis(20)).unwrap();
+        let index = SearchIndex::open(&path, store.clone(), 16, quick()).unwrap();
         wait_indexed(&index, &store);
         assert_eq!(lots(&index, "OLDSCHEMA7"), vec![format!("{a} OLDSCHEMA7")]);
         assert_eq!(index.num_docs(), 1, "the stale document is gone");
@@ -941,13 +1038,8 @@ mod tests {
     fn offered_documents_are_used_and_withdrawn_ones_are_not() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store")).unwrap();
-        let index = SearchIndex::open(
-            &dir.path().join("index"),
-            store.clone(),
-            16,
-            Duration::from_millis(20),
-        )
-        .unwrap();
+        let index =
+            SearchIndex::open(&dir.path().join("index"), store.clone(), 16, quick()).unwrap();
         let a = "urn:uuid:019ad2f0-0000-7000-8000-00000000a001";
         let b = "urn:uuid:019ad2f0-0000-7000-8000-00000000b002";
 
@@ -983,6 +1075,65 @@ mod tests {
         assert_eq!(waiting(), 2);
         index.settle(offered, &[(d.id, 2)]);
         assert_eq!(waiting(), 1);
+        index.shutdown();
+    }
+
+    /// While rounds read changes in bulk, commits wait for more, up to the bulk interval; a
+    /// few rounds after the last bulk one, what was added is committed, so the end of a bulk
+    /// write is not held back; nothing added means nothing to commit.
+    #[test]
+    fn commits_wait_while_changes_arrive_in_bulk_and_not_after() {
+        let commits = Commits {
+            interval: Duration::from_millis(200),
+            bulk_interval: Duration::from_secs(2),
+        };
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut pending = Pending {
+            committed: 10,
+            added: 10,
+            since: None,
+            bulk_at: None,
+        };
+        pending.round(20, BULK_CHANGES - 1, t0);
+        assert!(pending.due(&commits, t0), "not in bulk: at once");
+        pending.round(500, BULK_CHANGES, t0);
+        assert_eq!(pending.since, Some(t0));
+        assert!(!pending.due(&commits, t0 + ms(599)));
+        // A round that read little, within a bulk write: the next page is on its way.
+        pending.round(500, 0, t0 + ms(200));
+        assert!(!pending.due(&commits, t0 + ms(400)));
+        assert!(
+            pending.due(&commits, t0 + ms(600)),
+            "quiet for three rounds"
+        );
+        // Bulk rounds all along: committed once the oldest change waited the bulk interval.
+        for n in 1..10 {
+            pending.round(500 + n * 200, 200, t0 + ms(200 * n));
+        }
+        assert!(!pending.due(&commits, t0 + ms(1999)));
+        assert!(pending.due(&commits, t0 + ms(2000)));
+        pending.committed();
+        assert!(!pending.due(&commits, t0 + ms(9000)), "nothing to commit");
+
+        // A bulk write (one batch, so the first round reads all of it) with a bulk interval far
+        // beyond the wait below: the next round reads nothing new and commits it.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let commits = Commits {
+            interval: Duration::from_millis(20),
+            bulk_interval: Duration::from_secs(600),
+        };
+        let index =
+            SearchIndex::open(&dir.path().join("index"), store.clone(), 16, commits).unwrap();
+        let mut batch: Vec<Prepared> = (0..2 * BULK_CHANGES)
+            .map(|n| prepared_as(None, &format!("BULK-{n}")))
+            .collect();
+        store.create_batch(&mut batch, &sealer()).unwrap();
+        index.notify();
+        wait_indexed(&index, &store);
+        assert_eq!(index.num_docs(), 2 * BULK_CHANGES as u64);
+
         index.shutdown();
     }
 }

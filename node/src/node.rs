@@ -177,7 +177,10 @@ impl Node {
             &data_dir.join(INDEX_DIR),
             store.clone(),
             config.index.writer_memory_mib,
-            Duration::from_millis(config.index.commit_interval_ms),
+            crate::index::Commits {
+                interval: Duration::from_millis(config.index.commit_interval_ms),
+                bulk_interval: Duration::from_millis(config.index.bulk_commit_interval_ms),
+            },
         )
         .context("cannot open the index")?;
         audit_changes(&store, &audit, &config, &identity)?;
