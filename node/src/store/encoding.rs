@@ -14,7 +14,9 @@
 //!   out, packed), then the record in any of the forms above (decision 0015: one sled insert
 //!   per version instead of two). Versions written before keep their envelope in the
 //!   `envelopes` tree. A partner's version written since decision 0019 has no record after
-//!   its envelope: its record is the one the envelope shows.
+//!   its envelope: its record is the one the envelope shows. Since session 17 a partner's
+//!   envelope is kept as plain JSON, not packed (its salts and digests are random: LZ4 saved
+//!   a tenth of the bytes for ~10 µs of CPU); both forms read.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
