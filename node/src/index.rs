@@ -31,7 +31,7 @@ use tantivy::schema::{
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 use tokio::sync::watch;
 
-use crate::record::{DerivedItem, EventKeys, IndexKeys, ItemKeys, RecordId, event_summary};
+use crate::record::{DerivedItem, EventKeys, EventSummary, IndexKeys, ItemKeys, RecordId};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -253,11 +253,11 @@ fn add_item_docs(
 #[derive(serde::Serialize)]
 struct Hit<'a, I> {
     item: &'a I,
-    event: &'a serde_json::Value,
+    event: &'a EventSummary<'a>,
 }
 
 /// The JSON of a [`Hit`].
-fn hit_json<I: serde::Serialize>(item: &I, event: &serde_json::Value) -> String {
+fn hit_json<I: serde::Serialize>(item: &I, event: &EventSummary<'_>) -> String {
     serde_json::to_string(&Hit { item, event }).unwrap_or_default()
 }
 
@@ -285,7 +285,7 @@ fn item_docs(
     let Some(items) = record.get("items").and_then(|v| v.as_array()) else {
         return Vec::new();
     };
-    let summary = event_summary(record);
+    let summary = EventSummary::of(record);
     let mut docs = Vec::with_capacity(items.len());
     for (n, item) in items.iter().filter_map(|i| i.as_object()).enumerate() {
         let (keys, hit) = match &keys {
