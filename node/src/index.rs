@@ -166,6 +166,8 @@ struct Shared {
     prebuilt: Mutex<HashMap<(RecordId, u32), Prebuilt>>,
     /// Numbers the offers, so a writer withdraws only what it offered.
     tickets: AtomicU64,
+    /// A writer has ended a bulk write ([`SearchIndex::bulk_done`]): commit at the next round.
+    bulk_done: AtomicBool,
 }
 
 /// The item documents of one record version, built by its writer (see
@@ -501,6 +503,7 @@ impl SearchIndex {
             fields,
             prebuilt: Mutex::new(HashMap::new()),
             tickets: AtomicU64::new(0),
+            bulk_done: AtomicBool::new(false),
         });
         let (tx_mark, rx_mark) = watch::channel(start);
         let (wake_tx, wake_rx) = mpsc::channel::<()>();
@@ -519,9 +522,14 @@ impl SearchIndex {
                     };
                     while !stop.load(Ordering::Relaxed) {
                         let began = Instant::now();
+                        // Taken before reading: a bulk write that ends later is seen next round.
+                        let bulk_done = shared.bulk_done.swap(false, Ordering::AcqRel);
                         let round = catch_up(&store, &shared, &mut writer, pending.added, 50_000)
                             .and_then(|(added, read)| {
                                 pending.round(added, read, began);
+                                if bulk_done {
+                                    pending.bulk_at = None;
+                                }
                                 if pending.due(&commits, Instant::now()) {
                                     commit(&shared, &mut writer, pending.added)?;
                                     pending.committed();
@@ -649,6 +657,13 @@ impl SearchIndex {
                 waiting.remove(key);
             }
         }
+    }
+
+    /// Tells the indexer that a bulk write (a partner's feed caught up) has ended, so what it
+    /// wrote is committed at the next round instead of a few rounds later (decision 0020).
+    pub fn bulk_done(&self) {
+        self.shared.bulk_done.store(true, Ordering::Release);
+        self.notify();
     }
 
     /// Tells the indexer that the change log grew.
@@ -1133,6 +1148,31 @@ mod tests {
         index.notify();
         wait_indexed(&index, &store);
         assert_eq!(index.num_docs(), 2 * BULK_CHANGES as u64);
+        index.shutdown();
+
+        // Rounds of 2 s, so a bulk write would wait three quiet rounds (6 s) to be committed;
+        // a writer that says its bulk write is done has it committed at the next round.
+        let commits = Commits {
+            interval: Duration::from_secs(2),
+            bulk_interval: Duration::from_secs(600),
+        };
+        let index =
+            SearchIndex::open(&dir.path().join("index"), store.clone(), 16, commits).unwrap();
+        let mut batch: Vec<Prepared> = (0..2 * BULK_CHANGES)
+            .map(|n| prepared_as(None, &format!("DONE-{n}")))
+            .collect();
+        store.create_batch(&mut batch, &sealer()).unwrap();
+        let written = Instant::now();
+        index.bulk_done();
+        let last = store.last_seq().unwrap();
+        while index.watermark() < last {
+            assert!(
+                written.elapsed() < Duration::from_secs(5),
+                "not committed at the next round"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(index.num_docs(), 4 * BULK_CHANGES as u64);
 
         index.shutdown();
     }

@@ -533,6 +533,10 @@ pub async fn pull(
         ));
         if count < limit {
             finish_write(node, peer, writing.take(), pulled).await?;
+            if pulled.applied > 0 {
+                // Caught up: what this pull wrote need not wait for the bulk to look over.
+                node.index().bulk_done();
+            }
             return Ok(());
         }
     }
