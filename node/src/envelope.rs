@@ -1098,9 +1098,17 @@ impl Envelope {
             if !paths.insert(d.path()) {
                 return Err(EnvelopeError::DuplicatePath(d.path().to_owned()));
             }
-            if leaves(d.value())?.iter().any(|(_, v)| v.is_f64()) {
-                return Err(EnvelopeError::Float(d.path().to_owned()));
-            }
+            // Walked in place, nothing copied (a disclosure is nearly always of one leaf):
+            // floats and numeric keys are refused, named by their path in the record.
+            walk_leaves(d.value(), At::Plain, &mut String::new(), &mut |_, _| Ok(())).map_err(
+                |e| match e {
+                    EnvelopeError::Float(at) => EnvelopeError::Float(format!("{}{at}", d.path())),
+                    EnvelopeError::NumericKey(at) => {
+                        EnvelopeError::NumericKey(format!("{}{at}", d.path()))
+                    }
+                    e => e,
+                },
+            )?;
             let digest = d.digest()?;
             if self.claims.digests.binary_search(&digest).is_err() {
                 return Err(EnvelopeError::Unlisted(d.path().to_owned()));
@@ -1559,6 +1567,49 @@ mod tests {
         assert_eq!(
             seal(&json!({"a": {"12": 1}}), &s, &key()).unwrap_err(),
             EnvelopeError::NumericKey("/a/12".into())
+        );
+    }
+
+    /// A received disclosure whose value holds a float or a numeric object key is refused,
+    /// named by its path in the record, before its digest is looked at.
+    #[test]
+    fn a_disclosure_with_a_float_or_numeric_key_is_refused_by_its_path() {
+        let s = Seal {
+            origin: "XAA",
+            seq: 1,
+            prev: GENESIS,
+            issued_at: "2026-01-01T00:00:00Z",
+            retracted: false,
+            normaliser: "1",
+        };
+        let sealed = seal(&sample(), &s, &key()).unwrap();
+        assert_eq!(sealed.check_disclosures(), Ok(()));
+        let at = sealed
+            .disclosures
+            .iter()
+            .position(|d| d.path() == "/items/1/quantity/rounds")
+            .unwrap();
+        let mut float = sealed.clone();
+        float.disclosures[at].2 = json!(40.5);
+        assert_eq!(
+            float.check_disclosures(),
+            Err(EnvelopeError::Float("/items/1/quantity/rounds".into()))
+        );
+        let mut nested = sealed.clone();
+        nested.disclosures[at].2 = json!({"a": [1, {"b": 0.5}]});
+        assert_eq!(
+            nested.check_disclosures(),
+            Err(EnvelopeError::Float(
+                "/items/1/quantity/rounds/a/1/b".into()
+            ))
+        );
+        let mut numeric = sealed;
+        numeric.disclosures[at].2 = json!({"7": 1});
+        assert_eq!(
+            numeric.check_disclosures(),
+            Err(EnvelopeError::NumericKey(
+                "/items/1/quantity/rounds/7".into()
+            ))
         );
     }
 
