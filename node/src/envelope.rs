@@ -1574,15 +1574,7 @@ mod tests {
     /// named by its path in the record, before its digest is looked at.
     #[test]
     fn a_disclosure_with_a_float_or_numeric_key_is_refused_by_its_path() {
-        let s = Seal {
-            origin: "XAA",
-            seq: 1,
-            prev: GENESIS,
-            issued_at: "2026-01-01T00:00:00Z",
-            retracted: false,
-            normaliser: "1",
-        };
-        let sealed = seal(&sample(), &s, &key()).unwrap();
+        let sealed = seal_sample();
         assert_eq!(sealed.check_disclosures(), Ok(()));
         let at = sealed
             .disclosures

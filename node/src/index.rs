@@ -1093,6 +1093,14 @@ mod tests {
         index.shutdown();
     }
 
+    /// Writes twice [`BULK_CHANGES`] records in one batch, so a round reads them in bulk.
+    fn bulk_write(store: &Store, lot_prefix: &str) {
+        let mut batch: Vec<Prepared> = (0..2 * BULK_CHANGES)
+            .map(|n| prepared_as(None, &format!("{lot_prefix}-{n}")))
+            .collect();
+        store.create_batch(&mut batch, &sealer()).unwrap();
+    }
+
     /// While rounds read changes in bulk, commits wait for more, up to the bulk interval; a
     /// few rounds after the last bulk one, what was added is committed, so the end of a bulk
     /// write is not held back; nothing added means nothing to commit.
@@ -1141,10 +1149,7 @@ mod tests {
         };
         let index =
             SearchIndex::open(&dir.path().join("index"), store.clone(), 16, commits).unwrap();
-        let mut batch: Vec<Prepared> = (0..2 * BULK_CHANGES)
-            .map(|n| prepared_as(None, &format!("BULK-{n}")))
-            .collect();
-        store.create_batch(&mut batch, &sealer()).unwrap();
+        bulk_write(&store, "BULK");
         index.notify();
         wait_indexed(&index, &store);
         assert_eq!(index.num_docs(), 2 * BULK_CHANGES as u64);
@@ -1158,10 +1163,7 @@ mod tests {
         };
         let index =
             SearchIndex::open(&dir.path().join("index"), store.clone(), 16, commits).unwrap();
-        let mut batch: Vec<Prepared> = (0..2 * BULK_CHANGES)
-            .map(|n| prepared_as(None, &format!("DONE-{n}")))
-            .collect();
-        store.create_batch(&mut batch, &sealer()).unwrap();
+        bulk_write(&store, "DONE");
         let written = Instant::now();
         index.bulk_done();
         let last = store.last_seq().unwrap();
