@@ -1,7 +1,8 @@
 //! The source of truth: records, every version, and the change log, in sled (=0.34.7).
 //!
 //! This is the only module that imports sled. Trees and their keys:
-//! - `record_head`: `RecordId(16)` → `version u32 BE ‖ retracted u8`
+//! - `record_head`: `RecordId(16)` → `version u32 BE ‖ retracted u8`, then for a partner's record
+//!   its origin (since decision 0022)
 //! - `record_versions`: `RecordId(16) ‖ version u32 BE` → the record version, JSON (values
 //!   here and in `envelopes` are LZ4-compressed, marked by a leading `0x01`; see `pack`);
 //!   since decision 0014 without its headstamp and calibre interpretations, which it refers
@@ -29,7 +30,8 @@
 //! - `cursors`: origin → JSON [`Cursor`]: how far this node has pulled each partner's feed
 //! - `receipts`: `RecordId(16) ‖ partner` → JSON receipt entry
 //! - `nonces`: `sender ‖ 0 ‖ nonce` → `unix seconds i64 BE`: request nonces already seen
-//! - `replicas`: `RecordId(16)` → origin: records that arrived from a partner's feed
+//! - `replicas`: `RecordId(16)` → origin: records that arrived from a partner's feed before
+//!   decision 0022 (since, the head names the origin); read only
 //! - `hit_refs`: opaque reference → JSON: what a hit/no-hit answer referred to, for follow-up
 //! - `requests`: `in:ID` / `out:ID` → JSON: disclosure requests received and sent
 //! - `disclosed`: `partner ‖ 0xFF ‖ RecordId(16)` → `version u32 BE`: the latest version of
@@ -274,11 +276,21 @@ fn version_key(id: &RecordId, version: u32) -> [u8; 20] {
     key
 }
 
-fn encode_head(head: Head) -> [u8; 5] {
-    let mut v = [0u8; 5];
-    v[..4].copy_from_slice(&head.version.to_be_bytes());
-    v[4] = u8::from(head.retracted);
+/// `version u32 BE ‖ retracted u8`, then for a partner's record its origin (decision 0022):
+/// one write where there were two. Heads written before it end after the flag, and a
+/// partner's record then has its origin in the `replicas` tree.
+fn encode_head(head: Head, origin: Option<&str>) -> Vec<u8> {
+    let origin = origin.map(str::as_bytes).unwrap_or_default();
+    let mut v = Vec::with_capacity(5 + origin.len());
+    v.extend_from_slice(&head.version.to_be_bytes());
+    v.push(u8::from(head.retracted));
+    v.extend_from_slice(origin);
     v
+}
+
+/// The origin a head value names (a partner's record written since decision 0022).
+fn head_origin(bytes: &[u8]) -> Option<&[u8]> {
+    bytes.get(5..).filter(|o| !o.is_empty())
 }
 
 /// A receipt's key: the record id, then the partner's id.
@@ -330,18 +342,34 @@ fn append_own(
     Ok(())
 }
 
-/// Appends one version inside a transaction; returns its sequence number. `value` is the
-/// version's stored form with its envelope ([`encoding::version_value`]); the change-log entry
-/// goes to `changes`, which the caller finishes before the transaction ends.
+/// One version to append ([`append`]).
+struct NewVersion<'a> {
+    id: &'a RecordId,
+    version: u32,
+    /// The version's stored form with its envelope ([`encoding::version_value`]).
+    value: &'a [u8],
+    retracted: bool,
+    /// The record's first version.
+    created: bool,
+    /// The partner whose record it is; `None` for an own record.
+    origin: Option<&'a str>,
+}
+
+/// Appends one version inside a transaction; returns its sequence number. The change-log
+/// entry goes to `changes`, which the caller finishes before the transaction ends.
 fn append(
     (head, versions, meta): Trees<'_>,
     changes: &mut Groups<'_>,
-    id: &RecordId,
-    version: u32,
-    value: &[u8],
-    retracted: bool,
-    created: bool,
+    new: NewVersion<'_>,
 ) -> Tx<u64> {
+    let NewVersion {
+        id,
+        version,
+        value,
+        retracted,
+        created,
+        origin,
+    } = new;
     let last = match meta.get(LAST_SEQ)? {
         Some(b) => u64::from_be_bytes(b.as_ref().try_into().map_err(|_| {
             ConflictableTransactionError::Abort(StoreError::Corrupt("last_seq".into()))
@@ -351,7 +379,10 @@ fn append(
     let seq = last + 1;
     meta.insert(LAST_SEQ, &seq.to_be_bytes())?;
     versions.insert(&version_key(id, version), value)?;
-    head.insert(id.as_bytes(), &encode_head(Head { version, retracted }))?;
+    head.insert(
+        id.as_bytes(),
+        encode_head(Head { version, retracted }, origin),
+    )?;
     changes.push_change(&Change {
         seq,
         id: *id,
@@ -577,11 +608,14 @@ impl Store {
                 let seq = append(
                     (&t.0, &t.1, &t.3),
                     &mut changes,
-                    id,
-                    *version,
-                    value,
-                    false,
-                    true,
+                    NewVersion {
+                        id,
+                        version: *version,
+                        value,
+                        retracted: false,
+                        created: true,
+                        origin: None,
+                    },
                 )?;
                 append_own(
                     &mut own,
@@ -688,17 +722,22 @@ impl Store {
         self.append_version(id, head.version, next, &record, true, sealer)
     }
 
-    /// The partner a replicated record came from (`None` for own records and unknown ids).
+    /// The partner a replicated record came from (`None` for own records and unknown ids):
+    /// named by its head, or for a head written before decision 0022 by `replicas`.
     pub fn replica_origin(&self, id: &RecordId) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .replicas
-            .get(id.as_bytes())?
-            .map(|o| String::from_utf8_lossy(&o).into_owned()))
+        let Some(head) = self.head.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let origin = match head_origin(&head) {
+            Some(o) => Some(sled::IVec::from(o)),
+            None => self.replicas.get(id.as_bytes())?,
+        };
+        Ok(origin.map(|o| String::from_utf8_lossy(&o).into_owned()))
     }
 
-    /// Whether a record is this node's own (partners' records are listed in `replicas`).
+    /// Whether a record is this node's own: not a partner's ([`Store::replica_origin`]).
     pub fn is_own(&self, id: &RecordId) -> Result<bool, StoreError> {
-        Ok(!self.replicas.contains_key(id.as_bytes())?)
+        Ok(self.replica_origin(id)?.is_none())
     }
 
     /// Called with the write lock held.
@@ -740,11 +779,14 @@ impl Store {
             let seq = append(
                 (&t.0, &t.1, &t.3),
                 &mut changes,
-                &id,
-                version,
-                &value,
-                retracted,
-                false,
+                NewVersion {
+                    id: &id,
+                    version,
+                    value: &value,
+                    retracted,
+                    created: false,
+                    origin: None,
+                },
             )?;
             append_own(&mut own, &t.3, &id, version, own_seq, sealed)?;
             changes.finish()?;
@@ -967,9 +1009,16 @@ impl Store {
             let mut changes = Groups::new(&t.2);
             let mut written = Vec::new();
             for (r, value) in page.iter().zip(&values) {
-                let current = t.0.get(r.id.as_bytes())?.as_deref().and_then(decode_head);
-                if current.is_some() {
-                    match t.4.get(r.id.as_bytes())? {
+                let held = t.0.get(r.id.as_bytes())?;
+                let current = held.as_deref().and_then(decode_head);
+                if let Some(bytes) = &held {
+                    // The head names a partner's origin; one written before decision 0022
+                    // has it in `replicas`.
+                    let held_origin = match head_origin(bytes) {
+                        Some(o) => Some(sled::IVec::from(o)),
+                        None => t.4.get(r.id.as_bytes())?,
+                    };
+                    match held_origin {
                         // An own record with the same id: never overwritten by a partner.
                         None => return abort(StoreError::Exists(r.id)),
                         // Another partner's record: only its origin changes it.
@@ -985,13 +1034,15 @@ impl Store {
                 let seq = append(
                     (&t.0, &t.1, &t.3),
                     &mut changes,
-                    &r.id,
-                    r.version,
-                    value,
-                    r.retracted,
-                    current.is_none(),
+                    NewVersion {
+                        id: &r.id,
+                        version: r.version,
+                        value,
+                        retracted: r.retracted,
+                        created: current.is_none(),
+                        origin: Some(origin),
+                    },
                 )?;
-                t.4.insert(r.id.as_bytes(), origin.as_bytes())?;
                 written.push(Written {
                     id: r.id,
                     version: r.version,
@@ -1520,6 +1571,85 @@ pub(crate) mod tests {
         assert!(err.to_string().contains("no longer matches"), "{err}");
     }
 
+    /// Version 1 of record `id` as partner `origin` seals it, with `lot`.
+    fn partner_envelope(origin: &str, id: &RecordId, lot: &str) -> crate::envelope::Envelope {
+        let mut record = prepared(lot).record;
+        record["record_id"] = json!(id.to_string());
+        record["originating_state"] = json!(origin);
+        let seal = crate::envelope::Seal {
+            origin,
+            seq: 1,
+            prev: "",
+            issued_at: "2026-01-01T00:00:00.000Z",
+            retracted: false,
+            normaliser: crate::normalise::NORMALISER_VERSION,
+        };
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        crate::envelope::seal(&record, &seal, &key).unwrap()
+    }
+
+    /// A partner's version 1 of record `id`, as received in `envelope`.
+    fn partner_replica(id: &RecordId, envelope: &crate::envelope::Envelope) -> Replica {
+        Replica {
+            id: *id,
+            version: 1,
+            record: envelope.replica_record(),
+            envelope: serde_json::to_vec(envelope).unwrap(),
+            retracted: false,
+        }
+    }
+
+    /// A partner's record names its origin in its head (decision 0022): one write, not a
+    /// second in `replicas`. A head written before, with the origin in `replicas`, still
+    /// reads as that partner's record, and no other partner (nor the node) may write it.
+    #[test]
+    fn a_partners_record_is_named_by_its_head_and_older_heads_still_read() {
+        let (_dir, store, own) = store_with_one();
+        let (theirs, older) = (
+            RecordId(uuid::Uuid::now_v7()),
+            RecordId(uuid::Uuid::now_v7()),
+        );
+        for id in [&theirs, &older] {
+            let replica = partner_replica(id, &partner_envelope("XBB", id, "LOT-1"));
+            store.apply_replicas("XBB", &[replica], None).unwrap();
+        }
+        assert_eq!(store.replicas.len(), 0, "nothing is written to `replicas`");
+        let head = store.head.get(theirs.as_bytes()).unwrap().unwrap();
+        assert_eq!(&head[5..], b"XBB");
+        assert_eq!(
+            store.head(&theirs).unwrap(),
+            Some(Head {
+                version: 1,
+                retracted: false
+            })
+        );
+        // `older` as a store written before decision 0022 holds it.
+        store.head.insert(older.as_bytes(), &head[..5]).unwrap();
+        store.replicas.insert(older.as_bytes(), "XBB").unwrap();
+        for id in [&theirs, &older] {
+            assert_eq!(store.replica_origin(id).unwrap().as_deref(), Some("XBB"));
+            assert!(!store.is_own(id).unwrap());
+            let replica = partner_replica(id, &partner_envelope("XCC", id, "LOT-2"));
+            assert!(matches!(
+                store.apply_replicas("XCC", &[replica], None),
+                Err(StoreError::Foreign(f)) if f == *id
+            ));
+        }
+        assert!(store.is_own(&own.id).unwrap());
+        assert_eq!(store.replica_origin(&own.id).unwrap(), None);
+        let replica = partner_replica(&own.id, &partner_envelope("XBB", &own.id, "LOT-3"));
+        assert!(matches!(
+            store.apply_replicas("XBB", &[replica], None),
+            Err(StoreError::Exists(e)) if e == own.id
+        ));
+        assert_eq!(
+            store
+                .replica_origin(&RecordId(uuid::Uuid::now_v7()))
+                .unwrap(),
+            None
+        );
+    }
+
     /// A version is one sled value with its envelope (decision 0015), own or a partner's, so
     /// the `envelopes` tree takes no new writes; versions written before, with the envelope
     /// apart, read as they did; a value cut inside its envelope is corruption.
@@ -1534,30 +1664,11 @@ pub(crate) mod tests {
 
         let theirs = RecordId(uuid::Uuid::now_v7());
         // XBB's version 1 of `theirs`, sealed by XBB, as received.
-        let sealed = |lot: &str| {
-            let mut record = prepared(lot).record;
-            record["record_id"] = json!(theirs.to_string());
-            record["originating_state"] = json!("XBB");
-            let seal = crate::envelope::Seal {
-                origin: "XBB",
-                seq: 1,
-                prev: "",
-                issued_at: "2026-01-01T00:00:00.000Z",
-                retracted: false,
-                normaliser: crate::normalise::NORMALISER_VERSION,
-            };
-            let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
-            crate::envelope::seal(&record, &seal, &key).unwrap()
-        };
+        let sealed = |lot: &str| partner_envelope("XBB", &theirs, lot);
         let receive = |envelope: &crate::envelope::Envelope| {
-            let replica = Replica {
-                id: theirs,
-                version: 1,
-                record: envelope.replica_record(),
-                envelope: serde_json::to_vec(envelope).unwrap(),
-                retracted: false,
-            };
-            store.apply_replicas("XBB", &[replica], None).unwrap();
+            store
+                .apply_replicas("XBB", &[partner_replica(&theirs, envelope)], None)
+                .unwrap();
         };
         let shown = |envelope: &crate::envelope::Envelope| {
             let mut record = envelope.replica_record();
