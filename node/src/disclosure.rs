@@ -279,8 +279,8 @@ pub fn decision_received(
             {
                 return Err((409, "the disclosure names this node's own record".into()));
             }
-            let replica =
-                crate::sync::replica_from(id, envelope).map_err(|e| (500, e.to_string()))?;
+            let replica = crate::sync::replica_from(id, envelope.clone())
+                .map_err(|e| (500, e.to_string()))?;
             store.apply_granted(&peer.id, &replica).map_err(internal)?;
             store.flush().map_err(internal)?;
             node.index().notify();

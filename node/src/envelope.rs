@@ -1128,17 +1128,17 @@ impl Envelope {
     /// `retracted` for a retraction). The store keeps a partner's version as its envelope
     /// alone and reads the record back this way (decision 0019).
     pub fn replica_record(&self) -> Value {
-        let c = &self.claims;
-        let mut record = self.record();
-        if let Some(o) = record.as_object_mut() {
-            o.insert("record_id".into(), Value::String(c.record_id.clone()));
-            o.insert("record_version".into(), Value::from(c.version));
-            o.insert("originating_state".into(), Value::String(c.origin.clone()));
-            if c.retracted {
-                o.insert("retracted".into(), Value::Bool(true));
-            }
-        }
-        record
+        with_identity(self.record(), &self.claims)
+    }
+
+    /// [`Envelope::replica_record`], moving the disclosed values into the record.
+    pub fn into_replica_record(self) -> Value {
+        let record = rebuild_owned(
+            self.disclosures
+                .into_iter()
+                .map(|Disclosure(_, p, v)| (p, v)),
+        );
+        with_identity(record, &self.claims)
     }
 
     /// The union of two views of the same signed claims (used when a widened policy shows
@@ -1167,22 +1167,42 @@ impl Envelope {
     }
 }
 
+/// `record` with the identity fields of the signed claims (and `retracted` for a retraction):
+/// what a partner's version shows ([`Envelope::replica_record`]).
+fn with_identity(mut record: Value, c: &Claims) -> Value {
+    if let Some(o) = record.as_object_mut() {
+        o.insert("record_id".into(), Value::String(c.record_id.clone()));
+        o.insert("record_version".into(), Value::from(c.version));
+        o.insert("originating_state".into(), Value::String(c.origin.clone()));
+        if c.retracted {
+            o.insert("retracted".into(), Value::Bool(true));
+        }
+    }
+    record
+}
+
 /// Rebuilds a JSON document from `(pointer, leaf)` pairs. A segment that is a canonical array
 /// index under a container made for it is an array position; positions are compacted.
 pub fn rebuild<'a>(pairs: impl Iterator<Item = (&'a str, &'a Value)>) -> Value {
+    rebuild_owned(pairs.map(|(path, value)| (path, value.clone())))
+}
+
+/// [`rebuild`], taking the leaves (which it moves into the document, not copies).
+fn rebuild_owned<P: AsRef<str>>(pairs: impl Iterator<Item = (P, Value)>) -> Value {
     // An intermediate tree that remembers array positions, so gaps compact in order.
     enum Node {
         Leaf(Value),
         Object(Vec<(String, Node)>),
         Array(BTreeMap<u64, Node>),
     }
-    fn insert(node: &mut Node, segments: &[Cow<'_, str>], value: &Value) {
-        let Some((first, rest)) = segments.split_first() else {
-            *node = Node::Leaf(value.clone());
+    fn insert<'s>(node: &mut Node, mut segments: impl Iterator<Item = &'s str>, value: Value) {
+        let Some(first) = segments.next() else {
+            *node = Node::Leaf(value);
             return;
         };
+        let first = unescape_segment(first);
         if let Node::Leaf(_) = node {
-            *node = if is_index(first) {
+            *node = if is_index(&first) {
                 Node::Array(BTreeMap::new())
             } else {
                 Node::Object(Vec::new())
@@ -1192,17 +1212,17 @@ pub fn rebuild<'a>(pairs: impl Iterator<Item = (&'a str, &'a Value)>) -> Value {
             Node::Array(map) => {
                 let index = first.parse::<u64>().unwrap_or(u64::MAX);
                 let child = map.entry(index).or_insert_with(|| Node::Leaf(Value::Null));
-                insert(child, rest, value);
+                insert(child, segments, value);
             }
             Node::Object(entries) => {
-                let position = match entries.iter().position(|(k, _)| k == first) {
+                let position = match entries.iter().position(|(k, _)| *k == first) {
                     Some(p) => p,
                     None => {
-                        entries.push((first.to_string(), Node::Leaf(Value::Null)));
+                        entries.push((first.into_owned(), Node::Leaf(Value::Null)));
                         entries.len() - 1
                     }
                 };
-                insert(&mut entries[position].1, rest, value);
+                insert(&mut entries[position].1, segments, value);
             }
             Node::Leaf(_) => {}
         }
@@ -1221,8 +1241,7 @@ pub fn rebuild<'a>(pairs: impl Iterator<Item = (&'a str, &'a Value)>) -> Value {
     }
     let mut root = Node::Object(Vec::new());
     for (path, value) in pairs {
-        let segments: Vec<Cow<'_, str>> = path.split('/').skip(1).map(unescape_segment).collect();
-        insert(&mut root, &segments, value);
+        insert(&mut root, path.as_ref().split('/').skip(1), value);
     }
     finish(root)
 }
@@ -1394,6 +1413,44 @@ mod tests {
             let short = submitted_digests(&value, salts_from(secret)).ok();
             proptest::prop_assert_eq!(&short, &long);
             proptest::prop_assert_eq!(&short, &rebuilt);
+        }
+    }
+
+    proptest::proptest! {
+        /// A partner's record made by moving the disclosed values out of a view is the one
+        /// made by copying them, whatever the view keeps (gaps in arrays included).
+        #[test]
+        fn a_view_moved_into_its_record_shows_what_it_copies(
+            value in crate::record::tests::record_like(),
+            keep in proptest::collection::vec(proptest::prelude::any::<bool>(), 64),
+            retracted in proptest::prelude::any::<bool>(),
+        ) {
+            let at = Seal {
+                origin: "XAA",
+                seq: 1,
+                prev: "",
+                issued_at: "2026-01-01T00:00:00Z",
+                retracted,
+                normaliser: "2",
+            };
+            // Only integers and non-numeric keys can be sealed.
+            fn sealable(value: Value) -> Value {
+                match value {
+                    Value::Number(n) if n.as_i64().is_none() && n.as_u64().is_none() => {
+                        Value::from(n.as_f64().unwrap_or_default() as i64)
+                    }
+                    Value::Array(a) => Value::Array(a.into_iter().map(sealable).collect()),
+                    Value::Object(m) => Value::Object(
+                        m.into_iter()
+                            .map(|(k, v)| (if is_index(&k) { format!("k{k}") } else { k }, sealable(v)))
+                            .collect(),
+                    ),
+                    v => v,
+                }
+            }
+            let envelope = seal(&json!({"record": sealable(value)}), &at, &key()).unwrap();
+            let view = envelope.into_view(&keep);
+            proptest::prop_assert_eq!(view.clone().into_replica_record(), view.replica_record());
         }
     }
 

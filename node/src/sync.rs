@@ -694,7 +694,7 @@ fn reconcile(
             let received: Envelope =
                 serde_json::from_slice(&replica.envelope).map_err(anyhow::Error::from)?;
             if let Some(merged) = held.merge(&received) {
-                *replica = replica_from(id, &merged).map_err(anyhow::Error::from)?;
+                *replica = replica_from(id, merged).map_err(anyhow::Error::from)?;
                 // Rare (a replay after a policy change): the indexer reads it from the store.
                 *doc = None;
             }
@@ -704,16 +704,16 @@ fn reconcile(
 }
 
 /// Builds the stored form of verified envelopes and their search documents, on two threads
-/// for a full page.
+/// for a full page. The envelopes are consumed: their disclosed values move into the records.
 fn build_replicas(
     index: &SearchIndex,
-    envelopes: Vec<(RecordId, Envelope)>,
+    mut envelopes: Vec<(RecordId, Envelope)>,
 ) -> Result<Vec<(Replica, Option<Documents>)>, serde_json::Error> {
     type Built = Vec<(Replica, Option<Documents>)>;
-    let build = |part: &[(RecordId, Envelope)]| -> Result<Built, serde_json::Error> {
-        part.iter()
+    let build = |part: Vec<(RecordId, Envelope)>| -> Result<Built, serde_json::Error> {
+        part.into_iter()
             .map(|(id, e)| {
-                let (replica, keys) = keyed_replica(*id, e)?;
+                let (replica, keys) = keyed_replica(id, e)?;
                 let docs = (!replica.retracted)
                     .then(|| index.documents(replica.id, replica.version, &replica.record, keys));
                 Ok((replica, docs))
@@ -721,12 +721,12 @@ fn build_replicas(
             .collect()
     };
     if envelopes.len() < 32 {
-        return build(&envelopes);
+        return build(envelopes);
     }
-    let (a, b) = envelopes.split_at(envelopes.len() / 2);
+    let second_half = envelopes.split_off(envelopes.len() / 2);
     std::thread::scope(|scope| {
-        let second = scope.spawn(|| build(b));
-        let mut first = build(a)?;
+        let second = scope.spawn(|| build(second_half));
+        let mut first = build(envelopes)?;
         first.extend(second.join().unwrap_or_else(|_| Ok(Vec::new()))?);
         Ok(first)
     })
@@ -787,7 +787,7 @@ fn write_page(
 /// disclosures show with identity fields from the signed claims ([`Envelope::replica_record`];
 /// the store keeps the envelope alone and shows the record with this node's `derived`
 /// interpretations as it reads it).
-pub fn replica_from(id: RecordId, envelope: &Envelope) -> Result<Replica, serde_json::Error> {
+pub fn replica_from(id: RecordId, envelope: Envelope) -> Result<Replica, serde_json::Error> {
     keyed_replica(id, envelope).map(|(replica, _)| replica)
 }
 
@@ -795,17 +795,18 @@ pub fn replica_from(id: RecordId, envelope: &Envelope) -> Result<Replica, serde_
 /// (for [`crate::index::SearchIndex::documents`]).
 fn keyed_replica(
     id: RecordId,
-    envelope: &Envelope,
+    envelope: Envelope,
 ) -> Result<(Replica, Vec<crate::record::ItemKeys>), serde_json::Error> {
-    let c = &envelope.claims;
-    let record = envelope.replica_record();
+    let bytes = serde_json::to_vec(&envelope)?;
+    let (version, retracted) = (envelope.claims.version, envelope.claims.retracted);
+    let record = envelope.into_replica_record();
     let keys = crate::record::item_keys(&record);
     let replica = Replica {
         id,
-        version: c.version,
+        version,
         record,
-        envelope: serde_json::to_vec(envelope)?,
-        retracted: c.retracted,
+        envelope: bytes,
+        retracted,
     };
     Ok((replica, keys))
 }
@@ -1123,7 +1124,7 @@ mod tests {
     fn replicas(p: &FeedPage) -> Vec<Replica> {
         p.entries
             .iter()
-            .filter_map(|e| e.envelope.as_ref())
+            .filter_map(|e| e.envelope.clone())
             .map(|e| replica_from(RecordId::parse(&e.claims.record_id).unwrap(), e).unwrap())
             .collect()
     }
