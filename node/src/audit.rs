@@ -40,7 +40,7 @@ pub struct Broken {
 }
 
 fn entry_hash(entry: &Map<String, Value>) -> String {
-    let bytes = crate::envelope::canonical(entry).unwrap_or_default();
+    let bytes = crate::envelope::canonical_object(entry).unwrap_or_default();
     URL_SAFE_NO_PAD.encode(Sha256::digest(bytes))
 }
 

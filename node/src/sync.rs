@@ -70,6 +70,54 @@ pub struct Applied {
     pub retracted: bool,
 }
 
+impl Receipt {
+    /// RFC 8785 form of the receipt: what is signed. It holds only strings, booleans and
+    /// integers below 2^32, so serde_json's compact output of its fields in sorted key order
+    /// is already canonical (as for [`crate::envelope::Claims::canonical`]), and several
+    /// times faster than the general canonicaliser on a page's thousand entries. A property
+    /// test checks both agree.
+    pub fn canonical(&self) -> Result<Vec<u8>, serde_json::Error> {
+        #[derive(Serialize)]
+        struct Sorted<'a> {
+            applied: Vec<SortedApplied<'a>>,
+            at: &'a str,
+            from: &'a str,
+            key_id: &'a str,
+            to: &'a str,
+            v: u32,
+        }
+        #[derive(Serialize)]
+        struct SortedApplied<'a> {
+            record_id: &'a str,
+            retracted: bool,
+            version: u32,
+        }
+        let applied = self
+            .applied
+            .iter()
+            .map(|a| SortedApplied {
+                record_id: &a.record_id,
+                retracted: a.retracted,
+                version: a.version,
+            })
+            .collect();
+        let entries: usize = self.applied.iter().map(|a| a.record_id.len() + 60).sum();
+        let mut out = Vec::with_capacity(200 + entries);
+        serde_json::to_writer(
+            &mut out,
+            &Sorted {
+                applied,
+                at: &self.at,
+                from: &self.from,
+                key_id: &self.key_id,
+                to: &self.to,
+                v: self.v,
+            },
+        )?;
+        Ok(out)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignedReceipt {
@@ -889,7 +937,7 @@ async fn send_receipt(node: &Node, peer: &Peer, applied: Vec<Applied>) {
 fn sign_receipt(node: &Node, receipt: Receipt) -> anyhow::Result<SignedReceipt> {
     use base64::Engine;
     use ed25519_dalek::Signer;
-    let bytes = crate::envelope::canonical(&receipt)?;
+    let bytes = receipt.canonical()?;
     let sig = node.identity().signing_key().sign(&bytes);
     Ok(SignedReceipt {
         receipt,
@@ -904,7 +952,7 @@ pub fn verify_receipt(peer: &Peer, signed: &SignedReceipt) -> Result<(), String>
         .keys()
         .key_valid_at(&signed.receipt.key_id, &signed.receipt.at)
         .map_err(|e| e.to_string())?;
-    let bytes = crate::envelope::canonical(&signed.receipt).map_err(|e| e.to_string())?;
+    let bytes = signed.receipt.canonical().map_err(|e| e.to_string())?;
     let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(&signed.sig)
         .ok()
@@ -1041,6 +1089,37 @@ impl Wakes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The fast canonical form of a receipt is byte for byte what serde_jcs writes.
+        #[test]
+        fn fast_receipt_encoding_is_jcs(
+            text in "\\PC*",
+            control in proptest::collection::vec(0u32..0x20, 0..4),
+            v in proptest::prelude::any::<u32>(),
+            applied in proptest::collection::vec(
+                ("\\PC{0,12}", proptest::prelude::any::<u32>(), proptest::prelude::any::<bool>()),
+                0..6,
+            ),
+        ) {
+            let odd: String = control.iter().filter_map(|c| char::from_u32(*c)).collect();
+            let receipt = Receipt {
+                v,
+                from: format!("X{text}"),
+                to: odd.clone() + "\u{2028}\"\\",
+                at: text.clone(),
+                key_id: odd,
+                applied: applied
+                    .into_iter()
+                    .map(|(record_id, version, retracted)| Applied { record_id, version, retracted })
+                    .collect(),
+            };
+            proptest::prop_assert_eq!(
+                receipt.canonical().unwrap(),
+                crate::envelope::canonical(&receipt).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn a_failing_partner_is_pulled_less_and_less_often_up_to_twelve_intervals() {
