@@ -67,12 +67,28 @@ pub(super) fn unpack<'a>(
     bytes: &'a [u8],
     what: &dyn std::fmt::Display,
 ) -> Result<Cow<'a, [u8]>, StoreError> {
-    match bytes.split_first() {
-        Some((&LZ4, compressed)) => lz4_flex::block::decompress_size_prepended(compressed)
-            .map(Cow::Owned)
-            .map_err(|e| StoreError::Corrupt(format!("{what}: {e}"))),
-        _ => Ok(Cow::Borrowed(bytes)),
+    let Some((&LZ4, compressed)) = bytes.split_first() else {
+        return Ok(Cow::Borrowed(bytes));
+    };
+    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("{what}: {e}"));
+    let (size, block) = lz4_flex::block::uncompressed_size(compressed).map_err(|e| corrupt(&e))?;
+    // An LZ4 block expands at most ~255 times; a larger stated size is a damaged prefix, which
+    // must not make the node allocate gigabytes.
+    if size > block.len().saturating_mul(256) + 64 {
+        return Err(corrupt(
+            &"the stated size does not fit the compressed bytes",
+        ));
     }
+    let out = lz4_flex::block::decompress(block, size).map_err(|e| corrupt(&e))?;
+    // lz4_flex stops without an error when the input ends after a run of literals: a value
+    // cut there decodes short, so the length is what tells.
+    if out.len() != size {
+        return Err(corrupt(&format_args!(
+            "{} bytes decoded where {size} were stored",
+            out.len()
+        )));
+    }
+    Ok(Cow::Owned(out))
 }
 
 pub(super) fn to_bytes(value: &Value) -> Vec<u8> {

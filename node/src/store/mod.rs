@@ -1364,11 +1364,19 @@ pub(crate) mod tests {
         assert_eq!(unpack(&packed, &"x").unwrap().as_ref(), json.as_slice());
         // Stores written before compression hold plain JSON.
         assert_eq!(unpack(&json, &"x").unwrap().as_ref(), json.as_slice());
-        let truncated = &packed[..packed.len() / 2];
-        assert!(matches!(
-            unpack(truncated, &"x"),
-            Err(StoreError::Corrupt(_))
-        ));
+        // A value cut anywhere is corruption, also where lz4_flex alone would decode it short
+        // (after a run of literals).
+        for cut in 1..packed.len() {
+            assert!(
+                matches!(unpack(&packed[..cut], &"x"), Err(StoreError::Corrupt(_))),
+                "cut at {cut} of {}",
+                packed.len()
+            );
+        }
+        // A damaged size prefix stating gigabytes is corruption, not an allocation.
+        let mut huge = packed.clone();
+        huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(unpack(&huge, &"x"), Err(StoreError::Corrupt(_))));
     }
 
     /// A one-item record with a headstamp and a calibre besides its lot, validated.
