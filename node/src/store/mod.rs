@@ -288,9 +288,17 @@ fn encode_head(head: Head, origin: Option<&str>) -> Vec<u8> {
     v
 }
 
-/// The origin a head value names (a partner's record written since decision 0022).
-fn head_origin(bytes: &[u8]) -> Option<&[u8]> {
-    bytes.get(5..).filter(|o| !o.is_empty())
+/// The origin of the record whose head value is `head`: the one the head names (decision
+/// 0022), or for a head written before, what `replicas` holds (`legacy`, read only then).
+/// `None` for an own record.
+fn head_origin<E>(
+    head: &[u8],
+    legacy: impl FnOnce() -> Result<Option<sled::IVec>, E>,
+) -> Result<Option<sled::IVec>, E> {
+    match head.get(5..).filter(|o| !o.is_empty()) {
+        Some(origin) => Ok(Some(sled::IVec::from(origin))),
+        None => legacy(),
+    }
 }
 
 /// A receipt's key: the record id, then the partner's id.
@@ -728,10 +736,7 @@ impl Store {
         let Some(head) = self.head.get(id.as_bytes())? else {
             return Ok(None);
         };
-        let origin = match head_origin(&head) {
-            Some(o) => Some(sled::IVec::from(o)),
-            None => self.replicas.get(id.as_bytes())?,
-        };
+        let origin = head_origin(&head, || self.replicas.get(id.as_bytes()))?;
         Ok(origin.map(|o| String::from_utf8_lossy(&o).into_owned()))
     }
 
@@ -1012,13 +1017,7 @@ impl Store {
                 let held = t.0.get(r.id.as_bytes())?;
                 let current = held.as_deref().and_then(decode_head);
                 if let Some(bytes) = &held {
-                    // The head names a partner's origin; one written before decision 0022
-                    // has it in `replicas`.
-                    let held_origin = match head_origin(bytes) {
-                        Some(o) => Some(sled::IVec::from(o)),
-                        None => t.4.get(r.id.as_bytes())?,
-                    };
-                    match held_origin {
+                    match head_origin(bytes, || t.4.get(r.id.as_bytes()))? {
                         // An own record with the same id: never overwritten by a partner.
                         None => return abort(StoreError::Exists(r.id)),
                         // Another partner's record: only its origin changes it.
