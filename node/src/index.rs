@@ -357,7 +357,15 @@ fn catch_up(
     mut watermark: u64,
     batch: usize,
 ) -> Result<(u64, usize), IndexError> {
-    let changes = store.changes_after(watermark, batch)?;
+    // Only changes on disk: a change a crash can still take from the store must not be
+    // committed to the index, which would then be ahead of the store after a restart.
+    let durable = store.durable_seq();
+    if durable <= watermark {
+        return Ok((watermark, 0));
+    }
+    let wanted = usize::try_from(durable - watermark).map_or(batch, |n| n.min(batch));
+    let mut changes = store.changes_after(watermark, wanted)?;
+    changes.retain(|c| c.seq <= durable);
     if changes.is_empty() {
         return Ok((watermark, 0));
     }
@@ -497,7 +505,24 @@ impl SearchIndex {
         // turns every commit into a segment of its own that merges must later combine.
         let mut writer: IndexWriter =
             index.writer_with_num_threads(1, writer_memory_mib.max(16) * 1024 * 1024)?;
-        let start = watermark_of(&index)?;
+        let mut start = watermark_of(&index)?;
+        let last = store.last_seq()?;
+        if start > last {
+            // The index holds changes the store does not (a store restored from a backup, or
+            // one a crash took unflushed changes from, written by an older node): those
+            // records would stay searchable, and the store's next changes, numbered again from
+            // `last`, would never be indexed. The index is derived: start afresh.
+            tracing::warn!(
+                index_watermark = start,
+                store_last_seq = last,
+                "the search index is ahead of the store; rebuilding it from the store"
+            );
+            writer.delete_all_documents()?;
+            let mut commit = writer.prepare_commit()?;
+            commit.set_payload("0");
+            commit.commit()?;
+            start = 0;
+        }
         let shared = Arc::new(Shared {
             reader,
             fields,
@@ -993,8 +1018,11 @@ mod tests {
         }
     }
 
-    /// Waits until the indexer has committed the store's last change.
+    /// Flushes the store (the indexer indexes changes on disk only) and waits until the
+    /// indexer has committed its last change.
     fn wait_indexed(index: &SearchIndex, store: &Store) {
+        store.flush().unwrap();
+        index.notify();
         let last = store.last_seq().unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while index.watermark() < last {
@@ -1099,6 +1127,7 @@ mod tests {
             .map(|n| prepared_as(None, &format!("{lot_prefix}-{n}")))
             .collect();
         store.create_batch(&mut batch, &sealer()).unwrap();
+        store.flush().unwrap();
     }
 
     /// While rounds read changes in bulk, commits wait for more, up to the bulk interval; a
@@ -1176,6 +1205,98 @@ mod tests {
         }
         assert_eq!(index.num_docs(), 4 * BULK_CHANGES as u64);
 
+        index.shutdown();
+    }
+
+    /// A change is indexed once it is on disk, never before: a crash can still take an
+    /// unflushed change from the store, and the index must not keep what the store lost.
+    #[test]
+    fn changes_are_indexed_once_flushed_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let index =
+            SearchIndex::open(&dir.path().join("index"), store.clone(), 16, quick()).unwrap();
+        store
+            .create_batch(&mut [prepared_as(None, "UNFLUSHED-1")], &sealer())
+            .unwrap();
+        index.notify();
+        // Many commit rounds (20 ms each) pass: nothing is committed past the flushed change.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(index.watermark(), 0);
+        assert!(lots(&index, "UNFLUSHED1").is_empty());
+        wait_indexed(&index, &store);
+        assert_eq!(index.watermark(), 1);
+        assert_eq!(lots(&index, "UNFLUSHED1").len(), 1);
+        index.shutdown();
+    }
+
+    /// An index ahead of its store (changes a crash took from the store before an older
+    /// node's index committed them, or a store restored from an older backup) is started
+    /// afresh: what the store lost is no longer found, and what is written after, under the
+    /// same sequence numbers, is.
+    #[test]
+    fn an_index_ahead_of_its_store_is_rebuilt_from_the_store() {
+        fn copy_dir(from: &Path, to: &Path) {
+            std::fs::create_dir_all(to).unwrap();
+            for e in std::fs::read_dir(from).unwrap() {
+                let e = e.unwrap();
+                let target = to.join(e.file_name());
+                if e.file_type().unwrap().is_dir() {
+                    copy_dir(&e.path(), &target);
+                } else {
+                    std::fs::copy(e.path(), &target).unwrap();
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (live, older, idx) = (
+            dir.path().join("store"),
+            dir.path().join("older"),
+            dir.path().join("index"),
+        );
+        {
+            let store = Store::open(&live).unwrap();
+            store
+                .create_batch(&mut [prepared_as(None, "KEPT-1")], &sealer())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        // The store as it will be found after the restart: its first change only.
+        copy_dir(&live, &older);
+        {
+            let store = Store::open(&live).unwrap();
+            store
+                .create_batch(
+                    &mut [prepared_as(None, "LOST-2"), prepared_as(None, "LOST-3")],
+                    &sealer(),
+                )
+                .unwrap();
+            let index = SearchIndex::open(&idx, store.clone(), 16, quick()).unwrap();
+            wait_indexed(&index, &store);
+            assert_eq!(index.watermark(), 3);
+            index.shutdown();
+        }
+        let store = Store::open(&older).unwrap();
+        assert_eq!(store.last_seq().unwrap(), 1);
+        let index = SearchIndex::open(&idx, store.clone(), 16, quick()).unwrap();
+        let written = store
+            .create_batch(
+                &mut [prepared_as(None, "AFTER-4"), prepared_as(None, "AFTER-5")],
+                &sealer(),
+            )
+            .unwrap();
+        assert_eq!(
+            written[1].seq, 3,
+            "the store numbers its changes again from 1"
+        );
+        wait_indexed(&index, &store);
+        assert!(
+            lots(&index, "LOST2").is_empty(),
+            "a change the store lost is found"
+        );
+        assert_eq!(lots(&index, "AFTER4").len(), 1);
+        assert_eq!(lots(&index, "AFTER5").len(), 1);
+        assert_eq!(lots(&index, "KEPT1").len(), 1);
         index.shutdown();
     }
 }

@@ -252,6 +252,8 @@ pub struct Store {
     /// Serialises writes of own records: the own sequence and its hash chain are assigned
     /// and signed outside the transaction, so no two writers may interleave.
     write_lock: std::sync::Arc<std::sync::Mutex<()>>,
+    /// The last change known to be on disk ([`Store::durable_seq`]).
+    durable: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 const LAST_SEQ: &[u8] = b"last_seq";
@@ -472,8 +474,13 @@ impl Store {
             interpretations: db.open_tree("interpretations")?,
             names: Default::default(),
             write_lock: Default::default(),
+            durable: Default::default(),
             db,
         };
+        // What sled recovered on opening is on disk.
+        store
+            .durable
+            .store(store.last_seq()?, std::sync::atomic::Ordering::Release);
         store.backfill_disclosed()?;
         Ok(store)
     }
@@ -542,8 +549,19 @@ impl Store {
 
     /// Makes every write so far durable (fsync of sled's log). Call before acknowledging.
     pub fn flush(&self) -> Result<(), StoreError> {
+        // Read first: every change up to it is in what the flush writes out.
+        let last = self.last_seq()?;
         self.db.flush()?;
+        self.durable
+            .fetch_max(last, std::sync::atomic::Ordering::AcqRel);
         Ok(())
+    }
+
+    /// The last change known to be on disk: the last one when the store was opened or, since,
+    /// when a [`Store::flush`] began. A change after it may still be lost by a crash, so
+    /// nothing derived from it may outlive one (the search index commits up to here only).
+    pub fn durable_seq(&self) -> u64 {
+        self.durable.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Stores new records (version 1, or the version they declare) in one transaction: all of
@@ -1132,8 +1150,7 @@ impl Store {
     /// Stores a disclosure request (`in:ID` received, `out:ID` sent) and flushes it.
     pub fn put_request(&self, key: &str, entry: &Value) -> Result<(), StoreError> {
         self.requests.insert(key.as_bytes(), to_bytes(entry))?;
-        self.db.flush()?;
-        Ok(())
+        self.flush()
     }
 
     pub fn request(&self, key: &str) -> Result<Option<Value>, StoreError> {
