@@ -229,6 +229,41 @@ fn gate(
     if policy.mode == Mode::None {
         return Err("the policy's mode is none".into());
     }
+    labels_allow(partner, policy, record)?;
+    if age_hours < i64::from(policy.embargo_hours) {
+        return Err(format!(
+            "under embargo: {} h of {} h elapsed",
+            age_hours.max(0),
+            policy.embargo_hours
+        ));
+    }
+    let all_categories = policy.categories.iter().any(|c| c == "*");
+    let item_allowed: Vec<bool> = record
+        .get("items")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .map(|item| {
+                    all_categories
+                        || item
+                            .get("item_category")
+                            .and_then(Value::as_str)
+                            .is_some_and(|c| policy.categories.iter().any(|p| p == c))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !item_allowed.iter().any(|a| *a) {
+        return Err("no item is in a category this partner may receive".into());
+    }
+    Ok(item_allowed)
+}
+
+/// The record's own sharing labels against `partner` under `policy`: do-not-share, TLP (RED
+/// or none never leaves; nothing above the partner's `max_tlp`) and `releasable_to`. These
+/// hold for every version of a record once its latest carries them.
+pub fn labels_allow(partner: &str, policy: &Policy, record: &Value) -> Result<(), String> {
     let sharing = record.get("sharing");
     if sharing
         .and_then(|s| s.get("do_not_share"))
@@ -261,34 +296,7 @@ fn gate(
             "the record's releasable_to does not name {partner}"
         ));
     }
-    if age_hours < i64::from(policy.embargo_hours) {
-        return Err(format!(
-            "under embargo: {} h of {} h elapsed",
-            age_hours.max(0),
-            policy.embargo_hours
-        ));
-    }
-    let all_categories = policy.categories.iter().any(|c| c == "*");
-    let item_allowed: Vec<bool> = record
-        .get("items")
-        .and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .map(|item| {
-                    all_categories
-                        || item
-                            .get("item_category")
-                            .and_then(Value::as_str)
-                            .is_some_and(|c| policy.categories.iter().any(|p| p == c))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if !item_allowed.iter().any(|a| *a) {
-        return Err("no item is in a category this partner may receive".into());
-    }
-    Ok(item_allowed)
+    Ok(())
 }
 
 fn path_rule(policy: &Policy, item_allowed: &[bool], path: &str) -> (bool, &'static str) {

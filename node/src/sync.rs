@@ -216,7 +216,7 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
             .with_record(&change.id, change.version)?
             .ok_or_else(|| anyhow::anyhow!("no envelope for {}@{}", change.id, change.version))?;
         let retraction = envelope.claims.retracted;
-        let shared = if replicate {
+        let shared = if replicate && labels_now_allow(store, peer, &change.id, change.version)? {
             // The policy reads the submitted fields (sharing labels, item categories), which an
             // own envelope discloses in full.
             sharing(peer, &envelope, &submitted)
@@ -256,9 +256,14 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
         });
     }
     if !sent.is_empty() {
-        // Noted, durably, before the page leaves: if this fails, nothing is served.
+        // Noted before the page leaves (made durable below): if this fails, nothing is served.
         store.note_disclosed(&peer.id, &sent)?;
-        store.flush()?;
+    }
+    // Every change the page names is made durable before it leaves, withheld ones too: the
+    // partner keeps their sequence numbers and digests in its cursor, and a change a crash
+    // took back would be numbered again with another digest, breaking its chain for good.
+    store.flush()?;
+    if !sent.is_empty() {
         node.audit().record(
             "disclosure",
             json!({
@@ -278,6 +283,29 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
         entries,
         last_seq: store.own_tail()?.0,
     })
+}
+
+/// Whether own record `id`'s latest version lets its older `version` leave to `peer`: a
+/// record marked do-not-share or TLP RED since (or no longer releasable to the partner) does
+/// not leave in any earlier form either ([`policy::labels_allow`]). A partner that was
+/// offline, is under embargo or pulls from the start must not get what the origin has since
+/// withdrawn.
+fn labels_now_allow(
+    store: &crate::store::Store,
+    peer: &Peer,
+    id: &RecordId,
+    version: u32,
+) -> anyhow::Result<bool> {
+    let Some(head) = store.head(id)? else {
+        return Ok(false);
+    };
+    if head.version <= version {
+        return Ok(true);
+    }
+    let Some(latest) = store.get(id, Some(head.version))? else {
+        return Ok(false);
+    };
+    Ok(policy::labels_allow(&peer.id, &peer.policy, &latest).is_ok())
 }
 
 /// True when `partner` was sent a version of own record `id` (noted, durably, before a feed
@@ -1444,5 +1472,77 @@ mod tests {
         let older = receipt(vec![applied(&ids[0], 1)]);
         assert_eq!(store_receipt(store, "XBB", &older).unwrap(), 0);
         assert_eq!(version(&ids[0]), Some(json!(2)));
+    }
+
+    /// An own record as `XAA` writes it: one item with `lot`, and these sharing labels.
+    fn own_record(id: Option<RecordId>, lot: &str, sharing: Value) -> crate::record::Prepared {
+        let mut record = json!({
+            "originating_state": "XAA",
+            "event": {"event_type": "seizure", "date": {"start": "2024-03-01"},
+                      "location": {"country": "XAA", "precision": "country"}},
+            "items": [{"item_id": "i1", "item_category": "small_arms_ammunition",
+                       "lot": {"raw": lot}}],
+            "sharing": sharing
+        });
+        if let Some(id) = id {
+            record["record_id"] = json!(id.to_string());
+        }
+        let mut p = crate::record::Validator::new("XAA")
+            .prepare(record, "2026-01-01T00:00:00Z")
+            .unwrap();
+        if id.is_some() {
+            p.declared_version = Some(1);
+        }
+        p
+    }
+
+    /// A record marked do-not-share (or TLP RED, or no longer releasable to the partner) at
+    /// a later version does not leave in its earlier form either, to a partner that pulls
+    /// after (offline, under embargo, new, or replaying); a plain correction leaves both.
+    #[test]
+    fn a_record_withdrawn_from_sharing_later_does_not_leave_in_its_old_form() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::node::init(dir.path(), "XAA").unwrap();
+        let node = Node::open(dir.path()).unwrap();
+        let store = node.store();
+        let write = |id: Option<RecordId>, lot: &str, sharing: Value| {
+            let p = own_record(id, lot, sharing);
+            match id {
+                None => store.create_batch(&mut [p], node.sealer()).unwrap()[0].id,
+                Some(_) => store.update(p, node.sealer()).unwrap().id,
+            }
+        };
+        let green = json!({"tlp": "GREEN"});
+        let withdrawn = [
+            json!({"tlp": "GREEN", "do_not_share": true}),
+            json!({"tlp": "RED"}),
+            json!({"tlp": "GREEN", "releasable_to": ["XCC"]}),
+        ];
+        let mut hidden = Vec::new();
+        for labels in withdrawn {
+            let id = write(None, "LC10A000-001", green.clone());
+            write(Some(id), "LC10A000-001", labels);
+            hidden.push(id.to_string());
+        }
+        let corrected = write(None, "LC10A000-002", green.clone());
+        write(Some(corrected), "LC10A000-003", green.clone());
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let all = json!({"mode": "replicate", "categories": ["*"], "fields": ["*"]});
+        let xbb = peer_with("XBB", &key, serde_json::from_value(all).unwrap());
+        let page = feed_page(&node, &xbb, 0, 100).unwrap();
+        assert_eq!(
+            page.entries.len(),
+            8,
+            "every change is named, withheld or not"
+        );
+        let sent: Vec<(String, u32)> = page
+            .entries
+            .iter()
+            .filter_map(|e| e.envelope.as_ref())
+            .map(|e| (e.claims.record_id.clone(), e.claims.version))
+            .collect();
+        let corrected = corrected.to_string();
+        assert_eq!(sent, vec![(corrected.clone(), 1), (corrected, 2)]);
+        assert!(hidden.iter().all(|h| sent.iter().all(|(id, _)| id != h)));
     }
 }
