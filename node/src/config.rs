@@ -204,6 +204,11 @@ impl Config {
             peer.validate().map_err(|e| anyhow::anyhow!(e))?;
         }
         anyhow::ensure!(self.stats.k >= 1, "stats.k must be at least 1");
+        // Nonces are kept for twice the skew: a skew of 0 or less would forget them at once.
+        anyhow::ensure!(
+            (1..=86_400).contains(&self.federation.max_clock_skew_secs),
+            "federation.max_clock_skew_secs must be 1..=86400"
+        );
         anyhow::ensure!(
             (1..=5000).contains(&self.federation.page_size),
             "federation.page_size must be 1..=5000"
@@ -250,5 +255,21 @@ mod tests {
         assert_eq!(c.node_id, "XBB");
         assert!(Config::parse("node_id = \"xx\"").is_err());
         assert!(Config::parse("node_id = \"XAA\"\nbogus = 1").is_err());
+    }
+
+    /// A clock skew of zero or less would have the node forget every nonce at once, letting
+    /// a replayed request through: it is refused with the setting named.
+    #[test]
+    fn a_clock_skew_below_one_second_is_refused() {
+        let with = |skew: i64| {
+            Config::parse(&format!(
+                "node_id = \"XAA\"\n[federation]\nmax_clock_skew_secs = {skew}"
+            ))
+        };
+        assert!(with(300).is_ok());
+        for skew in [0, -300] {
+            let e = with(skew).unwrap_err().to_string();
+            assert!(e.contains("max_clock_skew_secs"), "{e}");
+        }
     }
 }

@@ -106,7 +106,11 @@ pub fn receive(node: &Node, peer: &Peer, request: &Request) -> Result<(), (u16, 
 }
 
 /// Holder side: the view granted for an approved request, or why it cannot be given.
-fn granted_view(node: &Node, peer: &Peer, entry: &Value) -> Result<Envelope, String> {
+pub(crate) fn granted_view(node: &Node, peer: &Peer, entry: &Value) -> Result<Envelope, String> {
+    // A partner whose policy is now `none` gets nothing, whatever it was found to hold before.
+    if peer.policy.mode == Mode::None {
+        return Err("this partner's policy shares nothing (mode none)".into());
+    }
     let id = entry["record_id"]
         .as_str()
         .and_then(RecordId::parse)

@@ -142,6 +142,13 @@ pub fn answer(node: &Node, peer: &Peer, query: &Query) -> Result<Answer, Refused
             continue;
         };
         let version = u32::try_from(r.candidate.version).unwrap_or(0);
+        // Only the record as it is now is answered: the index may still hold a version the
+        // origin has since retracted or marked do-not-share (until its next commit).
+        match store.head(&id) {
+            Ok(Some(head)) if head.version == version && !head.retracted => {}
+            Ok(_) => continue,
+            Err(e) => return Err(Refused::Internal(e.to_string())),
+        }
         // The record as submitted comes with the envelope: the policy reads only submitted
         // fields (labels, categories, location).
         let (envelope, record) = match node.envelope_with_record(&id, version) {
@@ -159,17 +166,22 @@ pub fn answer(node: &Node, peer: &Peer, query: &Query) -> Result<Answer, Refused
             sync::View::Shown(view) => view,
             _ => continue,
         };
-        // The hit's item must itself be disclosed (its category allowed).
-        let shown = view.record();
-        let item_shown = shown
+        // The hit's item must itself be disclosed (its category allowed), and so must every
+        // field the query matched it on: a hit tells the partner the record has what it
+        // asked for, which must not reveal a field its policy withholds.
+        let Some(item) = record
             .get("items")
             .and_then(Value::as_array)
-            .is_some_and(|items| {
+            .and_then(|items| {
                 items
                     .iter()
-                    .any(|i| i["item_id"] == r.candidate.item_id.as_str())
-            });
-        if !item_shown {
+                    .position(|i| i["item_id"] == r.candidate.item_id.as_str())
+            })
+        else {
+            continue;
+        };
+        let queried = queried_paths(&params, &r.matched, item);
+        if !queried.iter().all(|p| discloses(&view, p)) {
             continue;
         }
         versions.push(format!("{}@{}", r.candidate.record_id, version));
@@ -223,6 +235,45 @@ pub fn answer(node: &Node, peer: &Peer, query: &Query) -> Result<Answer, Refused
         mode != Mode::HitNoHit,
     );
     Ok(answer)
+}
+
+/// The record paths a partner's query matched a hit on, for a hit on item number `item`:
+/// the item itself, and the field of each search term it gave (free text counts as the lot
+/// or headstamp it matched, as the lot when it matched neither).
+fn queried_paths(params: &SearchParams, matched: &search::MatchInfo, item: usize) -> Vec<String> {
+    let of_item = |field: &str| format!("/items/{item}/{field}");
+    let mut paths = vec![of_item("item_id")];
+    let text = params.q.is_some();
+    let lot = params.lot.is_some() || (text && matched.lot.is_some());
+    let headstamp = params.headstamp.is_some() || (text && matched.headstamp.is_some());
+    if lot || (text && !headstamp) {
+        paths.push(of_item("lot"));
+    }
+    if headstamp {
+        paths.push(of_item("headstamp"));
+    }
+    if params.calibre.is_some() {
+        paths.push(of_item("calibre"));
+    }
+    if params.category.is_some() {
+        paths.push(of_item("item_category"));
+    }
+    if params.country.is_some() {
+        paths.push("/event/location/country".into());
+    }
+    if params.from.is_some() || params.to.is_some() {
+        paths.push("/event/date".into());
+    }
+    paths
+}
+
+/// Whether `view` discloses `path` or a field below it.
+fn discloses(view: &Envelope, path: &str) -> bool {
+    view.disclosures.iter().any(|d| {
+        d.path()
+            .strip_prefix(path)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
 }
 
 /// One partner's part in a federated search.

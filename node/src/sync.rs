@@ -1545,4 +1545,121 @@ mod tests {
         assert_eq!(sent, vec![(corrected.clone(), 1), (corrected, 2)]);
         assert!(hidden.iter().all(|h| sent.iter().all(|(id, _)| id != h)));
     }
+
+    /// Writes `p` as a new own record of `node`, flushed and indexed.
+    async fn write_indexed(node: &Arc<Node>, p: crate::record::Prepared) -> RecordId {
+        let written = node.store().create_batch(&mut [p], node.sealer()).unwrap();
+        node.store().flush().unwrap();
+        node.index().notify();
+        assert!(
+            node.index()
+                .wait_for(written[0].seq, Duration::from_secs(20))
+                .await
+        );
+        written[0].id
+    }
+
+    /// What `policy` (a JSON policy for partner XBB) answers to a query for `lot`.
+    async fn query_as(node: &Arc<Node>, policy: Value, lot: &str) -> crate::query::Answer {
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let xbb = peer_with("XBB", &key, serde_json::from_value(policy).unwrap());
+        let query = crate::query::Query {
+            params: crate::search::SearchParams {
+                lot: Some(lot.into()),
+                ..Default::default()
+            },
+            purpose: "p".into(),
+            case_ref: "c".into(),
+        };
+        let n = node.clone();
+        tokio::task::spawn_blocking(move || crate::query::answer(&n, &xbb, &query))
+            .await
+            .unwrap()
+            .map_err(|e| format!("{e:?}"))
+            .unwrap()
+    }
+
+    fn hit_count(answer: &crate::query::Answer) -> usize {
+        match answer {
+            crate::query::Answer::Query { hits } => hits.len(),
+            crate::query::Answer::HitNoHit { count, .. } => *count,
+        }
+    }
+
+    /// A query matches a partner's hit only on fields its policy discloses: a partner that
+    /// gets events but no lots learns nothing by asking for a lot, in any mode.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_query_does_not_match_on_fields_the_policy_withholds() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::node::init(dir.path(), "XAA").unwrap();
+        let node = Arc::new(Node::open(dir.path()).unwrap());
+        write_indexed(
+            &node,
+            own_record(None, "LC10A000-001", json!({"tlp": "GREEN"})),
+        )
+        .await;
+        let policy = |mode: &str, fields: &[&str]| json!({"mode": mode, "categories": ["*"], "fields": fields});
+        for mode in ["query", "hit_no_hit"] {
+            let all = query_as(&node, policy(mode, &["*"]), "LC10A000-001").await;
+            assert_eq!(
+                hit_count(&all),
+                1,
+                "{mode}: the lot is found when it is shared"
+            );
+            let events = query_as(&node, policy(mode, &["/event"]), "LC10A000-001").await;
+            assert_eq!(hit_count(&events), 0, "{mode}: matched on a withheld lot");
+            let lots = query_as(&node, policy(mode, &["/items/*/lot"]), "LC10A000-001").await;
+            assert_eq!(hit_count(&lots), 1, "{mode}: the lot alone is enough");
+        }
+        node.index().shutdown();
+    }
+
+    /// A query is answered from the record as it is now, not from a version the index still
+    /// holds: a record marked do-not-share after it was indexed is not a hit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_query_answers_from_the_current_version_not_the_indexed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::node::init(dir.path(), "XAA").unwrap();
+        let node = Arc::new(Node::open(dir.path()).unwrap());
+        let id = write_indexed(
+            &node,
+            own_record(None, "LC10A000-001", json!({"tlp": "GREEN"})),
+        )
+        .await;
+        let all = json!({"mode": "query", "categories": ["*"], "fields": ["*"]});
+        assert_eq!(
+            hit_count(&query_as(&node, all.clone(), "LC10A000-001").await),
+            1
+        );
+        // The indexer stops: it stands for the time until its next commit.
+        node.index().shutdown();
+        let labels = json!({"tlp": "GREEN", "do_not_share": true});
+        node.store()
+            .update(own_record(Some(id), "LC10A000-001", labels), node.sealer())
+            .unwrap();
+        node.store().flush().unwrap();
+        assert_eq!(hit_count(&query_as(&node, all, "LC10A000-001").await), 0);
+    }
+
+    /// A disclosure grant follows the partner's policy as it is when approved: under mode
+    /// `none` nothing leaves, though the partner was found to hold a hit before.
+    #[test]
+    fn a_partner_under_mode_none_is_granted_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::node::init(dir.path(), "XAA").unwrap();
+        let node = Node::open(dir.path()).unwrap();
+        let p = own_record(None, "LC10A000-001", json!({"tlp": "GREEN"}));
+        let id = node.store().create_batch(&mut [p], node.sealer()).unwrap()[0].id;
+        let entry = json!({"record_id": id.to_string(), "version": 1});
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let policy = |mode: &str| {
+            let p = json!({"mode": mode, "categories": ["*"], "fields": ["*"]});
+            serde_json::from_value(p).unwrap()
+        };
+        let hit_no_hit = peer_with("XBB", &key, policy("hit_no_hit"));
+        assert!(crate::disclosure::granted_view(&node, &hit_no_hit, &entry).is_ok());
+        let none = peer_with("XBB", &key, policy("none"));
+        let refused = crate::disclosure::granted_view(&node, &none, &entry).unwrap_err();
+        assert!(refused.contains("mode none"), "{refused}");
+    }
 }
