@@ -176,13 +176,37 @@ impl KeyHistory {
     /// Rebuilds a partner's history from what it served, trusting only what chains, through
     /// signed statements, to the key pinned in our configuration. Keys or validity the
     /// statements do not support are dropped.
+    ///
+    /// The pinned key may be the partner's first or a later one (a partner added after it
+    /// rotated is pinned at its key of the day): the statements are then replayed from the
+    /// history's first key, and must reach the pinned key through signed rotations. The keys
+    /// before it are those that key's own chain names as its predecessors, served over the
+    /// pinned TLS certificate: they verify what the partner signed before its rotations.
     pub fn verified_from(
         served: &KeyHistory,
         pinned: &VerifyingKey,
     ) -> Result<KeyHistory, KeyError> {
-        let mut trusted = KeyHistory::new(&served.node_id, pinned, "1970-01-01T00:00:00Z");
-        if let Some(pinned_served) = served.keys.iter().find(|k| k.key_id == key_id(pinned)) {
-            trusted.keys[0].valid_from = pinned_served.valid_from.clone();
+        let pinned_id = key_id(pinned);
+        let rotated_to = |id: &str| {
+            served
+                .statements
+                .iter()
+                .any(|s| matches!(&s.statement, Statement::Rotation { to, .. } if to == id))
+        };
+        let root = if rotated_to(&pinned_id) {
+            // The first key: the one no rotation brought in.
+            served
+                .keys
+                .iter()
+                .find(|k| !rotated_to(&k.key_id))
+                .and_then(|k| decode_key(&k.public_key).filter(|d| key_id(d) == k.key_id))
+                .ok_or_else(|| KeyError::BadStatement("the history has no first key".into()))?
+        } else {
+            *pinned
+        };
+        let mut trusted = KeyHistory::new(&served.node_id, &root, "1970-01-01T00:00:00Z");
+        if let Some(root_served) = served.keys.iter().find(|k| k.key_id == key_id(&root)) {
+            trusted.keys[0].valid_from = root_served.valid_from.clone();
         }
         for signed in &served.statements {
             match &signed.statement {
@@ -235,8 +259,23 @@ impl KeyHistory {
                 }
             }
         }
+        if trusted.key(&pinned_id).is_none() {
+            return Err(KeyError::Unknown(pinned_id));
+        }
         trusted.statements = served.statements.clone();
         Ok(trusted)
+    }
+
+    /// Whether `newer` continues this history: it holds every statement this one does, in
+    /// the same order (statements are only ever appended). An answer that holds fewer is
+    /// out of date, and must not undo a rotation or revocation already learnt.
+    pub fn is_continued_by(&self, newer: &KeyHistory) -> bool {
+        newer.statements.len() >= self.statements.len()
+            && self
+                .statements
+                .iter()
+                .zip(&newer.statements)
+                .all(|(a, b)| a.sig == b.sig)
     }
 
     /// The key that may sign the next statement of a history being replayed: the named key,
@@ -621,6 +660,30 @@ mod tests {
             Identity::load(dir.path(), "XAA").unwrap().key_id(),
             second_id
         );
+    }
+
+    /// A partner added after this node rotated its key pins the key of the day (`node.pub`,
+    /// `peers card`): it accepts the served history all the same, and what the first key
+    /// signed before the rotation stays verifiable to it.
+    #[test]
+    fn pinning_the_current_key_after_a_rotation_accepts_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), "XAA").unwrap();
+        let first = Identity::load(dir.path(), "XAA").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        rotate(dir.path(), "XAA").unwrap();
+        let current = Identity::load(dir.path(), "XAA").unwrap().verifying_key();
+        let served = KeyHistory::load(dir.path(), "XAA", &current).unwrap();
+        let pinned =
+            parse_public_key(&fs::read_to_string(dir.path().join(PUBLIC_KEY_FILE)).unwrap())
+                .unwrap();
+        assert_eq!(pinned, current, "node.pub names the current key");
+        let trusted = KeyHistory::verified_from(&served, &pinned).unwrap();
+        let made_at = served.keys[0].valid_from.clone();
+        assert!(trusted.key_valid_at(&first.key_id(), &made_at).is_ok());
+        // Pinned at a key the history never reaches, it is refused.
+        let stranger = SigningKey::from_bytes(&[7; 32]).verifying_key();
+        assert!(KeyHistory::verified_from(&served, &stranger).is_err());
     }
 
     /// A stolen key that its owner has rotated out and revoked signs nothing more: neither a

@@ -183,6 +183,9 @@ impl Node {
             },
         )
         .context("cannot open the index")?;
+        for peer in peers.iter() {
+            crate::peer::restore_keys(peer, &store);
+        }
         audit_changes(&store, &audit, &config, &identity)?;
         Ok(Arc::new(Node {
             validator: Validator::new(&config.node_id),

@@ -136,11 +136,62 @@ impl Peer {
             )));
         }
         let trusted = KeyHistory::verified_from(served, &self.pinned)?;
-        *self
+        let mut keys = self
             .keys
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = trusted;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !keys.is_continued_by(&trusted) {
+            // Out of date (a slower answer, or a partner restored from a backup) or another
+            // history altogether: what was learnt stays, rotations and revocations included.
+            return Err(identity::KeyError::BadStatement(format!(
+                "the history served by {} does not continue the one learnt ({} statements, \
+                 served {})",
+                self.id,
+                keys.statements.len(),
+                trusted.statements.len()
+            )));
+        }
+        *keys = trusted;
         Ok(())
+    }
+}
+
+/// The store's note that keeps the key history last learnt from `partner`, as it served it.
+fn keys_note(partner: &str) -> String {
+    format!("peer_keys:{partner}")
+}
+
+/// Keeps the history `partner` served, once learnt, so a restart starts from it: a key the
+/// partner rotated out or revoked stays so even while the partner cannot be reached.
+pub fn save_keys(
+    store: &crate::store::Store,
+    partner: &str,
+    served: &KeyHistory,
+) -> anyhow::Result<()> {
+    let text = serde_json::to_string(served)?;
+    if store.note(&keys_note(partner))?.as_deref() != Some(text.as_str()) {
+        store.set_note(&keys_note(partner), &text)?;
+        store.flush()?;
+    }
+    Ok(())
+}
+
+/// Learns again, at start, the history last learnt from `peer` (checked again against its
+/// pinned key; one that no longer chains to it, after a new key was pinned, is left out).
+pub fn restore_keys(peer: &Peer, store: &crate::store::Store) {
+    let saved = match store.note(&keys_note(&peer.id)) {
+        Ok(Some(text)) if !text.is_empty() => text,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::error!(peer = %peer.id, error = %e, "cannot read the partner's saved key history");
+            return;
+        }
+    };
+    let learnt = serde_json::from_str::<KeyHistory>(&saved)
+        .map_err(|e| e.to_string())
+        .and_then(|served| peer.learn_keys(&served).map_err(|e| e.to_string()));
+    if let Err(e) = learnt {
+        tracing::warn!(peer = %peer.id, error = %e, "the partner's saved key history is not used");
     }
 }
 
@@ -353,6 +404,85 @@ mod tests {
             .iter()
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// A partner's node XAA whose first key K0 was rotated out, then revoked (stolen): the
+    /// partner's configuration (pinned at K0), K0, and XAA's history before and after.
+    fn revoked_setup() -> (
+        tempfile::TempDir,
+        PeerConfig,
+        SigningKey,
+        KeyHistory,
+        KeyHistory,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        identity::init(dir.path(), "XAA").unwrap();
+        let k0 = identity::Identity::load(dir.path(), "XAA")
+            .unwrap()
+            .signing_key()
+            .clone();
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        let config = PeerConfig {
+            id: "XAA".into(),
+            url: "https://127.0.0.1:1".into(),
+            public_key: read(identity::PUBLIC_KEY_FILE).trim().to_owned(),
+            certificate: read(identity::TLS_CERT_FILE),
+            pull: true,
+            policy: Policy::default(),
+        };
+        let before: KeyHistory = serde_json::from_str(&read(identity::KEYS_FILE)).unwrap();
+        identity::rotate(dir.path(), "XAA").unwrap();
+        let k0_id = identity::key_id(&k0.verifying_key());
+        identity::revoke(dir.path(), "XAA", Some(&k0_id), "2000-01-01T00:00:00Z").unwrap();
+        let after: KeyHistory = serde_json::from_str(&read(identity::KEYS_FILE)).unwrap();
+        (dir, config, k0, before, after)
+    }
+
+    /// Whether a request signed with `k0` as XAA is accepted.
+    fn accepts(peers: &Peers, k0: &SigningKey) -> bool {
+        let path = "/federation/v1/feed?after=0";
+        let forged = sign_request(k0, "XAA", "XBB", "GET", path, b"");
+        let headers = SignedHeaders::from(|name| lookup(&forged, name)).unwrap();
+        verify_request(peers, "XBB", 300, &headers, "GET", path, b"").is_ok()
+    }
+
+    /// A revocation learnt is kept in the store: after a restart, before the partner can be
+    /// reached again, the revoked key is still refused.
+    #[test]
+    fn a_revoked_key_is_refused_after_the_receiver_restarts() {
+        let (dir, config, k0, _before, after) = revoked_setup();
+        let store = crate::store::Store::open(&dir.path().join("store")).unwrap();
+        let peers = Peers::new(std::slice::from_ref(&config), Duration::from_secs(1)).unwrap();
+        assert!(
+            accepts(&peers, &k0),
+            "pinned, and not yet known to be revoked"
+        );
+        peers.get("XAA").unwrap().learn_keys(&after).unwrap();
+        save_keys(&store, "XAA", &after).unwrap();
+        assert!(!accepts(&peers, &k0), "refused once learnt");
+        let restarted = Peers::new(&[config], Duration::from_secs(1)).unwrap();
+        restore_keys(restarted.get("XAA").unwrap(), &store);
+        assert!(
+            !accepts(&restarted, &k0),
+            "a revoked key verified a request after the receiver restarted"
+        );
+    }
+
+    /// An older answer (a slower refresh, a replayed identity document) never undoes a
+    /// rotation or revocation already learnt.
+    #[test]
+    fn a_learnt_revocation_is_never_forgotten() {
+        let (_dir, config, k0, before, after) = revoked_setup();
+        let peers = Peers::new(&[config], Duration::from_secs(1)).unwrap();
+        let peer = peers.get("XAA").unwrap();
+        peer.learn_keys(&after).unwrap();
+        assert!(peer.learn_keys(&before).is_err());
+        assert!(
+            !accepts(&peers, &k0),
+            "an older history made a revoked key valid again"
+        );
+        // The same history again, or a longer one, is taken.
+        peer.learn_keys(&after).unwrap();
     }
 
     #[test]

@@ -424,7 +424,8 @@ pub async fn refresh_keys(node: &Node, peer: &Peer) -> Result<(), SyncError> {
     peer.learn_keys(&served).map_err(|e| SyncError::BadPage {
         peer: peer.id.clone(),
         reason: format!("identity: {e}"),
-    })
+    })?;
+    crate::peer::save_keys(node.store(), &peer.id, &served).map_err(SyncError::from)
 }
 
 /// Checks a page against the cursor: contiguous sequence numbers from `cursor.after + 1`,
@@ -1002,6 +1003,9 @@ fn next_pull_in(interval: Duration, failures: u32) -> Duration {
     interval.saturating_mul(factor)
 }
 
+/// How often the key history of a partner not pulled from is fetched again.
+const KEY_HISTORY_REFRESH: Duration = Duration::from_secs(300);
+
 /// Starts the background work of federation: one puller per partner we pull from (woken by
 /// its notify calls and by a timer, which waits longer while the partner fails or refuses),
 /// and the notifier that tells replicating partners about new writes, and that this node is
@@ -1052,6 +1056,23 @@ pub fn start(node: Arc<Node>, stop: tokio::sync::watch::Receiver<bool>) {
                     _ = stop.wait_for(|s| *s) => return,
                     _ = wake.notified() => {}
                     _ = tokio::time::sleep(next_pull_in(interval, failures)) => {}
+                }
+            }
+        });
+    }
+    // A partner not pulled from still has its key history refreshed now and then (a pull
+    // refreshes it each round), so that a key it rotated out or revoked is learnt soon.
+    for peer in node.peers().iter().filter(|p| !p.pull).cloned() {
+        let node = node.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = refresh_keys(&node, &peer).await {
+                    tracing::debug!(peer = %peer.id, error = %e, "key history not refreshed");
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(KEY_HISTORY_REFRESH) => {}
                 }
             }
         });
