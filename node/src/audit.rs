@@ -50,6 +50,11 @@ impl AuditLog {
     /// new entries chain to the last line.
     pub fn open(data_dir: &Path) -> anyhow::Result<AuditLog> {
         let path = data_dir.join(AUDIT_FILE);
+        let torn = if path.exists() {
+            set_torn_tail_aside(&path)?
+        } else {
+            None
+        };
         let (seq, hash) = if path.exists() {
             match verify(&path) {
                 Ok(tail) => tail,
@@ -66,10 +71,23 @@ impl AuditLog {
             .append(true)
             .open(&path)
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-        Ok(AuditLog {
+        let log = AuditLog {
             path,
             state: Mutex::new(Tail { file, seq, hash }),
-        })
+        };
+        if let Some((bytes, kept_in)) = torn {
+            tracing::warn!(bytes = bytes.len(), kept_in = %kept_in.display(), "the audit log ended in part of an entry (a write cut short); set it aside");
+            log.append(
+                "audit_torn_tail_removed",
+                json!({
+                    "bytes": bytes.len(),
+                    "sha256": URL_SAFE_NO_PAD.encode(Sha256::digest(&bytes)),
+                    "kept_in": kept_in.display().to_string(),
+                }),
+                true,
+            )?;
+        }
+        Ok(log)
     }
 
     pub fn path(&self) -> &Path {
@@ -101,9 +119,17 @@ impl AuditLog {
         entry.insert("hash".into(), json!(hash));
         let mut line = serde_json::to_vec(&entry)?;
         line.push(b'\n');
-        tail.file.write_all(&line)?;
-        if sync {
-            tail.file.sync_data()?;
+        let before = tail.file.metadata()?.len();
+        let written = tail
+            .file
+            .write_all(&line)
+            .and_then(|()| if sync { tail.file.sync_data() } else { Ok(()) });
+        if let Err(e) = written {
+            // No part of an entry stays behind to glue the next one to.
+            if let Err(undo) = tail.file.set_len(before) {
+                tracing::error!(error = %undo, "cannot cut a failed audit entry back out");
+            }
+            return Err(e.into());
         }
         tail.seq += 1;
         tail.hash = hash;
@@ -116,6 +142,31 @@ impl AuditLog {
             tracing::error!(error = %e, event, "cannot write the audit log");
         }
     }
+}
+
+/// A log whose last line has no end (a write cut short by a crash, a full disk or a power
+/// loss) is cut back to its last whole line, and the cut bytes are appended to
+/// `audit.log.torn` beside it: the chain goes on from the last whole entry instead of gluing
+/// the next one to the fragment. Returns the bytes cut and where they are kept.
+fn set_torn_tail_aside(path: &Path) -> anyhow::Result<Option<(Vec<u8>, PathBuf)>> {
+    let text = std::fs::read(path)?;
+    if text.is_empty() || text.ends_with(b"\n") {
+        return Ok(None);
+    }
+    let keep = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let torn = text[keep..].to_vec();
+    let kept_in = path.with_extension("log.torn");
+    let mut aside = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&kept_in)?;
+    aside.write_all(&torn)?;
+    aside.write_all(b"\n")?;
+    aside.sync_data()?;
+    let file = OpenOptions::new().write(true).open(path)?;
+    file.set_len(keep as u64)?;
+    file.sync_data()?;
+    Ok(Some((torn, kept_in)))
 }
 
 fn last_entry(path: &Path) -> anyhow::Result<(u64, String)> {
@@ -204,5 +255,43 @@ mod tests {
             .append("test", json!({}), true)
             .unwrap();
         assert_eq!(verify(&path).unwrap_err().line, 2);
+    }
+
+    /// A write cut short leaves part of an entry at the end of the log: on opening, it is set
+    /// aside (kept in `audit.log.torn`), and the chain goes on from the last whole entry, with
+    /// an entry that says so; `audit verify` passes.
+    #[test]
+    fn a_torn_last_line_is_set_aside_and_the_chain_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        for n in 0..3 {
+            log.append("test", json!({ "n": n }), true).unwrap();
+        }
+        drop(log);
+        let path = dir.path().join(AUDIT_FILE);
+        let (seq3, hash3) = verify(&path).unwrap();
+        let fragment = br#"{"at":"2026-01-01T00:00:00.000Z","event":"disclosure","partner":"XB"#;
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(fragment)
+            .unwrap();
+        assert!(verify(&path).is_err());
+        let log = AuditLog::open(dir.path()).unwrap();
+        log.append("after_restart", json!({}), true).unwrap();
+        let (seq, _) = verify(&path).unwrap();
+        assert_eq!(seq, seq3 + 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[3]["event"], "audit_torn_tail_removed");
+        assert_eq!(lines[3]["prev"], json!(hash3));
+        assert_eq!(lines[3]["bytes"], json!(fragment.len()));
+        assert_eq!(lines[4]["event"], "after_restart");
+        let aside = std::fs::read(dir.path().join("audit.log.torn")).unwrap();
+        assert_eq!(&aside[..fragment.len()], fragment);
     }
 }

@@ -130,6 +130,8 @@ pub struct FederationConfig {
     pub max_clock_skew_secs: i64,
     /// Timeout of one request to a partner, milliseconds.
     pub request_timeout_ms: u64,
+    /// Largest answer read from a partner, MiB.
+    pub max_answer_mib: usize,
     /// Deadline of a federated search: partners that have not answered by then are reported
     /// as timed out, milliseconds.
     pub search_deadline_ms: u64,
@@ -151,6 +153,7 @@ impl Default for FederationConfig {
             page_size: 1000,
             max_clock_skew_secs: 300,
             request_timeout_ms: 10_000,
+            max_answer_mib: 256,
             search_deadline_ms: 3000,
             max_query_results: 50,
             query_rate_per_minute: 60,
@@ -204,6 +207,10 @@ impl Config {
             peer.validate().map_err(|e| anyhow::anyhow!(e))?;
         }
         anyhow::ensure!(self.stats.k >= 1, "stats.k must be at least 1");
+        anyhow::ensure!(
+            self.federation.max_answer_mib >= 1,
+            "federation.max_answer_mib must be at least 1"
+        );
         // Nonces are kept for twice the skew: a skew of 0 or less would forget them at once.
         anyhow::ensure!(
             (1..=86_400).contains(&self.federation.max_clock_skew_secs),

@@ -205,6 +205,21 @@ pub async fn decide(
             .map_err(internal)?;
         // Durable before the grant leaves (see `Store::note_disclosed`).
         store.flush().map_err(internal)?;
+        // So is the log's record of it: a disclosure the log cannot record does not happen.
+        let paths: std::collections::BTreeSet<String> = env
+            .disclosures
+            .iter()
+            .map(|d| crate::sync::path_pattern(d.path()))
+            .collect();
+        node.audit()
+            .append(
+                "disclosure",
+                json!({ "partner": partner, "channel": "grant", "request": decision.id,
+                        "versions": [format!("{}@{}", env.claims.record_id, env.claims.version)],
+                        "paths": paths }),
+                true,
+            )
+            .map_err(|e| (500, format!("cannot write the audit log: {e}")))?;
     }
     crate::sync::request_bytes(
         node,
@@ -220,22 +235,7 @@ pub async fn decide(
     entry["decided_by"] = json!(by);
     entry["decided_at"] = json!(now());
     store.put_request(key, &entry).map_err(internal)?;
-    let mut audit = entry.clone();
-    if let Some(env) = &envelope {
-        audit["paths"] = json!(
-            env.disclosures
-                .iter()
-                .map(|d| crate::sync::path_pattern(d.path()))
-                .collect::<std::collections::BTreeSet<_>>()
-        );
-        node.audit().record(
-            "disclosure",
-            json!({ "partner": partner, "channel": "grant", "request": decision.id,
-                    "versions": [format!("{}@{}", env.claims.record_id, env.claims.version)],
-                    "paths": audit["paths"] }),
-            true,
-        );
-    }
+    let audit = entry.clone();
     node.audit()
         .record("disclosure_request_decided", audit, true);
     Ok(listed("incoming", entry))

@@ -79,6 +79,8 @@ pub struct Peer {
     /// once per [`KEY_REFRESH_SECS`].
     last_key_refresh: std::sync::atomic::AtomicI64,
     pub client: reqwest::Client,
+    /// Held while the receipts owed to this partner are sent, so each goes once at a time.
+    pub receipts_sending: tokio::sync::Mutex<()>,
 }
 
 /// How often a request signed with an unknown key may make us fetch the sender's key history.
@@ -104,6 +106,7 @@ impl Peer {
             pinned,
             last_key_refresh: std::sync::atomic::AtomicI64::new(i64::MIN),
             client,
+            receipts_sending: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -225,15 +225,18 @@ pub fn answer(node: &Node, peer: &Peer, query: &Query) -> Result<Answer, Refused
                 .collect(),
         }
     };
-    node.audit().record(
-        "query_answered",
-        json!({
-            "partner": peer.id, "mode": mode, "purpose": query.purpose, "case_ref": query.case_ref,
-            "params": query.params, "versions": versions,
-            "hits": versions.len(), "paths": paths,
-        }),
-        mode != Mode::HitNoHit,
-    );
+    // Written before the answer leaves: an answer the log cannot record is not given.
+    node.audit()
+        .append(
+            "query_answered",
+            json!({
+                "partner": peer.id, "mode": mode, "purpose": query.purpose, "case_ref": query.case_ref,
+                "params": query.params, "versions": versions,
+                "hits": versions.len(), "paths": paths,
+            }),
+            mode != Mode::HitNoHit,
+        )
+        .map_err(|e| Refused::Internal(format!("cannot write the audit log: {e}")))?;
     Ok(answer)
 }
 

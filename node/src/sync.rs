@@ -264,7 +264,8 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
     // took back would be numbered again with another digest, breaking its chain for good.
     store.flush()?;
     if !sent.is_empty() {
-        node.audit().record(
+        // Synced before the page leaves: a disclosure the log cannot record does not happen.
+        node.audit().append(
             "disclosure",
             json!({
                 "partner": peer.id,
@@ -273,7 +274,7 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
                 "paths": disclosed_paths,
             }),
             true,
-        );
+        )?;
     }
     Ok(FeedPage {
         origin: node.config().node_id.clone(),
@@ -378,10 +379,21 @@ pub async fn request_bytes(
         .await
         .map_err(|e| SyncError::Unreachable(peer.id.clone(), error_chain(&e)))?;
     let status = resp.status();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| SyncError::Unreachable(peer.id.clone(), error_chain(&e)))?;
+    let bytes = read_limited(
+        resp,
+        node.config()
+            .federation
+            .max_answer_mib
+            .saturating_mul(1 << 20),
+    )
+    .await
+    .map_err(|e| match e {
+        Limited::Over(limit) => SyncError::BadPage {
+            peer: peer.id.clone(),
+            reason: format!("the answer is larger than {limit} bytes (federation.max_answer_mib)"),
+        },
+        Limited::Read(e) => SyncError::Unreachable(peer.id.clone(), error_chain(&e)),
+    })?;
     if !status.is_success() {
         let detail = serde_json::from_slice::<Value>(&bytes)
             .ok()
@@ -394,6 +406,34 @@ pub async fn request_bytes(
         });
     }
     Ok(bytes)
+}
+
+enum Limited {
+    Over(usize),
+    Read(reqwest::Error),
+}
+
+/// A partner's answer body, read up to `limit` bytes: a larger one is refused as it arrives,
+/// before it fills this node's memory.
+async fn read_limited(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<axum::body::Bytes, Limited> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
+    {
+        return Err(Limited::Over(limit));
+    }
+    let expected = resp.content_length().and_then(|n| usize::try_from(n).ok());
+    let mut body = Vec::with_capacity(expected.unwrap_or(0));
+    while let Some(chunk) = resp.chunk().await.map_err(Limited::Read)? {
+        if body.len() + chunk.len() > limit {
+            return Err(Limited::Over(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.into())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -528,6 +568,9 @@ pub async fn pull(
     pulled: &mut Pulled,
 ) -> Result<(), SyncError> {
     refresh_keys(node, peer).await?;
+    // Receipts a partner did not take before (it was down, or this node stopped) go again.
+    let (n, p) = (node.clone(), peer.clone());
+    tokio::spawn(async move { send_owed_receipts(&n, &p).await });
     let limit = node.config().federation.page_size;
     let n = node.clone();
     let id = peer.id.clone();
@@ -641,7 +684,7 @@ async fn finish_write(
     if !applied.is_empty() {
         node.index().notify();
         let (n, p) = (node.clone(), peer.clone());
-        tokio::spawn(async move { send_receipt(&n, &p, applied).await });
+        tokio::spawn(async move { send_owed_receipts(&n, &p).await });
     }
     Ok(())
 }
@@ -836,17 +879,23 @@ fn write_page(
         return Err(e);
     }
     let index = node.index();
+    // The receipt owed for the page is kept with it, and sent until the partner takes it.
+    let receipt = (!applied.is_empty())
+        .then(|| serde_json::to_vec(&applied))
+        .transpose()
+        .map_err(anyhow::Error::from)?;
     let offered = index.offer(docs.into_iter().flatten());
-    let written = match node
-        .store()
-        .apply_replicas(&peer.id, &replicas, Some(&next))
-    {
-        Ok(written) => written,
-        Err(e) => {
-            index.withdraw(offered);
-            return Err(anyhow::Error::from(e).into());
-        }
-    };
+    let written =
+        match node
+            .store()
+            .apply_page(&peer.id, &replicas, Some((&next, receipt.as_deref())))
+        {
+            Ok(written) => written,
+            Err(e) => {
+                index.withdraw(offered);
+                return Err(anyhow::Error::from(e).into());
+            }
+        };
     let written: Vec<(RecordId, u32)> = written.iter().map(|w| (w.id, w.version)).collect();
     index.settle(offered, &written);
     node.store().flush().map_err(anyhow::Error::from)?;
@@ -931,9 +980,37 @@ pub fn store_receipt(
     Ok(newer.len())
 }
 
-/// Signs a receipt for applied versions and sends it to their origin (best effort: a lost
-/// receipt is sent again by no one, but the origin sees the version missing in its receipts).
-async fn send_receipt(node: &Node, peer: &Peer, applied: Vec<Applied>) {
+/// Sends `peer` the receipts owed to it, oldest first, each until `peer` takes it: one that
+/// fails waits for the next page or pull round, and survives restarts in the store.
+async fn send_owed_receipts(node: &Node, peer: &Peer) {
+    let _one_at_a_time = peer.receipts_sending.lock().await;
+    let owed = match node.store().owed_receipts(&peer.id) {
+        Ok(owed) => owed,
+        Err(e) => {
+            tracing::error!(peer = %peer.id, error = %e, "cannot read the receipts owed");
+            return;
+        }
+    };
+    for (key, bytes) in owed {
+        match serde_json::from_slice::<Vec<Applied>>(&bytes) {
+            Ok(applied) => {
+                if !send_receipt(node, peer, applied).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(peer = %peer.id, error = %e, "an owed receipt is unreadable; dropped")
+            }
+        }
+        if let Err(e) = node.store().receipt_taken(&key) {
+            tracing::error!(peer = %peer.id, error = %e, "cannot clear a receipt sent");
+        }
+    }
+}
+
+/// Signs a receipt for applied versions and sends it to their origin; true when it is done
+/// with (taken, or refused for good), false when it is to be sent again.
+async fn send_receipt(node: &Node, peer: &Peer, applied: Vec<Applied>) -> bool {
     let receipt = Receipt {
         v: 1,
         from: node.config().node_id.clone(),
@@ -946,11 +1023,11 @@ async fn send_receipt(node: &Node, peer: &Peer, applied: Vec<Applied>) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot sign a receipt");
-            return;
+            return false;
         }
     };
     let body = serde_json::to_vec(&signed).unwrap_or_default();
-    if let Err(e) = request(
+    match request(
         node,
         peer,
         reqwest::Method::POST,
@@ -959,7 +1036,19 @@ async fn send_receipt(node: &Node, peer: &Peer, applied: Vec<Applied>) {
     )
     .await
     {
-        tracing::warn!(peer = %peer.id, error = %e, "receipt not delivered");
+        Ok(_) => true,
+        // Refused for what it is (not for the moment: 401 may be a key not yet learnt, 408
+        // and 429 are the partner's load): sending it again would change nothing.
+        Err(SyncError::Refused { status, detail, .. })
+            if (400..500).contains(&status) && !matches!(status, 401 | 408 | 429) =>
+        {
+            tracing::error!(peer = %peer.id, status, %detail, "receipt refused; dropped");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(peer = %peer.id, error = %e, "receipt not delivered; sent again later");
+            false
+        }
     }
 }
 
@@ -1682,5 +1771,38 @@ mod tests {
         let none = peer_with("XBB", &key, policy("none"));
         let refused = crate::disclosure::granted_view(&node, &none, &entry).unwrap_err();
         assert!(refused.contains("mode none"), "{refused}");
+    }
+
+    /// A partner's answer is read up to the limit and refused past it, whether it states
+    /// its length or streams without one.
+    #[tokio::test]
+    async fn an_answer_over_the_limit_is_refused_as_it_arrives() {
+        use axum::routing::get;
+        let mib = vec![b'x'; 1 << 20];
+        let stated = mib.repeat(3);
+        let chunks = vec![mib.clone(); 3];
+        let app = axum::Router::new()
+            .route("/stated", get(move || async move { stated.clone() }))
+            .route(
+                "/streamed",
+                get(move || {
+                    let chunks = chunks.clone().into_iter().map(Ok::<_, std::io::Error>);
+                    async move { axum::body::Body::from_stream(tokio_stream::iter(chunks)) }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = reqwest::Client::new();
+        for path in ["/stated", "/streamed"] {
+            let get = || client.get(format!("http://{addr}{path}")).send();
+            let over = read_limited(get().await.unwrap(), 2 << 20).await;
+            assert!(
+                matches!(over, Err(Limited::Over(n)) if n == 2 << 20),
+                "{path}"
+            );
+            let whole = read_limited(get().await.unwrap(), 3 << 20).await;
+            assert_eq!(whole.ok().map(|b| b.len()), Some(3 << 20), "{path}");
+        }
     }
 }

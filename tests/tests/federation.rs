@@ -294,6 +294,8 @@ async fn a_stopped_partner_catches_up_exactly_even_if_killed_midway() {
 
     // 5,000 records while XBB is down, in five imports.
     let xaa = fed.node("XAA");
+    // Record ids in the order of XAA's changes: `ids[k]` is change k + 2.
+    let mut ids = Vec::new();
     for batch in 0..5 {
         let mut body = Vec::new();
         for n in 0..1000 {
@@ -303,7 +305,11 @@ async fn a_stopped_partner_catches_up_exactly_even_if_killed_midway() {
         }
         let a = xaa.import("application/x-ndjson", body, "").await.unwrap();
         assert_eq!(a.status, 200, "{:?}", a.body);
+        for r in a.body["records"].as_array().unwrap() {
+            ids.push(r["record_id"].as_str().unwrap().to_owned());
+        }
     }
+    assert_eq!(ids.len(), 5000);
 
     // Pages of 50 (XBB asks for its own page size), so catching up takes a hundred pages.
     const PAGE: u64 = 50;
@@ -346,6 +352,22 @@ async fn a_stopped_partner_catches_up_exactly_even_if_killed_midway() {
     let top = &hits.body["hits"][0];
     assert_eq!(top["origin"], "XAA", "{}", hits.body);
     assert_eq!(top["match"]["kind"], "exact", "{}", hits.body);
+    // Every page's receipt reaches XAA, those the kill cut off included (they were owed in
+    // XBB's store and sent again): every record around the kill, and every 50th elsewhere.
+    let around = (stored.saturating_sub(3 * PAGE))..=(stored + 2 * PAGE);
+    let xaa = fed.node("XAA");
+    for (k, id) in ids.iter().enumerate() {
+        let seq = k as u64 + 2;
+        if !around.contains(&seq) && k % 50 != 0 {
+            continue;
+        }
+        eventually(WAIT, &format!("XBB's receipt for change {seq}"), || async {
+            let list = xaa.receipts(id).await?;
+            Ok(list.iter().any(|r| r["partner"] == "XBB").then_some(()))
+        })
+        .await
+        .unwrap();
+    }
 }
 
 #[tokio::test]

@@ -248,6 +248,8 @@ pub struct Store {
     requests: sled::Tree,
     disclosed: sled::Tree,
     interpretations: sled::Tree,
+    /// Receipts for pages applied from partners, until each partner has taken its own.
+    receipt_outbox: sled::Tree,
     names: std::sync::Arc<Names>,
     /// Serialises writes of own records: the own sequence and its hash chain are assigned
     /// and signed outside the transaction, so no two writers may interleave.
@@ -304,6 +306,17 @@ fn head_origin<E>(
 }
 
 /// A receipt's key: the record id, then the partner's id.
+/// A receipt owed to a partner: its outbox key, and the applied versions it lists (JSON).
+pub type OwedReceipt = (Vec<u8>, Vec<u8>);
+
+/// Outbox key of the receipt owed to `origin` for the page that ended at `after`.
+fn outbox_key(origin: &str, after: u64) -> Vec<u8> {
+    let mut key = origin.as_bytes().to_vec();
+    key.push(0xFF);
+    key.extend_from_slice(&after.to_be_bytes());
+    key
+}
+
 fn receipt_key(id: &RecordId, partner: &str) -> Vec<u8> {
     let mut key = id.as_bytes().to_vec();
     key.extend_from_slice(partner.as_bytes());
@@ -472,6 +485,7 @@ impl Store {
             requests: db.open_tree("requests")?,
             disclosed: db.open_tree("disclosed")?,
             interpretations: db.open_tree("interpretations")?,
+            receipt_outbox: db.open_tree("receipt_outbox")?,
             names: Default::default(),
             write_lock: Default::default(),
             durable: Default::default(),
@@ -1011,6 +1025,20 @@ impl Store {
         page: &[Replica],
         cursor: Option<&Cursor>,
     ) -> Result<Vec<Written>, StoreError> {
+        self.apply_page(origin, page, cursor.map(|c| (c, None)))
+    }
+
+    /// [`Store::apply_replicas`] for a feed page: with the cursor after it, and the receipt
+    /// owed to `origin` for it (kept in the outbox, in the same transaction, until `origin`
+    /// has taken it: [`Store::owed_receipts`]).
+    pub fn apply_page(
+        &self,
+        origin: &str,
+        page: &[Replica],
+        cursor: Option<(&Cursor, Option<&[u8]>)>,
+    ) -> Result<Vec<Written>, StoreError> {
+        let owed = cursor.and_then(|(c, receipt)| Some((outbox_key(origin, c.after), receipt?)));
+        let cursor = cursor.map(|(c, _)| c);
         // A partner's version is its envelope alone: the record is the one it shows
         // (decision 0019), made again as the version is read. Kept as JSON, not LZ4: its
         // salts, digests and tree hashes are random, so LZ4 saved about a tenth of the bytes
@@ -1027,6 +1055,7 @@ impl Store {
             &self.meta,
             &self.replicas,
             &self.cursors,
+            &self.receipt_outbox,
         );
         flatten(trees.transaction(|t| {
             let mut changes = Groups::new(&t.2);
@@ -1070,8 +1099,31 @@ impl Store {
             if let Some(bytes) = &cursor_bytes {
                 t.5.insert(origin.as_bytes(), bytes.as_slice())?;
             }
+            if let Some((key, receipt)) = &owed {
+                t.6.insert(key.as_slice(), *receipt)?;
+            }
             Ok(written)
         }))
+    }
+
+    /// The receipts owed to `origin` that it has not taken yet, oldest first: each with the
+    /// key that [`Store::receipt_taken`] clears.
+    pub fn owed_receipts(&self, origin: &str) -> Result<Vec<OwedReceipt>, StoreError> {
+        let mut prefix = origin.as_bytes().to_vec();
+        prefix.push(0xFF);
+        self.receipt_outbox
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// `origin` took the receipt kept under `key`.
+    pub fn receipt_taken(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.receipt_outbox.remove(key)?;
+        Ok(())
     }
 
     /// Records, from its signed receipt, which version of each record `partner` has applied:
@@ -1081,12 +1133,28 @@ impl Store {
         partner: &str,
         entries: impl IntoIterator<Item = (RecordId, &'a Value)>,
     ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for (id, entry) in entries {
-            batch.insert(receipt_key(&id, partner), to_bytes(entry));
-        }
-        self.receipts.apply_batch(batch)?;
-        Ok(())
+        // Read and written in one transaction: of two receipts stored at once (their pages'
+        // receipts travel apart), the higher version stays, whichever comes last.
+        let entries: Vec<(Vec<u8>, Option<u64>, Vec<u8>)> = entries
+            .into_iter()
+            .map(|(id, e)| {
+                let version = e.get("version").and_then(Value::as_u64);
+                (receipt_key(&id, partner), version, to_bytes(e))
+            })
+            .collect();
+        flatten(self.receipts.transaction(|t| {
+            for (key, version, bytes) in &entries {
+                let held = t.get(key)?.and_then(|b| {
+                    serde_json::from_slice::<Value>(&b)
+                        .ok()
+                        .and_then(|v| v.get("version").and_then(Value::as_u64))
+                });
+                if held.is_none_or(|h| Some(h) < *version) {
+                    t.insert(key.as_slice(), bytes.as_slice())?;
+                }
+            }
+            Ok(())
+        }))
     }
 
     /// `partner`'s receipt for a record, if it sent one.
@@ -1985,5 +2053,68 @@ pub(crate) mod tests {
             store.own_changes_after(0, usize::MAX),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    /// The receipt owed for a page is kept with the page, in its transaction: a page that is
+    /// refused keeps none; one applied keeps its receipt until the origin has taken it.
+    #[test]
+    fn a_pages_receipt_is_owed_until_taken_and_only_with_the_page() {
+        let (_dir, store, own) = store_with_one();
+        let id = RecordId(uuid::Uuid::now_v7());
+        let cursor = |after| Cursor {
+            after,
+            prev: format!("d{after}"),
+            policy: "p".into(),
+        };
+        let page = [partner_replica(&id, &partner_envelope("XBB", &id, "LOT-1"))];
+        store
+            .apply_page("XBB", &page, Some((&cursor(7), Some(b"receipt-7"))))
+            .unwrap();
+        // A page naming this node's own record is refused: neither it nor its receipt stays.
+        let foreign = [partner_replica(
+            &own.id,
+            &partner_envelope("XBB", &own.id, "LOT-2"),
+        )];
+        assert!(
+            store
+                .apply_page("XBB", &foreign, Some((&cursor(8), Some(b"receipt-8"))))
+                .is_err()
+        );
+        store
+            .apply_page("XBB", &[], Some((&cursor(9), Some(b"receipt-9"))))
+            .unwrap();
+        store
+            .apply_page("XCC", &[], Some((&cursor(3), Some(b"c"))))
+            .unwrap();
+        let owed = store.owed_receipts("XBB").unwrap();
+        let bodies: Vec<&[u8]> = owed.iter().map(|(_, b)| b.as_slice()).collect();
+        assert_eq!(
+            bodies,
+            [b"receipt-7".as_slice(), b"receipt-9"],
+            "oldest first"
+        );
+        assert_eq!(store.cursor("XBB").unwrap().after, 9);
+        store.receipt_taken(&owed[0].0).unwrap();
+        let left: Vec<Vec<u8>> = store
+            .owed_receipts("XBB")
+            .unwrap()
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(left, [b"receipt-9".to_vec()]);
+        assert_eq!(store.owed_receipts("XCC").unwrap().len(), 1);
+    }
+
+    /// Of two receipts for a record stored in either order (their pages' receipts travel
+    /// apart, and may be stored at once), the higher version stays.
+    #[test]
+    fn a_lower_receipt_never_replaces_a_higher_one() {
+        let (_dir, store, own) = store_with_one();
+        let entry = |v: u32| json!({"version": v, "retracted": false});
+        store.put_receipts("XBB", [(own.id, &entry(2))]).unwrap();
+        store.put_receipts("XBB", [(own.id, &entry(1))]).unwrap();
+        assert_eq!(store.receipt(&own.id, "XBB").unwrap(), Some(entry(2)));
+        store.put_receipts("XBB", [(own.id, &entry(3))]).unwrap();
+        assert_eq!(store.receipt(&own.id, "XBB").unwrap(), Some(entry(3)));
     }
 }
