@@ -313,8 +313,8 @@ fn path_rule(policy: &Policy, item_allowed: &[bool], path: &str) -> (bool, &'sta
     if ALWAYS.contains(&path) {
         return (true, "identity field");
     }
-    if segs.first() == Some(&"sharing") {
-        return (true, "sharing rules travel with the record");
+    if matches!(path, "/sharing/tlp" | "/sharing/do_not_share") {
+        return (true, "sharing labels travel with the record");
     }
     if segs.first() == Some(&"case_refs") && !policy.case_references {
         return (false, "case references are not shared with this partner");
@@ -328,6 +328,20 @@ fn path_rule(policy: &Policy, item_allowed: &[bool], path: &str) -> (bool, &'sta
         && !location_allows(policy.location_precision, segs[2])
     {
         return (false, "finer than this partner's location precision");
+    }
+    // A place along the supply chain can name the seizure's place as well as its location
+    // does: it is held to the same precision as a place name.
+    let place_on_route = segs.len() == 4
+        && segs[..2] == ["supply_chain", "route"]
+        && matches!(segs[3], "place" | "unlocode");
+    let diversion_place = segs == ["supply_chain", "diversion", "place"];
+    if (place_on_route || diversion_place)
+        && policy.location_precision < LocationPrecision::Settlement
+    {
+        return (
+            false,
+            "a place, finer than this partner's location precision",
+        );
     }
     if policy.fields.iter().any(|f| pattern_covers(f, path)) {
         (true, "field path allowed by policy")
@@ -415,6 +429,73 @@ mod tests {
         p.embargo_hours = 24;
         assert!(!decide("XBB", &p, &r, &paths(&r), 23).shared);
         assert!(decide("XBB", &p, &r, &paths(&r), 24).shared);
+    }
+
+    /// At country precision (worked example 2 of docs/policies.md), no place reaches the
+    /// partner through the supply chain, and nothing under `/sharing` but its labels goes
+    /// beyond `fields`; at settlement precision the route's places go.
+    #[test]
+    fn country_precision_keeps_places_along_the_route_too() {
+        let r = json!({
+            "record_id": "r", "record_version": 1, "originating_state": "XAA",
+            "event": {"location": {"country": "XAA", "admin1": "XAA-NO", "place_name": "Port A",
+                                   "unlocode": "XA PTA"}},
+            "items": [{"item_id": "a", "item_category": "small_arms_ammunition"}],
+            "supply_chain": {"route": [{"seq": 1, "country": "XAA", "role": "destination",
+                                        "place": "Port A", "unlocode": "XA PTA"}],
+                             "diversion": {"place": "Port A warehouse 7"}},
+            "sharing": {"tlp": "GREEN", "releasable_to": ["REG"],
+                        "handling_note": "source: informant 17"}
+        });
+        let mut p = Policy {
+            mode: Mode::Replicate,
+            categories: vec!["small_arms_ammunition".into()],
+            fields: vec!["/event".into(), "/items".into(), "/supply_chain".into()],
+            location_precision: LocationPrecision::Country,
+            ..Policy::default()
+        };
+        let shown = |p: &Policy| -> Vec<String> {
+            decide("REG", p, &r, &paths(&r), 0)
+                .disclosed()
+                .map(str::to_owned)
+                .collect()
+        };
+        let country = shown(&p);
+        let places = [
+            "/event/location/place_name",
+            "/event/location/unlocode",
+            "/supply_chain/route/0/place",
+            "/supply_chain/route/0/unlocode",
+            "/supply_chain/diversion/place",
+        ];
+        for leak in places
+            .iter()
+            .chain(&["/sharing/handling_note", "/sharing/releasable_to/0"])
+        {
+            assert!(
+                !country.iter().any(|s| s == leak),
+                "{leak} left: {country:?}"
+            );
+        }
+        for kept in [
+            "/sharing/tlp",
+            "/supply_chain/route/0/country",
+            "/event/location/country",
+        ] {
+            assert!(
+                country.iter().any(|s| s == kept),
+                "{kept} withheld: {country:?}"
+            );
+        }
+        p.location_precision = LocationPrecision::Settlement;
+        p.fields.push("/sharing".into());
+        let settlement = shown(&p);
+        for kept in places.iter().chain(&["/sharing/handling_note"]) {
+            assert!(
+                settlement.iter().any(|s| s == kept),
+                "{kept} withheld: {settlement:?}"
+            );
+        }
     }
 
     #[test]
