@@ -529,6 +529,60 @@ pub struct Created {
 
 /// Makes the key pair, the TLS certificate and the admin token in `data_dir`.
 pub fn init(data_dir: &Path, node_id: &str) -> anyhow::Result<Created> {
+    init_named(data_dir, node_id, &[])
+}
+
+/// A self-signed TLS certificate (PEM) and its private key (PEM) for `localhost`,
+/// `127.0.0.1`, the node id in lower case and `names` (the host names or addresses partners
+/// reach the node at: a partner's client checks the name it dials, as well as the pin).
+fn tls_certificate(node_id: &str, names: &[String]) -> anyhow::Result<(String, String)> {
+    let mut all = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        node_id.to_lowercase(),
+    ];
+    for name in names {
+        rustls_pki_types::ServerName::try_from(name.as_str())
+            .map_err(|_| anyhow::anyhow!("--tls-name {name:?} is not a DNS name or IP address"))?;
+        if !all.contains(name) {
+            all.push(name.clone());
+        }
+    }
+    let certified = rcgen::generate_simple_self_signed(all)?;
+    Ok((certified.cert.pem(), certified.signing_key.serialize_pem()))
+}
+
+/// Replaces the node's TLS certificate and key with new ones for `names` (see
+/// [`tls_certificate`]); partners must pin the new certificate (from `peers card`).
+pub fn renew_tls(data_dir: &Path, node_id: &str, names: &[String]) -> anyhow::Result<()> {
+    let (cert, key) = tls_certificate(node_id, names)?;
+    let (cert_path, key_path) = (data_dir.join(TLS_CERT_FILE), data_dir.join(TLS_KEY_FILE));
+    let new_key = key_path.with_extension("key.new");
+    let _ = fs::remove_file(&new_key);
+    write_secret(&new_key, key.as_bytes())?;
+    let new_cert = cert_path.with_extension("crt.new");
+    fs::write(&new_cert, cert)?;
+    fs::rename(&new_key, &key_path)?;
+    fs::rename(&new_cert, &cert_path)?;
+    Ok(())
+}
+
+/// Whether the certificate (PEM) is valid for `host`, the name a partner dials.
+pub fn certificate_names(cert_pem: &str, host: &str) -> anyhow::Result<bool> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("the TLS certificate is not PEM: {e:?}"))?;
+    let cert = webpki::EndEntityCert::try_from(&der)
+        .map_err(|e| anyhow::anyhow!("the TLS certificate cannot be read: {e}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let Ok(name) = rustls_pki_types::ServerName::try_from(host) else {
+        return Ok(false);
+    };
+    Ok(cert.verify_is_valid_for_subject_name(&name).is_ok())
+}
+
+/// [`init`], with the TLS certificate also valid for `tls_names`.
+pub fn init_named(data_dir: &Path, node_id: &str, tls_names: &[String]) -> anyhow::Result<Created> {
     let signing_key = SigningKey::from_bytes(&random_bytes::<32>()?);
     let pem = signing_key
         .to_pkcs8_pem(LineEnding::LF)
@@ -539,17 +593,9 @@ pub fn init(data_dir: &Path, node_id: &str) -> anyhow::Result<Created> {
     write_public(data_dir, &verifying)?;
     KeyHistory::new(node_id, &verifying, &now()).save(data_dir)?;
 
-    let names = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        node_id.to_lowercase(),
-    ];
-    let certified = rcgen::generate_simple_self_signed(names)?;
-    fs::write(data_dir.join(TLS_CERT_FILE), certified.cert.pem())?;
-    write_secret(
-        &data_dir.join(TLS_KEY_FILE),
-        certified.signing_key.serialize_pem().as_bytes(),
-    )?;
+    let (cert, key) = tls_certificate(node_id, tls_names)?;
+    fs::write(data_dir.join(TLS_CERT_FILE), cert)?;
+    write_secret(&data_dir.join(TLS_KEY_FILE), key.as_bytes())?;
 
     let admin_token = new_token()?;
     write_secret(
@@ -591,6 +637,38 @@ mod tests {
         assert!(
             init(dir.path(), "XAA").is_err(),
             "init must not overwrite secrets"
+        );
+    }
+
+    /// The certificate names localhost, 127.0.0.1, the node id and the names given; a new
+    /// one replaces it (its key still 0600), and a name that is not one is refused.
+    #[test]
+    fn the_tls_certificate_names_the_hosts_partners_dial() {
+        let dir = tempfile::tempdir().unwrap();
+        init_named(dir.path(), "XAA", &["xaa.example".into()]).unwrap();
+        let cert = || fs::read_to_string(dir.path().join(TLS_CERT_FILE)).unwrap();
+        for host in ["xaa.example", "localhost", "127.0.0.1", "xaa"] {
+            assert!(certificate_names(&cert(), host).unwrap(), "{host}");
+        }
+        assert!(!certificate_names(&cert(), "other.example").unwrap());
+        renew_tls(
+            dir.path(),
+            "XAA",
+            &["10.1.2.3".into(), "node.xaa.example".into()],
+        )
+        .unwrap();
+        assert!(certificate_names(&cert(), "node.xaa.example").unwrap());
+        assert!(certificate_names(&cert(), "10.1.2.3").unwrap());
+        assert!(!certificate_names(&cert(), "xaa.example").unwrap());
+        let mode = fs::metadata(dir.path().join(TLS_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(renew_tls(dir.path(), "XAA", &["not a name".into()]).is_err());
+        assert!(
+            certificate_names(&cert(), "node.xaa.example").unwrap(),
+            "unchanged"
         );
     }
 

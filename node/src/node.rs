@@ -52,6 +52,16 @@ pub struct Initialised {
 /// Creates a data directory: config, keys, TLS certificate, admin token. Refuses to touch a
 /// directory that already holds a configuration.
 pub fn init(data_dir: &Path, node_id: &str) -> anyhow::Result<Initialised> {
+    init_named(data_dir, node_id, &[])
+}
+
+/// [`init`], with the TLS certificate also valid for `tls_names` (the host names or addresses
+/// partners reach the federation API at).
+pub fn init_named(
+    data_dir: &Path,
+    node_id: &str,
+    tls_names: &[String],
+) -> anyhow::Result<Initialised> {
     let config_text = Config::default_text_for(node_id);
     Config::parse(&config_text)?;
     let config_path = data_dir.join("config.toml");
@@ -66,7 +76,7 @@ pub fn init(data_dir: &Path, node_id: &str) -> anyhow::Result<Initialised> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    let created = identity::init(data_dir, node_id)?;
+    let created = identity::init_named(data_dir, node_id, tls_names)?;
     std::fs::write(&config_path, config_text)?;
     Ok(Initialised {
         key_id: created.key_id,

@@ -323,14 +323,66 @@ async fn commands_refuse_what_would_fail_later() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A card for a host the TLS certificate does not name would give partners a node they
+    // cannot connect to: refused, saying how to make a certificate that names it.
+    let card = ["peers", "card", "--url", "https://xaa.example:8601"];
+    let out = node.command(&card).unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("not valid for xaa.example") && said.contains("keys tls"),
+        "{said}"
+    );
+    let out = node
+        .command(&["keys", "tls", "--name", "xaa.example"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = node.command(&card).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let issued: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        issued["certificate"].as_str().unwrap(),
+        std::fs::read_to_string(node.data_dir.join("tls.crt")).unwrap()
+    );
 
     let empty = tempfile::tempdir().unwrap();
     let init = Command::new(node_binary())
-        .args(["init", "--node-id", "XAA", "--data-dir"])
+        .args([
+            "init",
+            "--node-id",
+            "XAA",
+            "--tls-name",
+            "node.xaa.example",
+            "--data-dir",
+        ])
         .arg(empty.path().join("d"))
         .output()
         .unwrap();
     assert!(init.status.success());
+    let card = Command::new(node_binary())
+        .args([
+            "peers",
+            "card",
+            "--url",
+            "https://node.xaa.example:8601",
+            "--data-dir",
+        ])
+        .arg(empty.path().join("d"))
+        .output()
+        .unwrap();
+    assert!(
+        card.status.success(),
+        "{}",
+        String::from_utf8_lossy(&card.stderr)
+    );
     let out = Command::new(node_binary())
         .args(["reindex", "--data-dir"])
         .arg(empty.path().join("d"))

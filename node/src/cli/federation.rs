@@ -27,6 +27,16 @@ pub enum KeysCommand {
         #[arg(long, default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
+    /// Replace the TLS certificate with one for these host names or addresses (besides
+    /// localhost, 127.0.0.1 and the node id). Partners must pin the new one: send them a new
+    /// card. Restart the node to use it.
+    Tls {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// A host name or address partners reach the federation API at (repeat for more).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+    },
     /// Revoke a key (default: the current one, which is first replaced) from TIME (RFC 3339):
     /// signatures dated from then on are refused by partners.
     Revoke {
@@ -237,6 +247,15 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
             let new = identity::rotate(&data_dir, &id)?;
             out!("rotated: the node key is now {new}; restart the node to use it");
         }
+        KeysCommand::Tls { data_dir, names } => {
+            super::ensure_stopped(&data_dir, "replace the TLS certificate")?;
+            let id = node_id(&data_dir)?;
+            identity::renew_tls(&data_dir, &id, &names)?;
+            out!(
+                "new TLS certificate for {}; send partners a new card (`peers card`), restart the node",
+                names.join(", ")
+            );
+        }
         KeysCommand::Revoke { data_dir, at, key } => {
             super::ensure_stopped(&data_dir, "revoke a key")?;
             let id = node_id(&data_dir)?;
@@ -336,11 +355,23 @@ pub fn card(data_dir: &Path, url: &str) -> anyhow::Result<Value> {
         bail!("--url {url:?}: partners reach the federation API over TLS, give https://HOST:PORT");
     }
     let config = Config::load(data_dir)?;
+    let certificate = std::fs::read_to_string(data_dir.join(identity::TLS_CERT_FILE))?;
+    let host = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .with_context(|| format!("--url {url:?} names no host"))?;
+    // Partners check the name they dial against the certificate, as well as the pin.
+    if !identity::certificate_names(&certificate, &host)? {
+        bail!(
+            "the TLS certificate is not valid for {host}: partners could not connect. Make a new \
+             one with `ammotrace keys tls --name {host}` (the node stopped), then print the card"
+        );
+    }
     Ok(json!({
         "id": config.node_id,
         "url": url,
         "public_key": std::fs::read_to_string(data_dir.join(identity::PUBLIC_KEY_FILE))?.trim(),
-        "certificate": std::fs::read_to_string(data_dir.join(identity::TLS_CERT_FILE))?,
+        "certificate": certificate,
     }))
 }
 

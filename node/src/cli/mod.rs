@@ -79,6 +79,10 @@ pub enum Command {
         /// This node's State (ISO 3166-1 alpha-3 or user-assigned, e.g. XAA).
         #[arg(long)]
         node_id: String,
+        /// A host name or address partners reach the federation API at (repeat for more):
+        /// the TLS certificate names it, besides localhost, 127.0.0.1 and the node id.
+        #[arg(long = "tls-name")]
+        tls_names: Vec<String>,
     },
     /// Serve the local API. With no flags: initialise ./ammotrace-data with the embedded
     /// default configuration if needed, and serve it on 127.0.0.1.
@@ -337,8 +341,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Policy(c) => federation::policy(c).await,
         Command::Audit(c) => federation::audit(c),
         Command::Requests(c) => federation::requests(c).await,
-        Command::Init { data_dir, node_id } => {
-            let created = node::init(&data_dir, &node_id)?;
+        Command::Init {
+            data_dir,
+            node_id,
+            tls_names,
+        } => {
+            let created = node::init_named(&data_dir, &node_id, &tls_names)?;
             out!("initialised {} for {node_id}", data_dir.display());
             out!("  signing key id: {}", created.key_id);
             out!(
