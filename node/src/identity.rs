@@ -45,16 +45,52 @@ impl Identity {
         &self.signing_key
     }
 
-    /// Loads the signing key written by [`init`].
+    /// Loads the signing key written by [`init`] (first finishing a rotation a crash cut
+    /// short: [`finish_rotation`]).
     pub fn load(data_dir: &Path, node_id: &str) -> anyhow::Result<Identity> {
-        let pem = fs::read_to_string(data_dir.join(SIGNING_KEY_FILE))?;
-        let signing_key = SigningKey::from_pkcs8_pem(&pem)
-            .map_err(|e| anyhow::anyhow!("{SIGNING_KEY_FILE} is not a PKCS#8 ed25519 key: {e}"))?;
+        finish_rotation(data_dir)?;
         Ok(Identity {
             node_id: node_id.to_owned(),
-            signing_key,
+            signing_key: read_signing_key(&data_dir.join(SIGNING_KEY_FILE))?,
         })
     }
+}
+
+fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let pem = fs::read_to_string(path)?;
+    SigningKey::from_pkcs8_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("{} is not a PKCS#8 ed25519 key: {e}", path.display()))
+}
+
+/// A rotation writes the new key aside (`node.key.new`), then `keys.json` naming it, then moves
+/// it in place. Cut short by a crash, it is finished here when `keys.json` already names the new
+/// key as current (partners may have learnt it), and undone when it does not (the old key stays
+/// current, and the new one was never published).
+pub fn finish_rotation(data_dir: &Path) -> anyhow::Result<()> {
+    let pending_path = data_dir.join(format!("{SIGNING_KEY_FILE}.new"));
+    if !pending_path.exists() {
+        return Ok(());
+    }
+    let history_path = data_dir.join(KEYS_FILE);
+    let named = match (read_signing_key(&pending_path), fs::read(&history_path)) {
+        (Ok(pending), Ok(bytes)) => serde_json::from_slice::<KeyHistory>(&bytes)
+            .ok()
+            .is_some_and(|h| h.is_current(&key_id(&pending.verifying_key())))
+            .then_some(pending),
+        _ => None,
+    };
+    match named {
+        Some(pending) => {
+            fs::rename(&pending_path, data_dir.join(SIGNING_KEY_FILE))?;
+            write_public(data_dir, &pending.verifying_key())?;
+            tracing::warn!("finished a key rotation that was cut short");
+        }
+        None => {
+            fs::remove_file(&pending_path)?;
+            tracing::warn!("undid a key rotation that was cut short before it was recorded");
+        }
+    }
+    Ok(())
 }
 
 /// One key in a node's history.
@@ -338,6 +374,13 @@ impl KeyHistory {
             return Err(not_valid("the key had been revoked"));
         }
         decode_key(&record.public_key).ok_or_else(|| KeyError::Unknown(key_id.to_owned()))
+    }
+
+    /// Whether `key_id` is the key in use: listed, neither rotated out nor revoked.
+    pub fn is_current(&self, key_id: &str) -> bool {
+        self.keys
+            .iter()
+            .any(|k| k.key_id == key_id && k.rotated_at.is_none() && k.revoked_at.is_none())
     }
 
     /// Reads `keys.json`, or makes the one-key history of a data directory that predates it.
@@ -670,6 +713,67 @@ mod tests {
             certificate_names(&cert(), "node.xaa.example").unwrap(),
             "unchanged"
         );
+    }
+
+    /// A rotation cut short by a crash is finished on the next load once `keys.json` names
+    /// the new key, and undone before that; either way the node signs with its current key
+    /// and the history chains from the first key.
+    #[test]
+    fn a_rotation_cut_short_is_finished_or_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        init(d, "XAA").unwrap();
+        let first = Identity::load(d, "XAA").unwrap().verifying_key();
+        let read = |f: &str| fs::read(d.join(f)).unwrap();
+        let (key0, pub0) = (read(SIGNING_KEY_FILE), read(PUBLIC_KEY_FILE));
+        let pending = pending_in(d);
+        // Cut after keys.json named the new key, before the key was moved in place.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let new_id = rotate(d, "XAA").unwrap();
+        fs::rename(d.join(SIGNING_KEY_FILE), &pending).unwrap();
+        fs::write(d.join(SIGNING_KEY_FILE), &key0).unwrap();
+        fs::write(d.join(PUBLIC_KEY_FILE), &pub0).unwrap();
+        let loaded = Identity::load(d, "XAA").unwrap();
+        assert_eq!(loaded.key_id(), new_id, "finished");
+        assert!(!pending.exists());
+        assert_eq!(
+            parse_public_key(&fs::read_to_string(d.join(PUBLIC_KEY_FILE)).unwrap()).unwrap(),
+            loaded.verifying_key()
+        );
+        let history = KeyHistory::load(d, "XAA", &loaded.verifying_key()).unwrap();
+        assert!(history.is_current(&new_id));
+        assert!(KeyHistory::verified_from(&history, &first).is_ok());
+
+        // Cut before keys.json named it: the new key was never published, and is dropped.
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        init(d, "XAA").unwrap();
+        let (key0, keys0) = (
+            fs::read(d.join(SIGNING_KEY_FILE)).unwrap(),
+            fs::read(d.join(KEYS_FILE)).unwrap(),
+        );
+        let first = Identity::load(d, "XAA").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        rotate(d, "XAA").unwrap();
+        fs::rename(d.join(SIGNING_KEY_FILE), pending_in(d)).unwrap();
+        fs::write(d.join(SIGNING_KEY_FILE), &key0).unwrap();
+        fs::write(d.join(KEYS_FILE), &keys0).unwrap();
+        assert_eq!(
+            Identity::load(d, "XAA").unwrap().key_id(),
+            first.key_id(),
+            "undone"
+        );
+        assert!(!pending_in(d).exists());
+        // The next rotation chains from the first key as if nothing had happened.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        rotate(d, "XAA").unwrap();
+        let now = Identity::load(d, "XAA").unwrap().verifying_key();
+        let history = KeyHistory::load(d, "XAA", &now).unwrap();
+        assert!(KeyHistory::verified_from(&history, &first.verifying_key()).is_ok());
+    }
+
+    fn pending_in(d: &Path) -> std::path::PathBuf {
+        d.join(format!("{SIGNING_KEY_FILE}.new"))
     }
 
     #[test]

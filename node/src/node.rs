@@ -163,8 +163,9 @@ impl Node {
             Identity::load(data_dir, &config.node_id).context("cannot load the node key")?;
         let keys = KeyHistory::load(data_dir, &config.node_id, &identity.verifying_key())?;
         anyhow::ensure!(
-            keys.key(&identity.key_id()).is_some(),
-            "{} does not list the current key {}",
+            keys.is_current(&identity.key_id()),
+            "{} does not list the node key {} as current (rotated out, revoked, or unknown): \
+             partners would refuse everything it signs",
             identity::KEYS_FILE,
             identity.key_id()
         );
