@@ -315,6 +315,19 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// A short name of the reason, without what the request claimed.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::MissingHeader(_) => "missing_header",
+            Refusal::UnknownSender(_) => "unknown_sender",
+            Refusal::UnknownKey(_) => "unknown_key",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::WrongDestination(_) => "wrong_destination",
+            Refusal::Stale(_) => "stale",
+            Refusal::Replayed => "replayed",
+        }
+    }
+
     /// 403 for a well-signed request to the wrong node; 401 for the rest.
     pub fn status(&self) -> u16 {
         match self {

@@ -58,6 +58,57 @@ async fn send(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// A flood of refused requests is audited in full but at a bounded cost: each second, the
+/// first twenty one by one, the rest counted by reason in one entry once the second is over.
+#[tokio::test]
+async fn a_flood_of_refused_requests_is_counted_not_written_one_by_one() {
+    let node = TestNode::spawn("XAA").await.unwrap();
+    let client = pinned_client(&node);
+    let path = "/federation/v1/feed?after=0";
+    let audited = |event: &str| {
+        let log = std::fs::read_to_string(node.data_dir.join("audit.log")).unwrap();
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["event"] == event)
+            .collect::<Vec<_>>()
+    };
+    let before = audited("request_refused").len();
+    const SENT: usize = 100;
+    let first = chrono::Utc::now().timestamp();
+    for _ in 0..SENT {
+        let (status, body) = send(&client, &node, path, &[]).await;
+        assert_eq!(status, 401, "{body}");
+    }
+    let seconds = (chrono::Utc::now().timestamp() - first + 1) as usize;
+    let (one_by_one, counted) = eventually(WAIT, "every refusal to be audited", || async {
+        let one_by_one = audited("request_refused").len() - before;
+        let counted: u64 = audited("requests_refused")
+            .iter()
+            .map(|e| e["count"].as_u64().unwrap())
+            .sum();
+        Ok((one_by_one + counted as usize == SENT).then_some((one_by_one, counted)))
+    })
+    .await
+    .unwrap();
+    assert!(
+        one_by_one <= 20 * seconds,
+        "{one_by_one} written one by one in {seconds} s"
+    );
+    assert!(counted > 0);
+    let bulk = audited("requests_refused");
+    assert_eq!(
+        bulk[0]["by_reason"]["missing_header"], bulk[0]["count"],
+        "{}",
+        bulk[0]
+    );
+    let verify = node.command(&["audit", "verify"]).unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
 #[tokio::test]
 async fn forged_replayed_stale_and_unknown_requests_get_nothing() {
     let fed = TestFederation::start(

@@ -3,6 +3,7 @@
 //! (see [`crate::peer`]). A request that fails authentication gets a problem+json 401/403 and
 //! nothing else, and is written to the audit log.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -26,6 +27,61 @@ const MAX_BODY: usize = 16 * 1024 * 1024;
 #[derive(Clone)]
 pub struct FedState {
     pub node: Arc<Node>,
+    refusals: Arc<Refusals>,
+}
+
+/// How many refused requests a second are audited one by one.
+const REFUSALS_AUDITED_A_SECOND: u32 = 20;
+
+/// Refused requests can come from anyone, as fast as they are sent, and each audit entry of a
+/// refusal is synced to disk. So in each second the first [`REFUSALS_AUDITED_A_SECOND`] are
+/// audited one by one; the rest are counted by reason and audited as one entry
+/// (`requests_refused`) when that second is over.
+#[derive(Default)]
+struct Refusals {
+    window: std::sync::Mutex<RefusalWindow>,
+}
+
+#[derive(Default)]
+struct RefusalWindow {
+    second: i64,
+    audited: u32,
+    /// Refusals counted, not audited one by one: by second, then by reason.
+    counted: BTreeMap<i64, BTreeMap<&'static str, u64>>,
+}
+
+impl Refusals {
+    /// Whether a refusal at `second` is audited on its own. When not, it is counted; the
+    /// first one counted in a second asks the caller (true in the second place) to audit that
+    /// second's counts once it is over ([`Refusals::take`]).
+    fn admit(&self, second: i64, kind: &'static str) -> (bool, bool) {
+        let mut w = self
+            .window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if w.second != second {
+            w.second = second;
+            w.audited = 0;
+        }
+        if w.audited < REFUSALS_AUDITED_A_SECOND {
+            w.audited += 1;
+            return (true, false);
+        }
+        let counts = w.counted.entry(second).or_default();
+        let first = counts.is_empty();
+        *counts.entry(kind).or_default() += 1;
+        (false, first)
+    }
+
+    /// The refusals counted in `second`, taken.
+    fn take(&self, second: i64) -> BTreeMap<&'static str, u64> {
+        self.window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .counted
+            .remove(&second)
+            .unwrap_or_default()
+    }
 }
 
 /// Starts the TLS listener; the returned task ends when `stop` turns true.
@@ -70,7 +126,10 @@ pub fn router(node: Arc<Node>) -> Router {
             post(disclosure_decision),
         )
         .fallback(|| async { ApiError::not_found("no such federation endpoint") })
-        .with_state(FedState { node })
+        .with_state(FedState {
+            node,
+            refusals: Default::default(),
+        })
 }
 
 /// A request whose signature, sender, destination, time and nonce checked out.
@@ -94,12 +153,38 @@ impl FromRequest<FedState> for Signed {
         let header = |name: &'static str| parts.headers.get(name).and_then(|v| v.to_str().ok());
         let claimed = header(peer::H_SENDER).unwrap_or("?").to_owned();
         let refuse = |refusal: peer::Refusal| {
-            tracing::warn!(sender = %claimed, %path, reason = %refusal, "refused a federation request");
-            node.audit().record(
-                "request_refused",
-                json!({ "sender": claimed, "method": method, "path": path, "reason": refusal.to_string() }),
-                true,
-            );
+            let second = chrono::Utc::now().timestamp();
+            match state.refusals.admit(second, refusal.kind()) {
+                (true, _) => {
+                    tracing::warn!(sender = %claimed, %path, reason = %refusal, "refused a federation request");
+                    node.audit().record(
+                        "request_refused",
+                        json!({ "sender": claimed, "method": method, "path": path, "reason": refusal.to_string() }),
+                        true,
+                    );
+                }
+                (false, true) => {
+                    let (node, refusals) = (node.clone(), state.refusals.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+                        let counts = refusals.take(second);
+                        let total: u64 = counts.values().sum();
+                        tracing::warn!(
+                            total,
+                            ?counts,
+                            "refused many federation requests in one second"
+                        );
+                        let at = chrono::DateTime::from_timestamp(second, 0)
+                            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                        node.audit().record(
+                            "requests_refused",
+                            json!({ "second": at, "count": total, "by_reason": counts }),
+                            true,
+                        );
+                    });
+                }
+                (false, false) => {}
+            }
             let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::UNAUTHORIZED);
             ApiError::new(status, "request refused", refusal.to_string())
         };
@@ -474,7 +559,6 @@ pub(crate) mod tests {
     //! every request each one receives (and its answer) recorded as it crossed the wire; and
     //! the schemas those documents follow.
 
-    use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
     use std::sync::Mutex;
     use std::time::Duration;
