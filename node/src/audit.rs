@@ -149,12 +149,37 @@ impl AuditLog {
 /// `audit.log.torn` beside it: the chain goes on from the last whole entry instead of gluing
 /// the next one to the fragment. Returns the bytes cut and where they are kept.
 fn set_torn_tail_aside(path: &Path) -> anyhow::Result<Option<(Vec<u8>, PathBuf)>> {
-    let text = std::fs::read(path)?;
-    if text.is_empty() || text.ends_with(b"\n") {
+    use std::io::{Read, Seek, SeekFrom};
+    // Read from the end only: the log may be far larger than memory should hold.
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut tail: Vec<u8> = Vec::new();
+    let mut start = len;
+    let mut block = 4096u64;
+    let keep = loop {
+        if start == 0 {
+            break 0;
+        }
+        let from = start.saturating_sub(block);
+        let mut chunk = vec![0u8; usize::try_from(start - from)?];
+        file.seek(SeekFrom::Start(from))?;
+        file.read_exact(&mut chunk)?;
+        if start == len && chunk.last() == Some(&b'\n') {
+            return Ok(None);
+        }
+        chunk.extend_from_slice(&tail);
+        tail = chunk;
+        start = from;
+        if let Some(i) = tail.iter().rposition(|b| *b == b'\n') {
+            tail.drain(..=i);
+            break start + i as u64 + 1;
+        }
+        block = block.saturating_mul(2);
+    };
+    if len == 0 {
         return Ok(None);
     }
-    let keep = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let torn = text[keep..].to_vec();
+    let torn = tail;
     let kept_in = path.with_extension("log.torn");
     let mut aside = OpenOptions::new()
         .create(true)
@@ -164,7 +189,7 @@ fn set_torn_tail_aside(path: &Path) -> anyhow::Result<Option<(Vec<u8>, PathBuf)>
     aside.write_all(b"\n")?;
     aside.sync_data()?;
     let file = OpenOptions::new().write(true).open(path)?;
-    file.set_len(keep as u64)?;
+    file.set_len(keep)?;
     file.sync_data()?;
     Ok(Some((torn, kept_in)))
 }
@@ -293,5 +318,34 @@ mod tests {
         assert_eq!(lines[4]["event"], "after_restart");
         let aside = std::fs::read(dir.path().join("audit.log.torn")).unwrap();
         assert_eq!(&aside[..fragment.len()], fragment);
+    }
+
+    /// The end of the log is found by reading backwards, whatever the torn part's size: a
+    /// fragment longer than the first block read, and a log that is one fragment only.
+    #[test]
+    fn long_and_lone_torn_tails_are_set_aside_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(AUDIT_FILE);
+        let log = AuditLog::open(dir.path()).unwrap();
+        log.append("test", json!({ "n": 0 }), true).unwrap();
+        drop(log);
+        let whole = std::fs::read(&path).unwrap();
+        let fragment = vec![b'x'; 10_000];
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&fragment)
+            .unwrap();
+        assert_eq!(set_torn_tail_aside(&path).unwrap().unwrap().0, fragment);
+        assert_eq!(std::fs::read(&path).unwrap(), whole);
+        assert!(set_torn_tail_aside(&path).unwrap().is_none());
+        std::fs::write(&path, b"{\"seq\":1").unwrap();
+        assert_eq!(
+            set_torn_tail_aside(&path).unwrap().unwrap().0,
+            b"{\"seq\":1"
+        );
+        assert!(std::fs::read(&path).unwrap().is_empty());
+        assert!(set_torn_tail_aside(&path).unwrap().is_none());
     }
 }

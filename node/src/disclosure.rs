@@ -199,13 +199,8 @@ pub async fn decide(
     if let Some(env) = &envelope
         && let Some(id) = RecordId::parse(&env.claims.record_id)
     {
-        // Noted before it leaves, so a later retraction reaches the partner (see `sync::holds`).
-        store
-            .note_disclosed(&peer.id, &[(id, env.claims.version)])
-            .map_err(internal)?;
-        // Durable before the grant leaves (see `Store::note_disclosed`).
-        store.flush().map_err(internal)?;
-        // So is the log's record of it: a disclosure the log cannot record does not happen.
+        // Audited first (synced): a disclosure the log cannot record does not happen, and one
+        // recorded that then fails to leave is the safer error.
         let paths: std::collections::BTreeSet<String> = env
             .disclosures
             .iter()
@@ -220,6 +215,12 @@ pub async fn decide(
                 true,
             )
             .map_err(|e| (500, format!("cannot write the audit log: {e}")))?;
+        // Noted before it leaves, so a later retraction reaches the partner (see `sync::holds`),
+        // and durable (see `Store::note_disclosed`).
+        store
+            .note_disclosed(&peer.id, &[(id, env.claims.version)])
+            .map_err(internal)?;
+        store.flush().map_err(internal)?;
     }
     crate::sync::request_bytes(
         node,

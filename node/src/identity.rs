@@ -2,6 +2,7 @@
 //! federation, made by `ammotrace init` and kept in the data directory. Secrets are written
 //! with mode 0600 and never overwritten.
 
+use anyhow::Context;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -45,10 +46,9 @@ impl Identity {
         &self.signing_key
     }
 
-    /// Loads the signing key written by [`init`] (first finishing a rotation a crash cut
-    /// short: [`finish_rotation`]).
+    /// Loads the signing key written by [`init`] (a node first finishes a rotation a crash
+    /// cut short, holding its data directory: [`finish_rotation`]).
     pub fn load(data_dir: &Path, node_id: &str) -> anyhow::Result<Identity> {
-        finish_rotation(data_dir)?;
         Ok(Identity {
             node_id: node_id.to_owned(),
             signing_key: read_signing_key(&data_dir.join(SIGNING_KEY_FILE))?,
@@ -65,20 +65,25 @@ fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
 /// A rotation writes the new key aside (`node.key.new`), then `keys.json` naming it, then moves
 /// it in place. Cut short by a crash, it is finished here when `keys.json` already names the new
 /// key as current (partners may have learnt it), and undone when it does not (the old key stays
-/// current, and the new one was never published).
+/// current, and the new one was never published). Callers hold the data directory (its store
+/// open), so no rotation is under way meanwhile; a file that cannot be read is an error, and
+/// nothing is deleted.
 pub fn finish_rotation(data_dir: &Path) -> anyhow::Result<()> {
     let pending_path = data_dir.join(format!("{SIGNING_KEY_FILE}.new"));
     if !pending_path.exists() {
         return Ok(());
     }
+    let pending = read_signing_key(&pending_path)
+        .context("a key rotation was cut short, and its new key cannot be read")?;
     let history_path = data_dir.join(KEYS_FILE);
-    let named = match (read_signing_key(&pending_path), fs::read(&history_path)) {
-        (Ok(pending), Ok(bytes)) => serde_json::from_slice::<KeyHistory>(&bytes)
-            .ok()
-            .is_some_and(|h| h.is_current(&key_id(&pending.verifying_key())))
-            .then_some(pending),
-        _ => None,
-    };
+    let history: KeyHistory = serde_json::from_slice(
+        &fs::read(&history_path)
+            .with_context(|| format!("cannot read {}", history_path.display()))?,
+    )
+    .with_context(|| format!("{} cannot be read", history_path.display()))?;
+    let named = history
+        .is_current(&key_id(&pending.verifying_key()))
+        .then_some(pending);
     match named {
         Some(pending) => {
             fs::rename(&pending_path, data_dir.join(SIGNING_KEY_FILE))?;
@@ -214,37 +219,50 @@ impl KeyHistory {
     /// statements do not support are dropped.
     ///
     /// The pinned key may be the partner's first or a later one (a partner added after it
-    /// rotated is pinned at its key of the day): the statements are then replayed from the
-    /// history's first key, and must reach the pinned key through signed rotations. The keys
-    /// before it are those that key's own chain names as its predecessors, served over the
-    /// pinned TLS certificate: they verify what the partner signed before its rotations.
+    /// rotated is pinned at its key of the day). Then the keys before it are trusted only when
+    /// the partner's `first` key is configured too (cards carry it): the statements are
+    /// replayed from it and must reach the pinned key, so what the partner signed before its
+    /// rotations stays verifiable. Without it, the history is taken from the pinned key on:
+    /// nothing the served document says of earlier keys is trusted on the TLS pin alone.
     pub fn verified_from(
         served: &KeyHistory,
         pinned: &VerifyingKey,
+        first: Option<&VerifyingKey>,
     ) -> Result<KeyHistory, KeyError> {
         let pinned_id = key_id(pinned);
-        let rotated_to = |id: &str| {
+        let brought_in = |id: &str| {
             served
                 .statements
                 .iter()
-                .any(|s| matches!(&s.statement, Statement::Rotation { to, .. } if to == id))
+                .position(|s| matches!(&s.statement, Statement::Rotation { to, .. } if to == id))
         };
-        let root = if rotated_to(&pinned_id) {
-            // The first key: the one no rotation brought in.
-            served
-                .keys
-                .iter()
-                .find(|k| !rotated_to(&k.key_id))
-                .and_then(|k| decode_key(&k.public_key).filter(|d| key_id(d) == k.key_id))
-                .ok_or_else(|| KeyError::BadStatement("the history has no first key".into()))?
-        } else {
-            *pinned
+        // Where the replay starts: the pinned key, or (when the pinned key came by rotation
+        // and the partner's first key is configured too) that first key, which must be the
+        // history's own first key (the one no rotation brought in).
+        let (root, replay_from) = match (brought_in(&pinned_id), first) {
+            (Some(_), Some(first)) => {
+                let served_first = served
+                    .keys
+                    .iter()
+                    .find(|k| brought_in(&k.key_id).is_none())
+                    .map(|k| k.key_id.as_str());
+                if served_first != Some(key_id(first).as_str()) {
+                    return Err(KeyError::BadStatement(format!(
+                        "the history does not start at the configured first key {}",
+                        key_id(first)
+                    )));
+                }
+                (*first, 0)
+            }
+            // Without it, what came before the pinned key is not trusted: only the pin is.
+            (Some(at), None) => (*pinned, at + 1),
+            (None, _) => (*pinned, 0),
         };
         let mut trusted = KeyHistory::new(&served.node_id, &root, "1970-01-01T00:00:00Z");
         if let Some(root_served) = served.keys.iter().find(|k| k.key_id == key_id(&root)) {
             trusted.keys[0].valid_from = root_served.valid_from.clone();
         }
-        for signed in &served.statements {
+        for signed in &served.statements[replay_from..] {
             match &signed.statement {
                 Statement::Rotation {
                     node,
@@ -415,6 +433,7 @@ fn now() -> String {
 /// The old private key is destroyed; its public key stays in the history, so what it signed
 /// stays verifiable. Returns the new key id. The node must be restarted to use it.
 pub fn rotate(data_dir: &Path, node_id: &str) -> anyhow::Result<String> {
+    finish_rotation(data_dir)?;
     let old = Identity::load(data_dir, node_id)?;
     let mut history = KeyHistory::load(data_dir, node_id, &old.verifying_key())?;
     let new = SigningKey::from_bytes(&random_bytes::<32>()?);
@@ -626,6 +645,8 @@ pub fn certificate_names(cert_pem: &str, host: &str) -> anyhow::Result<bool> {
 
 /// [`init`], with the TLS certificate also valid for `tls_names`.
 pub fn init_named(data_dir: &Path, node_id: &str, tls_names: &[String]) -> anyhow::Result<Created> {
+    // Everything that can be refused (a name that is not one) is, before anything is written.
+    let (cert, key) = tls_certificate(node_id, tls_names)?;
     let signing_key = SigningKey::from_bytes(&random_bytes::<32>()?);
     let pem = signing_key
         .to_pkcs8_pem(LineEnding::LF)
@@ -636,7 +657,6 @@ pub fn init_named(data_dir: &Path, node_id: &str, tls_names: &[String]) -> anyho
     write_public(data_dir, &verifying)?;
     KeyHistory::new(node_id, &verifying, &now()).save(data_dir)?;
 
-    let (cert, key) = tls_certificate(node_id, tls_names)?;
     fs::write(data_dir.join(TLS_CERT_FILE), cert)?;
     write_secret(&data_dir.join(TLS_KEY_FILE), key.as_bytes())?;
 
@@ -688,6 +708,13 @@ mod tests {
     #[test]
     fn the_tls_certificate_names_the_hosts_partners_dial() {
         let dir = tempfile::tempdir().unwrap();
+        let url = "https://xaa.example:8601".to_owned();
+        assert!(init_named(dir.path(), "XAA", &[url]).is_err());
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing written"
+        );
         init_named(dir.path(), "XAA", &["xaa.example".into()]).unwrap();
         let cert = || fs::read_to_string(dir.path().join(TLS_CERT_FILE)).unwrap();
         for host in ["xaa.example", "localhost", "127.0.0.1", "xaa"] {
@@ -733,6 +760,7 @@ mod tests {
         fs::rename(d.join(SIGNING_KEY_FILE), &pending).unwrap();
         fs::write(d.join(SIGNING_KEY_FILE), &key0).unwrap();
         fs::write(d.join(PUBLIC_KEY_FILE), &pub0).unwrap();
+        finish_rotation(d).unwrap();
         let loaded = Identity::load(d, "XAA").unwrap();
         assert_eq!(loaded.key_id(), new_id, "finished");
         assert!(!pending.exists());
@@ -742,7 +770,7 @@ mod tests {
         );
         let history = KeyHistory::load(d, "XAA", &loaded.verifying_key()).unwrap();
         assert!(history.is_current(&new_id));
-        assert!(KeyHistory::verified_from(&history, &first).is_ok());
+        assert!(KeyHistory::verified_from(&history, &first, None).is_ok());
 
         // Cut before keys.json named it: the new key was never published, and is dropped.
         let dir = tempfile::tempdir().unwrap();
@@ -757,7 +785,12 @@ mod tests {
         rotate(d, "XAA").unwrap();
         fs::rename(d.join(SIGNING_KEY_FILE), pending_in(d)).unwrap();
         fs::write(d.join(SIGNING_KEY_FILE), &key0).unwrap();
+        // While keys.json cannot be read, nothing is decided, and nothing is deleted.
+        fs::write(d.join(KEYS_FILE), b"{").unwrap();
+        assert!(finish_rotation(d).is_err());
+        assert!(pending_in(d).exists());
         fs::write(d.join(KEYS_FILE), &keys0).unwrap();
+        finish_rotation(d).unwrap();
         assert_eq!(
             Identity::load(d, "XAA").unwrap().key_id(),
             first.key_id(),
@@ -769,7 +802,7 @@ mod tests {
         rotate(d, "XAA").unwrap();
         let now = Identity::load(d, "XAA").unwrap().verifying_key();
         let history = KeyHistory::load(d, "XAA", &now).unwrap();
-        assert!(KeyHistory::verified_from(&history, &first.verifying_key()).is_ok());
+        assert!(KeyHistory::verified_from(&history, &first.verifying_key(), None).is_ok());
     }
 
     fn pending_in(d: &Path) -> std::path::PathBuf {
@@ -797,7 +830,7 @@ mod tests {
             0o600
         );
         let served = KeyHistory::load(dir.path(), "XAA", &second.verifying_key()).unwrap();
-        let trusted = KeyHistory::verified_from(&served, &pinned).unwrap();
+        let trusted = KeyHistory::verified_from(&served, &pinned, None).unwrap();
         let rotated_at = trusted.keys[0].rotated_at.clone().unwrap();
         let made_at = trusted.keys[0].valid_from.clone();
         assert!(made_at < rotated_at);
@@ -810,13 +843,13 @@ mod tests {
         let mut forged = served.clone();
         forged.statements[0].sig = forged.statements[0].sig.replace('A', "B");
         if forged != served {
-            assert!(KeyHistory::verified_from(&forged, &pinned).is_err());
+            assert!(KeyHistory::verified_from(&forged, &pinned, None).is_err());
         }
 
         // Revoking an old key from a past time invalidates what it signed from then on.
         revoke(dir.path(), "XAA", Some(&first.key_id()), &made_at).unwrap();
         let served = KeyHistory::load(dir.path(), "XAA", &second.verifying_key()).unwrap();
-        let trusted = KeyHistory::verified_from(&served, &pinned).unwrap();
+        let trusted = KeyHistory::verified_from(&served, &pinned, None).unwrap();
         assert!(trusted.key_valid_at(&first.key_id(), &made_at).is_err());
         // Again, or later: refused, and nothing changes (a revocation only moves earlier).
         let keys = std::fs::read_to_string(dir.path().join(KEYS_FILE)).unwrap();
@@ -845,8 +878,10 @@ mod tests {
     }
 
     /// A partner added after this node rotated its key pins the key of the day (`node.pub`,
-    /// `peers card`): it accepts the served history all the same, and what the first key
-    /// signed before the rotation stays verifiable to it.
+    /// `peers card`): it accepts the served history all the same. What the first key signed
+    /// before the rotation stays verifiable to it when the first key is configured too (the
+    /// card carries it), and only then: a history that starts elsewhere is refused, and
+    /// without the first key the earlier keys are not trusted on the TLS pin alone.
     #[test]
     fn pinning_the_current_key_after_a_rotation_accepts_the_history() {
         let dir = tempfile::tempdir().unwrap();
@@ -860,12 +895,21 @@ mod tests {
             parse_public_key(&fs::read_to_string(dir.path().join(PUBLIC_KEY_FILE)).unwrap())
                 .unwrap();
         assert_eq!(pinned, current, "node.pub names the current key");
-        let trusted = KeyHistory::verified_from(&served, &pinned).unwrap();
         let made_at = served.keys[0].valid_from.clone();
+        let first_key = first.verifying_key();
+        let trusted = KeyHistory::verified_from(&served, &pinned, Some(&first_key)).unwrap();
         assert!(trusted.key_valid_at(&first.key_id(), &made_at).is_ok());
+        assert!(trusted.key_valid_at(&key_id(&pinned), &now()).is_ok());
+        let only_pinned = KeyHistory::verified_from(&served, &pinned, None).unwrap();
+        assert!(only_pinned.key_valid_at(&first.key_id(), &made_at).is_err());
+        assert!(only_pinned.key_valid_at(&key_id(&pinned), &now()).is_ok());
+        // A history whose first key is not the one configured (one made up by whoever holds
+        // the TLS key) is refused.
+        let made_up = SigningKey::from_bytes(&[8; 32]).verifying_key();
+        assert!(KeyHistory::verified_from(&served, &pinned, Some(&made_up)).is_err());
         // Pinned at a key the history never reaches, it is refused.
         let stranger = SigningKey::from_bytes(&[7; 32]).verifying_key();
-        assert!(KeyHistory::verified_from(&served, &stranger).is_err());
+        assert!(KeyHistory::verified_from(&served, &stranger, None).is_err());
     }
 
     /// A stolen key that its owner has rotated out and revoked signs nothing more: neither a
@@ -883,7 +927,7 @@ mod tests {
         rotate(dir.path(), "XAA").unwrap();
         revoke(dir.path(), "XAA", Some(&k0_id), "2000-01-01T00:00:00Z").unwrap();
         let served = KeyHistory::load(dir.path(), "XAA", &pinned).unwrap();
-        let honest = KeyHistory::verified_from(&served, &pinned).unwrap();
+        let honest = KeyHistory::verified_from(&served, &pinned, None).unwrap();
         assert!(honest.key_valid_at(&k0_id, &now()).is_err());
 
         let thief = SigningKey::from_bytes(&[99u8; 32]);
@@ -901,7 +945,7 @@ mod tests {
             )
             .unwrap(),
         );
-        assert!(KeyHistory::verified_from(&forged, &pinned).is_err());
+        assert!(KeyHistory::verified_from(&forged, &pinned, None).is_err());
 
         let mut forged = served.clone();
         forged.statements.push(
@@ -916,6 +960,6 @@ mod tests {
             )
             .unwrap(),
         );
-        assert!(KeyHistory::verified_from(&forged, &pinned).is_err());
+        assert!(KeyHistory::verified_from(&forged, &pinned, None).is_err());
     }
 }

@@ -159,6 +159,16 @@ impl Node {
             role: t.role,
             sha256: t.sha256.clone(),
         }));
+        // The store first: it holds the data directory (one node, or one `keys` command, at a
+        // time), so what follows may repair what a crash left.
+        let store = Store::open(&data_dir.join(STORE_DIR)).with_context(|| {
+            format!(
+                "cannot open the store in {} (is another node using this data directory?)",
+                data_dir.join(STORE_DIR).display()
+            )
+        })?;
+        let audit = AuditLog::open(data_dir)?;
+        identity::finish_rotation(data_dir)?;
         let identity =
             Identity::load(data_dir, &config.node_id).context("cannot load the node key")?;
         let keys = KeyHistory::load(data_dir, &config.node_id, &identity.verifying_key())?;
@@ -173,13 +183,6 @@ impl Node {
             &config.peers,
             Duration::from_millis(config.federation.request_timeout_ms),
         )?;
-        let audit = AuditLog::open(data_dir)?;
-        let store = Store::open(&data_dir.join(STORE_DIR)).with_context(|| {
-            format!(
-                "cannot open the store in {} (is another node using this data directory?)",
-                data_dir.join(STORE_DIR).display()
-            )
-        })?;
         let sealer = NodeSealer {
             origin: config.node_id.clone(),
             key: identity.signing_key().clone(),

@@ -39,6 +39,11 @@ pub struct PeerConfig {
     pub public_key: String,
     /// Its TLS certificate (PEM), pinned: the only certificate its client trusts.
     pub certificate: String,
+    /// Its first key (`KEY_ID BASE64URL`), when the pinned `public_key` came by rotation: the
+    /// keys before the pinned one are trusted only through a chain from this one (cards carry
+    /// it). Absent: only the pinned key and those after it are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_key: Option<String>,
     /// Whether this node pulls the partner's feed.
     #[serde(default = "yes")]
     pub pull: bool,
@@ -55,6 +60,10 @@ impl PeerConfig {
     pub fn validate(&self) -> Result<(), String> {
         identity::parse_public_key(&self.public_key)
             .map_err(|e| format!("peer {}: public_key: {e}", self.id))?;
+        if let Some(first) = &self.first_key {
+            identity::parse_public_key(first)
+                .map_err(|e| format!("peer {}: first_key: {e}", self.id))?;
+        }
         reqwest::Certificate::from_pem(self.certificate.as_bytes())
             .map_err(|e| format!("peer {}: certificate: {e}", self.id))?;
         if !self.url.starts_with("https://") {
@@ -73,6 +82,8 @@ pub struct Peer {
     pub pull: bool,
     pub policy: Policy,
     pinned: VerifyingKey,
+    /// The partner's first key, when configured ([`PeerConfig::first_key`]).
+    first_key: Option<VerifyingKey>,
     keys: RwLock<KeyHistory>,
     /// When a request with an unknown key last made us fetch this partner's key history
     /// (unix seconds): such requests are not yet authenticated, so they may trigger it only
@@ -89,6 +100,11 @@ pub const KEY_REFRESH_SECS: i64 = 10;
 impl Peer {
     pub fn new(config: &PeerConfig, timeout: Duration) -> anyhow::Result<Peer> {
         let pinned = identity::parse_public_key(&config.public_key)?;
+        let first_key = config
+            .first_key
+            .as_deref()
+            .map(identity::parse_public_key)
+            .transpose()?;
         let certificate = reqwest::Certificate::from_pem(config.certificate.as_bytes())?;
         let client = reqwest::Client::builder()
             .tls_certs_only([certificate])
@@ -104,6 +120,7 @@ impl Peer {
             policy: config.policy.clone(),
             keys: RwLock::new(KeyHistory::new(&config.id, &pinned, "1970-01-01T00:00:00Z")),
             pinned,
+            first_key,
             last_key_refresh: std::sync::atomic::AtomicI64::new(i64::MIN),
             client,
             receipts_sending: tokio::sync::Mutex::new(()),
@@ -138,7 +155,7 @@ impl Peer {
                 served.node_id, self.id
             )));
         }
-        let trusted = KeyHistory::verified_from(served, &self.pinned)?;
+        let trusted = KeyHistory::verified_from(served, &self.pinned, self.first_key.as_ref())?;
         let mut keys = self
             .keys
             .write()
@@ -171,10 +188,24 @@ pub fn save_keys(
     partner: &str,
     served: &KeyHistory,
 ) -> anyhow::Result<()> {
+    // One save at a time, each only over a history it continues: two refreshes that learnt
+    // histories of different ages may save them in either order.
+    static SAVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = SAVING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let saved = store
+        .note(&keys_note(partner))?
+        .filter(|t| !t.is_empty())
+        .and_then(|t| serde_json::from_str::<KeyHistory>(&t).ok());
     let text = serde_json::to_string(served)?;
-    if store.note(&keys_note(partner))?.as_deref() != Some(text.as_str()) {
-        store.set_note(&keys_note(partner), &text)?;
-        store.flush()?;
+    match saved {
+        Some(saved) if !saved.is_continued_by(served) => {}
+        Some(saved) if serde_json::to_string(&saved)? == text => {}
+        _ => {
+            store.set_note(&keys_note(partner), &text)?;
+            store.flush()?;
+        }
     }
     Ok(())
 }
@@ -443,6 +474,7 @@ mod tests {
             url: "https://127.0.0.1:1".into(),
             public_key: read(identity::PUBLIC_KEY_FILE).trim().to_owned(),
             certificate: read(identity::TLS_CERT_FILE),
+            first_key: None,
             pull: true,
             policy: Policy::default(),
         };
@@ -466,7 +498,7 @@ mod tests {
     /// reached again, the revoked key is still refused.
     #[test]
     fn a_revoked_key_is_refused_after_the_receiver_restarts() {
-        let (dir, config, k0, _before, after) = revoked_setup();
+        let (dir, config, k0, before, after) = revoked_setup();
         let store = crate::store::Store::open(&dir.path().join("store")).unwrap();
         let peers = Peers::new(std::slice::from_ref(&config), Duration::from_secs(1)).unwrap();
         assert!(
@@ -475,6 +507,8 @@ mod tests {
         );
         peers.get("XAA").unwrap().learn_keys(&after).unwrap();
         save_keys(&store, "XAA", &after).unwrap();
+        // A slower refresh that learnt the older history saves it after: it is not kept.
+        save_keys(&store, "XAA", &before).unwrap();
         assert!(!accepts(&peers, &k0), "refused once learnt");
         let restarted = Peers::new(&[config], Duration::from_secs(1)).unwrap();
         restore_keys(restarted.get("XAA").unwrap(), &store);
@@ -516,6 +550,7 @@ mod tests {
                 URL_SAFE_NO_PAD.encode(vk.as_bytes())
             ),
             certificate: std::fs::read_to_string(dir.path().join(identity::TLS_CERT_FILE)).unwrap(),
+            first_key: None,
             pull: true,
             policy: Policy::default(),
         };

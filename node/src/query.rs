@@ -166,9 +166,12 @@ pub fn answer(node: &Node, peer: &Peer, query: &Query) -> Result<Answer, Refused
             sync::View::Shown(view) => view,
             _ => continue,
         };
-        // The hit's item must itself be disclosed (its category allowed), and so must every
-        // field the query matched it on: a hit tells the partner the record has what it
-        // asked for, which must not reveal a field its policy withholds.
+        // The hit's item must itself be disclosed (its category allowed). A view answers
+        // `query` partners, so each field the query matched the hit on must be disclosed too:
+        // the view would otherwise tell the partner that the record has what it asked for in
+        // a field its policy withholds. A `hit_no_hit` answer is that telling and no more
+        // (Prüm step 1: a count and references, rate-limited, every query audited with its
+        // purpose), so it matches on any field of a record version it may be told of.
         let Some(item) = record
             .get("items")
             .and_then(Value::as_array)
@@ -180,7 +183,10 @@ pub fn answer(node: &Node, peer: &Peer, query: &Query) -> Result<Answer, Refused
         else {
             continue;
         };
-        let queried = queried_paths(&params, &r.matched, item);
+        let queried = match mode {
+            Mode::HitNoHit => vec![format!("/items/{item}/item_id")],
+            _ => queried_paths(&params, &r.matched, item),
+        };
         if !queried.iter().all(|p| discloses(&view, p)) {
             continue;
         }

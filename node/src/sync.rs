@@ -256,15 +256,8 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
         });
     }
     if !sent.is_empty() {
-        // Noted before the page leaves (made durable below): if this fails, nothing is served.
-        store.note_disclosed(&peer.id, &sent)?;
-    }
-    // Every change the page names is made durable before it leaves, withheld ones too: the
-    // partner keeps their sequence numbers and digests in its cursor, and a change a crash
-    // took back would be numbered again with another digest, breaking its chain for good.
-    store.flush()?;
-    if !sent.is_empty() {
-        // Synced before the page leaves: a disclosure the log cannot record does not happen.
+        // Audited first (synced): a disclosure the log cannot record does not happen, and one
+        // recorded that then fails to leave is the safer error.
         node.audit().append(
             "disclosure",
             json!({
@@ -275,7 +268,13 @@ pub fn feed_page(node: &Node, peer: &Peer, after: u64, limit: usize) -> anyhow::
             }),
             true,
         )?;
+        // Then noted, so a later retraction reaches the partner (made durable below).
+        store.note_disclosed(&peer.id, &sent)?;
     }
+    // Every change the page names is made durable before it leaves, withheld ones too: the
+    // partner keeps their sequence numbers and digests in its cursor, and a change a crash
+    // took back would be numbered again with another digest, breaking its chain for good.
+    store.flush()?;
     Ok(FeedPage {
         origin: node.config().node_id.clone(),
         policy: peer.policy.digest(),
@@ -329,6 +328,8 @@ pub enum SyncError {
     },
     #[error("refused a page from {peer}: {reason}")]
     BadPage { peer: String, reason: String },
+    #[error("{peer} answered more than {limit} bytes (federation.max_answer_mib)")]
+    TooLarge { peer: String, limit: usize },
     #[error(transparent)]
     Local(#[from] anyhow::Error),
 }
@@ -388,9 +389,9 @@ pub async fn request_bytes(
     )
     .await
     .map_err(|e| match e {
-        Limited::Over(limit) => SyncError::BadPage {
+        Limited::Over(limit) => SyncError::TooLarge {
             peer: peer.id.clone(),
-            reason: format!("the answer is larger than {limit} bytes (federation.max_answer_mib)"),
+            limit,
         },
         Limited::Read(e) => SyncError::Unreachable(peer.id.clone(), error_chain(&e)),
     })?;
@@ -571,7 +572,7 @@ pub async fn pull(
     // Receipts a partner did not take before (it was down, or this node stopped) go again.
     let (n, p) = (node.clone(), peer.clone());
     tokio::spawn(async move { send_owed_receipts(&n, &p).await });
-    let limit = node.config().federation.page_size;
+    let mut limit = node.config().federation.page_size;
     let n = node.clone();
     let id = peer.id.clone();
     let mut cursor = tokio::task::spawn_blocking(move || n.store().cursor(&id))
@@ -590,6 +591,14 @@ pub async fn pull(
         };
         let page = match page {
             Ok(page) => page,
+            // A page too large to take (records with many items): ask for fewer changes, down
+            // to one, rather than asking for the same page again and again.
+            Err(SyncError::TooLarge { limit: bytes, .. }) if limit > 1 => {
+                finish_write(node, peer, writing.take(), pulled).await?;
+                limit = (limit / 2).max(1);
+                tracing::warn!(peer = %peer.id, bytes, page_size = limit, "a feed page was too large; asking for fewer changes");
+                continue;
+            }
             Err(e) => {
                 // The page before may still be being written: let it finish (it is verified
                 // and whole) before giving up, or the next round, reading the cursor from
@@ -1300,6 +1309,7 @@ mod tests {
             ),
             certificate: std::fs::read_to_string(dir.path().join(crate::identity::TLS_CERT_FILE))
                 .unwrap(),
+            first_key: None,
             pull: true,
             policy,
         };
@@ -1696,8 +1706,9 @@ mod tests {
         }
     }
 
-    /// A query matches a partner's hit only on fields its policy discloses: a partner that
-    /// gets events but no lots learns nothing by asking for a lot, in any mode.
+    /// A `query` partner's hit is matched only on fields its policy discloses: one that gets
+    /// events but no lots learns nothing by asking for a lot. A `hit_no_hit` partner is told
+    /// whether a lot is held (a count, nothing else: what that mode is for) whatever its fields.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_query_does_not_match_on_fields_the_policy_withholds() {
         let dir = tempfile::tempdir().unwrap();
@@ -1709,18 +1720,16 @@ mod tests {
         )
         .await;
         let policy = |mode: &str, fields: &[&str]| json!({"mode": mode, "categories": ["*"], "fields": fields});
-        for mode in ["query", "hit_no_hit"] {
+        for (mode, withheld) in [("query", 0), ("hit_no_hit", 1)] {
             let all = query_as(&node, policy(mode, &["*"]), "LC10A000-001").await;
-            assert_eq!(
-                hit_count(&all),
-                1,
-                "{mode}: the lot is found when it is shared"
-            );
+            assert_eq!(hit_count(&all), 1, "{mode}: found when the lot is shared");
             let events = query_as(&node, policy(mode, &["/event"]), "LC10A000-001").await;
-            assert_eq!(hit_count(&events), 0, "{mode}: matched on a withheld lot");
+            assert_eq!(hit_count(&events), withheld, "{mode}: lots withheld");
             let lots = query_as(&node, policy(mode, &["/items/*/lot"]), "LC10A000-001").await;
             assert_eq!(hit_count(&lots), 1, "{mode}: the lot alone is enough");
         }
+        let other = query_as(&node, policy("hit_no_hit", &[]), "LC10A000-002").await;
+        assert_eq!(hit_count(&other), 0, "a lot not held is no hit");
         node.index().shutdown();
     }
 

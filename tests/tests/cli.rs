@@ -348,6 +348,19 @@ async fn commands_refuse_what_would_fail_later() {
         String::from_utf8_lossy(&out.stderr)
     );
     let issued: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The key was rotated: the card names the first key too, for partners added from now on.
+    let keys: Value =
+        serde_json::from_slice(&std::fs::read(node.data_dir.join("keys.json")).unwrap()).unwrap();
+    let first = &keys["keys"][0];
+    assert_eq!(
+        issued["first_key"],
+        format!(
+            "{} {}",
+            first["key_id"].as_str().unwrap(),
+            first["public_key"].as_str().unwrap()
+        )
+    );
+    assert_ne!(issued["first_key"], issued["public_key"]);
     assert_eq!(
         issued["certificate"].as_str().unwrap(),
         std::fs::read_to_string(node.data_dir.join("tls.crt")).unwrap()

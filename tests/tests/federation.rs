@@ -370,6 +370,42 @@ async fn a_stopped_partner_catches_up_exactly_even_if_killed_midway() {
     }
 }
 
+/// A partner whose feed pages are larger than this node takes (`federation.max_answer_mib`)
+/// is asked for fewer changes a page, and is caught up all the same.
+#[tokio::test]
+async fn pages_too_large_to_take_are_asked_for_in_fewer_changes() {
+    let mut fed = TestFederation::start(
+        &["XAA", "XBB"],
+        &[("XAA", "XBB", policy("replicate", json!({})))],
+    )
+    .await
+    .unwrap();
+    fed.node_mut("XBB").stop().unwrap();
+    // 1,000 records of ~3 KB envelopes: a page of them is ~3 MB, three times the limit below.
+    let mut body = Vec::new();
+    for n in 0..1000 {
+        let r = record(&format!("LARGE-{n}"), json!({"tlp": "GREEN"}));
+        body.extend(serde_json::to_vec(&r).unwrap());
+        body.push(b'\n');
+    }
+    let a = fed
+        .node("XAA")
+        .import("application/x-ndjson", body, "")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let config = fed.node("XBB").data_dir.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("max_answer_mib = 256"));
+    std::fs::write(
+        &config,
+        text.replace("max_answer_mib = 256", "max_answer_mib = 1"),
+    )
+    .unwrap();
+    fed.node_mut("XBB").start_again().await.unwrap();
+    assert_caught_up(fed.node("XBB"), "XAA", 1000, 1000).await;
+}
+
 #[tokio::test]
 async fn key_rotation_keeps_old_records_verifiable_and_a_widened_policy_replays_history() {
     let mut fed = TestFederation::start(

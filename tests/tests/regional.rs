@@ -293,6 +293,7 @@ async fn a_regional_node_publishes_patterns_without_exposing_single_cases() {
     let history = KeyHistory::verified_from(
         &serde_json::from_slice(&std::fs::read(reg.data_dir.join("keys.json")).unwrap()).unwrap(),
         &key,
+        None,
     )
     .unwrap();
     ammotrace::stats::verify_snapshot(&published.body, &history).unwrap();

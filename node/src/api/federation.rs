@@ -723,6 +723,7 @@ pub(crate) mod tests {
                         url: format!("https://{}", other_listener.local_addr().unwrap()),
                         public_key: read(&data_dir(other), PUBLIC_KEY_FILE).trim().to_owned(),
                         certificate: read(&data_dir(other), TLS_CERT_FILE),
+                        first_key: None,
                         pull: true,
                         policy,
                     });

@@ -82,6 +82,10 @@ pub enum PeersCommand {
         /// The partner's TLS certificate (PEM file), pinned.
         #[arg(long)]
         certificate_file: Option<PathBuf>,
+        /// The partner's first key (`KEY_ID BASE64URL`), when its public key came by rotation:
+        /// the keys before it are trusted through a chain from this one (cards carry it).
+        #[arg(long)]
+        first_key: Option<String>,
         /// What this node shares with the partner: a policy document (JSON, see
         /// schemas/policy.schema.json).
         #[arg(long)]
@@ -242,13 +246,13 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
             out!("{}", serde_json::to_string_pretty(&history)?);
         }
         KeysCommand::Rotate { data_dir } => {
-            super::ensure_stopped(&data_dir, "rotate the key")?;
+            let _held = super::ensure_stopped(&data_dir, "rotate the key")?;
             let id = node_id(&data_dir)?;
             let new = identity::rotate(&data_dir, &id)?;
             out!("rotated: the node key is now {new}; restart the node to use it");
         }
         KeysCommand::Tls { data_dir, names } => {
-            super::ensure_stopped(&data_dir, "replace the TLS certificate")?;
+            let _held = super::ensure_stopped(&data_dir, "replace the TLS certificate")?;
             let id = node_id(&data_dir)?;
             identity::renew_tls(&data_dir, &id, &names)?;
             out!(
@@ -257,7 +261,7 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
             );
         }
         KeysCommand::Revoke { data_dir, at, key } => {
-            super::ensure_stopped(&data_dir, "revoke a key")?;
+            let _held = super::ensure_stopped(&data_dir, "revoke a key")?;
             let id = node_id(&data_dir)?;
             let revoked = identity::revoke(&data_dir, &id, key.as_deref(), &at)?;
             let current = identity::Identity::load(&data_dir, &id)?;
@@ -282,6 +286,7 @@ pub fn peers(command: PeersCommand) -> anyhow::Result<()> {
             url,
             public_key,
             certificate_file,
+            first_key,
             policy,
             no_pull,
         } => {
@@ -319,6 +324,11 @@ pub fn peers(command: PeersCommand) -> anyhow::Result<()> {
                 url: field(url, "url")?,
                 public_key: field(public_key, "public_key")?,
                 certificate,
+                first_key: first_key.or_else(|| {
+                    card.get("first_key")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                }),
                 pull: !no_pull,
                 policy,
             };
@@ -367,12 +377,23 @@ pub fn card(data_dir: &Path, url: &str) -> anyhow::Result<Value> {
              one with `ammotrace keys tls --name {host}` (the node stopped), then print the card"
         );
     }
-    Ok(json!({
+    let public_key = std::fs::read_to_string(data_dir.join(identity::PUBLIC_KEY_FILE))?;
+    let current = identity::parse_public_key(&public_key)?;
+    let history = identity::KeyHistory::load(data_dir, &config.node_id, &current)?;
+    let mut card = json!({
         "id": config.node_id,
         "url": url,
-        "public_key": std::fs::read_to_string(data_dir.join(identity::PUBLIC_KEY_FILE))?.trim(),
+        "public_key": public_key.trim(),
         "certificate": certificate,
-    }))
+    });
+    // After a rotation, the first key too: partners trust the keys before the current one
+    // (what they signed) through the chain from it, not on the TLS pin alone.
+    if let Some(first) = history.keys.first()
+        && first.key_id != identity::key_id(&current)
+    {
+        card["first_key"] = json!(format!("{} {}", first.key_id, first.public_key));
+    }
+    Ok(card)
 }
 
 /// Appends a `[[peers]]` table to `config.toml`, after checking the result parses.
@@ -549,6 +570,7 @@ mod tests {
             url: None,
             public_key: None,
             certificate_file: None,
+            first_key: None,
             policy: None,
             no_pull: false,
         }

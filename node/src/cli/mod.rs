@@ -31,13 +31,17 @@ macro_rules! out {
 mod federation;
 
 /// Refuses to `act` on a data directory whose node is running: its store is locked by it.
-pub(crate) fn ensure_stopped(data_dir: &Path, act: &str) -> anyhow::Result<()> {
-    let path = data_dir.join(STORE_DIR);
-    if !path.is_dir() {
-        return Ok(());
+/// Returns the store, opened: hold it while acting, so that no node starts meanwhile.
+pub(crate) fn ensure_stopped(data_dir: &Path, act: &str) -> anyhow::Result<crate::store::Store> {
+    if !data_dir.join("config.toml").is_file() {
+        bail!(
+            "cannot {act}: {} is not a node's data directory (no config.toml)",
+            data_dir.display()
+        );
     }
+    let path = data_dir.join(STORE_DIR);
     match crate::store::Store::open(&path) {
-        Ok(_) => Ok(()),
+        Ok(store) => Ok(store),
         Err(e) => bail!(
             "cannot {act} while the node in {} runs (its store is in use: {e}); stop it first",
             data_dir.display()
