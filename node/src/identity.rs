@@ -71,6 +71,13 @@ fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
 pub fn finish_rotation(data_dir: &Path) -> anyhow::Result<()> {
     let pending_path = data_dir.join(format!("{SIGNING_KEY_FILE}.new"));
     if !pending_path.exists() {
+        // The last step, `node.pub`, may be what the crash cut.
+        let key = read_signing_key(&data_dir.join(SIGNING_KEY_FILE))?.verifying_key();
+        let public = fs::read_to_string(data_dir.join(PUBLIC_KEY_FILE)).unwrap_or_default();
+        if parse_public_key(&public).ok() != Some(key) {
+            write_public(data_dir, &key)?;
+            tracing::warn!("node.pub named another key; written again");
+        }
         return Ok(());
     }
     let pending = read_signing_key(&pending_path)
@@ -803,6 +810,11 @@ mod tests {
         let now = Identity::load(d, "XAA").unwrap().verifying_key();
         let history = KeyHistory::load(d, "XAA", &now).unwrap();
         assert!(KeyHistory::verified_from(&history, &first.verifying_key(), None).is_ok());
+        // Cut after the key was moved, before node.pub was written: node.pub is written again.
+        let current = fs::read(d.join(PUBLIC_KEY_FILE)).unwrap();
+        fs::write(d.join(PUBLIC_KEY_FILE), b"").unwrap();
+        finish_rotation(d).unwrap();
+        assert_eq!(fs::read(d.join(PUBLIC_KEY_FILE)).unwrap(), current);
     }
 
     fn pending_in(d: &Path) -> std::path::PathBuf {

@@ -1728,7 +1728,7 @@ mod tests {
             let lots = query_as(&node, policy(mode, &["/items/*/lot"]), "LC10A000-001").await;
             assert_eq!(hit_count(&lots), 1, "{mode}: the lot alone is enough");
         }
-        let other = query_as(&node, policy("hit_no_hit", &[]), "LC10A000-002").await;
+        let other = query_as(&node, policy("hit_no_hit", &[]), "QX77Z123-909").await;
         assert_eq!(hit_count(&other), 0, "a lot not held is no hit");
         node.index().shutdown();
     }
