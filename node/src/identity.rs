@@ -624,15 +624,43 @@ fn tls_certificate(node_id: &str, names: &[String]) -> anyhow::Result<(String, S
 /// Replaces the node's TLS certificate and key with new ones for `names` (see
 /// [`tls_certificate`]); partners must pin the new certificate (from `peers card`).
 pub fn renew_tls(data_dir: &Path, node_id: &str, names: &[String]) -> anyhow::Result<()> {
+    finish_tls_renewal(data_dir)?;
     let (cert, key) = tls_certificate(node_id, names)?;
-    let (cert_path, key_path) = (data_dir.join(TLS_CERT_FILE), data_dir.join(TLS_KEY_FILE));
-    let new_key = key_path.with_extension("key.new");
-    let _ = fs::remove_file(&new_key);
+    let (new_cert, new_key) = tls_pending(data_dir);
+    // Both written whole first; moving the key in place is the step that decides.
+    let mut file = fs::File::create(&new_cert)?;
+    file.write_all(cert.as_bytes())?;
+    file.sync_all()?;
     write_secret(&new_key, key.as_bytes())?;
-    let new_cert = cert_path.with_extension("crt.new");
-    fs::write(&new_cert, cert)?;
-    fs::rename(&new_key, &key_path)?;
-    fs::rename(&new_cert, &cert_path)?;
+    fs::rename(&new_key, data_dir.join(TLS_KEY_FILE))?;
+    fs::rename(&new_cert, data_dir.join(TLS_CERT_FILE))?;
+    Ok(())
+}
+
+/// Where [`renew_tls`] writes the new certificate and key before moving them in place.
+fn tls_pending(data_dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    (
+        data_dir.join(format!("{TLS_CERT_FILE}.new")),
+        data_dir.join(format!("{TLS_KEY_FILE}.new")),
+    )
+}
+
+/// A certificate renewal cut short by a crash is undone when its key was not yet in place (the
+/// old pair stays), and finished when it was (the new certificate goes with the new key), so
+/// the node never starts with a key and a certificate that do not match. Callers hold the
+/// data directory.
+pub fn finish_tls_renewal(data_dir: &Path) -> anyhow::Result<()> {
+    let (new_cert, new_key) = tls_pending(data_dir);
+    if new_key.exists() {
+        fs::remove_file(&new_key)?;
+        if new_cert.exists() {
+            fs::remove_file(&new_cert)?;
+        }
+        tracing::warn!("undid a TLS certificate renewal that was cut short");
+    } else if new_cert.exists() {
+        fs::rename(&new_cert, data_dir.join(TLS_CERT_FILE))?;
+        tracing::warn!("finished a TLS certificate renewal that was cut short");
+    }
     Ok(())
 }
 
@@ -747,6 +775,23 @@ mod tests {
             certificate_names(&cert(), "node.xaa.example").unwrap(),
             "unchanged"
         );
+
+        // A renewal cut short: before the key moved in place, it is undone; after, finished.
+        let (pending_cert, pending_key) = tls_pending(dir.path());
+        let pair = || (cert(), fs::read(dir.path().join(TLS_KEY_FILE)).unwrap());
+        let before = pair();
+        let (new_cert, new_key) = tls_certificate("XAA", &["late.example".into()]).unwrap();
+        fs::write(&pending_cert, &new_cert).unwrap();
+        write_secret(&pending_key, new_key.as_bytes()).unwrap();
+        finish_tls_renewal(dir.path()).unwrap();
+        assert_eq!(pair(), before, "undone");
+        assert!(!pending_cert.exists() && !pending_key.exists());
+        fs::write(&pending_cert, &new_cert).unwrap();
+        fs::remove_file(dir.path().join(TLS_KEY_FILE)).unwrap();
+        write_secret(&dir.path().join(TLS_KEY_FILE), new_key.as_bytes()).unwrap();
+        finish_tls_renewal(dir.path()).unwrap();
+        assert_eq!(pair(), (new_cert, new_key.into_bytes()), "finished");
+        assert!(!pending_cert.exists());
     }
 
     /// A rotation cut short by a crash is finished on the next load once `keys.json` names

@@ -169,6 +169,7 @@ impl Node {
         })?;
         let audit = AuditLog::open(data_dir)?;
         identity::finish_rotation(data_dir)?;
+        identity::finish_tls_renewal(data_dir)?;
         let identity =
             Identity::load(data_dir, &config.node_id).context("cannot load the node key")?;
         let keys = KeyHistory::load(data_dir, &config.node_id, &identity.verifying_key())?;
