@@ -88,9 +88,19 @@ pub fn finish_rotation(data_dir: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("cannot read {}", history_path.display()))?,
     )
     .with_context(|| format!("{} cannot be read", history_path.display()))?;
-    let named = history
-        .is_current(&key_id(&pending.verifying_key()))
-        .then_some(pending);
+    let pending_id = key_id(&pending.verifying_key());
+    let named = match history.keys.iter().find(|k| k.key_id == pending_id) {
+        None => None,
+        Some(_) if history.is_current(&pending_id) => Some(pending),
+        // Named, but no longer current: keys.json was changed after the cut. Neither finishing
+        // nor undoing is safe; the operator decides.
+        Some(_) => anyhow::bail!(
+            "a key rotation was cut short, and {} names its new key {pending_id} but not as \
+             current: check {} by hand",
+            KEYS_FILE,
+            KEYS_FILE
+        ),
+    };
     match named {
         Some(pending) => {
             fs::rename(&pending_path, data_dir.join(SIGNING_KEY_FILE))?;
@@ -401,6 +411,13 @@ impl KeyHistory {
         decode_key(&record.public_key).ok_or_else(|| KeyError::Unknown(key_id.to_owned()))
     }
 
+    /// Whether the history has keys before `key_id` (a rotation brought it in).
+    pub fn has_keys_before(&self, key_id: &str) -> bool {
+        self.statements
+            .iter()
+            .any(|s| matches!(&s.statement, Statement::Rotation { to, .. } if to == key_id))
+    }
+
     /// Whether `key_id` is the key in use: listed, neither rotated out nor revoked.
     pub fn is_current(&self, key_id: &str) -> bool {
         self.keys
@@ -491,6 +508,7 @@ pub fn revoke(
         parse_time(at).is_some(),
         "--at {at:?} is not an RFC 3339 time"
     );
+    finish_rotation(data_dir)?;
     let current = Identity::load(data_dir, node_id)?;
     let revoked = key.map_or_else(|| current.key_id(), str::to_owned);
     // Checked before anything changes (revoking the current key rotates first).
@@ -860,6 +878,45 @@ mod tests {
         fs::write(d.join(PUBLIC_KEY_FILE), b"").unwrap();
         finish_rotation(d).unwrap();
         assert_eq!(fs::read(d.join(PUBLIC_KEY_FILE)).unwrap(), current);
+    }
+
+    /// `keys revoke` after a rotation cut short finishes the rotation first, then signs with
+    /// the key `keys.json` names as current: the history stays one partners accept. A
+    /// pending key that `keys.json` names but not as current is neither installed nor
+    /// deleted.
+    #[test]
+    fn a_revocation_after_a_rotation_cut_short_signs_with_the_current_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        init(d, "XAA").unwrap();
+        let first = Identity::load(d, "XAA").unwrap();
+        let key0 = fs::read(d.join(SIGNING_KEY_FILE)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let new_id = rotate(d, "XAA").unwrap();
+        fs::rename(d.join(SIGNING_KEY_FILE), pending_in(d)).unwrap();
+        fs::write(d.join(SIGNING_KEY_FILE), &key0).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        revoke(d, "XAA", Some(&first.key_id()), "2000-01-01T00:00:00Z").unwrap();
+        let current = Identity::load(d, "XAA").unwrap();
+        assert_eq!(current.key_id(), new_id);
+        let history = KeyHistory::load(d, "XAA", &current.verifying_key()).unwrap();
+        let trusted = KeyHistory::verified_from(&history, &first.verifying_key(), None).unwrap();
+        assert!(trusted.key_valid_at(&new_id, &now()).is_ok());
+        assert!(trusted.key_valid_at(&first.key_id(), &now()).is_err());
+
+        // keys.json names a pending key as revoked: the node is told, and nothing changes.
+        let pending = fs::read(d.join(SIGNING_KEY_FILE)).unwrap();
+        fs::write(pending_in(d), &pending).unwrap();
+        let mut edited = history.clone();
+        for k in &mut edited.keys {
+            if k.key_id == new_id {
+                k.revoked_at = Some(now());
+            }
+        }
+        edited.save(d).unwrap();
+        let said = finish_rotation(d).unwrap_err().to_string();
+        assert!(said.contains("not as current"), "{said}");
+        assert!(pending_in(d).exists());
     }
 
     fn pending_in(d: &Path) -> std::path::PathBuf {

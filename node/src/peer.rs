@@ -92,6 +92,11 @@ pub struct Peer {
     pub client: reqwest::Client,
     /// Held while the receipts owed to this partner are sent, so each goes once at a time.
     pub receipts_sending: tokio::sync::Mutex<()>,
+    /// Whether the missing `first_key` was warned about.
+    warned_first_key: std::sync::atomic::AtomicBool,
+    /// The page size this node asks this partner for, once its pages came too large to take
+    /// (0: `federation.page_size`).
+    pub page_limit: std::sync::atomic::AtomicUsize,
 }
 
 /// How often a request signed with an unknown key may make us fetch the sender's key history.
@@ -124,6 +129,8 @@ impl Peer {
             last_key_refresh: std::sync::atomic::AtomicI64::new(i64::MIN),
             client,
             receipts_sending: tokio::sync::Mutex::new(()),
+            warned_first_key: Default::default(),
+            page_limit: Default::default(),
         })
     }
 
@@ -156,6 +163,20 @@ impl Peer {
             )));
         }
         let trusted = KeyHistory::verified_from(served, &self.pinned, self.first_key.as_ref())?;
+        if self.first_key.is_none()
+            && served.has_keys_before(&identity::key_id(&self.pinned))
+            && !self
+                .warned_first_key
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                peer = %self.id,
+                "the partner's key history has keys before the one pinned, and no first_key is \
+                 configured: what they signed cannot be verified (its feed stops at the first \
+                 such change). Ask the partner for a new card, or add first_key under its \
+                 [[peers]] in config.toml after checking it with the partner"
+            );
+        }
         let mut keys = self
             .keys
             .write()
@@ -185,19 +206,23 @@ fn keys_note(partner: &str) -> String {
 /// partner rotated out or revoked stays so even while the partner cannot be reached.
 pub fn save_keys(
     store: &crate::store::Store,
-    partner: &str,
+    peer: &Peer,
     served: &KeyHistory,
 ) -> anyhow::Result<()> {
+    let partner = peer.id.as_str();
     // One save at a time, each only over a history it continues: two refreshes that learnt
     // histories of different ages may save them in either order.
     static SAVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = SAVING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // A saved history that no longer chains to what is pinned now (the partner was re-pinned
+    // after it re-keyed from scratch) counts as none.
     let saved = store
         .note(&keys_note(partner))?
         .filter(|t| !t.is_empty())
-        .and_then(|t| serde_json::from_str::<KeyHistory>(&t).ok());
+        .and_then(|t| serde_json::from_str::<KeyHistory>(&t).ok())
+        .filter(|h| KeyHistory::verified_from(h, &peer.pinned, peer.first_key.as_ref()).is_ok());
     let text = serde_json::to_string(served)?;
     match saved {
         Some(saved) if !saved.is_continued_by(served) => {}
@@ -506,9 +531,10 @@ mod tests {
             "pinned, and not yet known to be revoked"
         );
         peers.get("XAA").unwrap().learn_keys(&after).unwrap();
-        save_keys(&store, "XAA", &after).unwrap();
+        let xaa = peers.get("XAA").unwrap();
+        save_keys(&store, xaa, &after).unwrap();
         // A slower refresh that learnt the older history saves it after: it is not kept.
-        save_keys(&store, "XAA", &before).unwrap();
+        save_keys(&store, xaa, &before).unwrap();
         assert!(!accepts(&peers, &k0), "refused once learnt");
         let restarted = Peers::new(&[config], Duration::from_secs(1)).unwrap();
         restore_keys(restarted.get("XAA").unwrap(), &store);
@@ -516,6 +542,32 @@ mod tests {
             !accepts(&restarted, &k0),
             "a revoked key verified a request after the receiver restarted"
         );
+    }
+
+    /// A partner that re-keyed from scratch is pinned again: the history saved for its old
+    /// chain no longer counts, and the new one is saved in its place.
+    #[test]
+    fn a_history_saved_for_an_abandoned_chain_is_replaced_after_a_new_pin() {
+        let (dir, config, _k0, _before, after) = revoked_setup();
+        let store = crate::store::Store::open(&dir.path().join("store")).unwrap();
+        let peers = Peers::new(std::slice::from_ref(&config), Duration::from_secs(1)).unwrap();
+        save_keys(&store, peers.get("XAA").unwrap(), &after).unwrap();
+        // XAA starts over with a new key, and is pinned at it.
+        let fresh = tempfile::tempdir().unwrap();
+        identity::init(fresh.path(), "XAA").unwrap();
+        let read = |f: &str| std::fs::read_to_string(fresh.path().join(f)).unwrap();
+        let repinned = PeerConfig {
+            public_key: read(identity::PUBLIC_KEY_FILE).trim().to_owned(),
+            ..config
+        };
+        let peers = Peers::new(&[repinned], Duration::from_secs(1)).unwrap();
+        let xaa = peers.get("XAA").unwrap();
+        let new_history: KeyHistory = serde_json::from_str(&read(identity::KEYS_FILE)).unwrap();
+        xaa.learn_keys(&new_history).unwrap();
+        save_keys(&store, xaa, &new_history).unwrap();
+        let saved: KeyHistory =
+            serde_json::from_str(&store.note(&keys_note("XAA")).unwrap().unwrap()).unwrap();
+        assert_eq!(saved, new_history);
     }
 
     /// An older answer (a slower refresh, a replayed identity document) never undoes a

@@ -466,7 +466,7 @@ pub async fn refresh_keys(node: &Node, peer: &Peer) -> Result<(), SyncError> {
         peer: peer.id.clone(),
         reason: format!("identity: {e}"),
     })?;
-    crate::peer::save_keys(node.store(), &peer.id, &served).map_err(SyncError::from)
+    crate::peer::save_keys(node.store(), peer, &served).map_err(SyncError::from)
 }
 
 /// Checks a page against the cursor: contiguous sequence numbers from `cursor.after + 1`,
@@ -520,9 +520,18 @@ pub fn verify_page(peer: &Peer, cursor: &Cursor, page: &FeedPage) -> Result<Curs
             let key = match &last_key {
                 Some((id, at, key)) if *id == c.key_id && *at == c.issued_at => *key,
                 _ => {
-                    let key = keys
-                        .key_valid_at(&c.key_id, &c.issued_at)
-                        .map_err(|e| format!("change {}: {e}", entry.seq))?;
+                    let key = keys.key_valid_at(&c.key_id, &c.issued_at).map_err(|e| {
+                        let root = keys.keys.first().map(|k| k.key_id.as_str());
+                        let hint = if keys.key(&c.key_id).is_none()
+                            && root.is_some_and(|r| keys.has_keys_before(r))
+                        {
+                            " (a key from before the pinned one: configure the partner's \
+                             first_key, from a new card)"
+                        } else {
+                            ""
+                        };
+                        format!("change {}: {e}{hint}", entry.seq)
+                    })?;
                     last_key = Some((c.key_id.as_str(), c.issued_at.as_str(), key));
                     key
                 }
@@ -572,7 +581,11 @@ pub async fn pull(
     // Receipts a partner did not take before (it was down, or this node stopped) go again.
     let (n, p) = (node.clone(), peer.clone());
     tokio::spawn(async move { send_owed_receipts(&n, &p).await });
-    let mut limit = node.config().federation.page_size;
+    let page_size = node.config().federation.page_size;
+    let mut limit = match peer.page_limit.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => page_size,
+        remembered => remembered.min(page_size),
+    };
     let n = node.clone();
     let id = peer.id.clone();
     let mut cursor = tokio::task::spawn_blocking(move || n.store().cursor(&id))
@@ -596,6 +609,9 @@ pub async fn pull(
             Err(SyncError::TooLarge { limit: bytes, .. }) if limit > 1 => {
                 finish_write(node, peer, writing.take(), pulled).await?;
                 limit = (limit / 2).max(1);
+                // Remembered: later rounds start there, not from a size known to fail.
+                peer.page_limit
+                    .store(limit, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(peer = %peer.id, bytes, page_size = limit, "a feed page was too large; asking for fewer changes");
                 continue;
             }

@@ -406,6 +406,83 @@ async fn pages_too_large_to_take_are_asked_for_in_fewer_changes() {
     assert_caught_up(fed.node("XBB"), "XAA", 1000, 1000).await;
 }
 
+/// Sets `field` of `node`'s `[[peers]]` entry for `peer` in its config.toml (`None`: removes it).
+fn set_peer_field(node: &ammotrace_e2e::TestNode, peer: &str, field: &str, value: Option<&str>) {
+    let path = node.data_dir.join("config.toml");
+    let mut config: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let entry = config["peers"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|p| p["id"].as_str() == Some(peer))
+        .unwrap()
+        .as_table_mut()
+        .unwrap();
+    match value {
+        Some(v) => entry.insert(field.into(), toml::Value::String(v.into())),
+        None => entry.remove(field),
+    };
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+}
+
+/// A partner that pins XAA's key after XAA rotated (from a new card) verifies what XAA signed
+/// before the rotation through the card's `first_key`; pinned without it, it trusts none of
+/// the earlier keys, and takes nothing signed by them.
+#[tokio::test]
+async fn a_partner_pinned_after_a_rotation_verifies_older_records_through_the_first_key() {
+    let mut fed = TestFederation::start(
+        &["XAA", "XBB"],
+        &[("XAA", "XBB", policy("replicate", json!({})))],
+    )
+    .await
+    .unwrap();
+    fed.node_mut("XBB").stop().unwrap();
+    let old = create(fed.node("XAA"), &record("PIN-1", json!({"tlp": "GREEN"}))).await;
+    fed.node_mut("XAA").stop().unwrap();
+    let out = fed.node("XAA").command(&["keys", "rotate"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = format!("https://127.0.0.1:{}", fed.node("XAA").federation_port);
+    let out = fed
+        .node("XAA")
+        .command(&["peers", "card", "--url", &url])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let card: Value = serde_json::from_slice(&out.stdout).unwrap();
+    fed.node_mut("XAA").start_again().await.unwrap();
+
+    // XBB pinned at the new key only: the record signed by the first key is not taken.
+    let xbb = fed.node("XBB");
+    set_peer_field(xbb, "XAA", "public_key", card["public_key"].as_str());
+    set_peer_field(xbb, "XAA", "first_key", None);
+    fed.node_mut("XBB").start_again().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(fed.node("XBB").pulled_after("XAA").await.unwrap(), 0);
+    assert!(fed.node("XBB").get_record(&old).await.unwrap().status == 404);
+
+    // With the card's first key, it is.
+    fed.node_mut("XBB").stop().unwrap();
+    set_peer_field(
+        fed.node("XBB"),
+        "XAA",
+        "first_key",
+        card["first_key"].as_str(),
+    );
+    fed.node_mut("XBB").start_again().await.unwrap();
+    fed.node("XBB")
+        .wait_for_version(&old, 1, WAIT)
+        .await
+        .unwrap();
+    assert_caught_up(fed.node("XBB"), "XAA", 1, 1).await;
+}
+
 #[tokio::test]
 async fn key_rotation_keeps_old_records_verifiable_and_a_widened_policy_replays_history() {
     let mut fed = TestFederation::start(
