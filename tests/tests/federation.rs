@@ -370,10 +370,8 @@ async fn a_stopped_partner_catches_up_exactly_even_if_killed_midway() {
     }
 }
 
-/// A partner whose feed pages are larger than this node takes (`federation.max_answer_mib`)
-/// is asked for fewer changes a page, and is caught up all the same.
-#[tokio::test]
-async fn pages_too_large_to_take_are_asked_for_in_fewer_changes() {
+/// XAA replicating to XBB, and XBB stopped: what XAA writes next waits for XBB's start.
+async fn xaa_sharing_with_xbb_stopped() -> TestFederation {
     let mut fed = TestFederation::start(
         &["XAA", "XBB"],
         &[("XAA", "XBB", policy("replicate", json!({})))],
@@ -381,6 +379,14 @@ async fn pages_too_large_to_take_are_asked_for_in_fewer_changes() {
     .await
     .unwrap();
     fed.node_mut("XBB").stop().unwrap();
+    fed
+}
+
+/// A partner whose feed pages are larger than this node takes (`federation.max_answer_mib`)
+/// is asked for fewer changes a page, and is caught up all the same.
+#[tokio::test]
+async fn pages_too_large_to_take_are_asked_for_in_fewer_changes() {
+    let mut fed = xaa_sharing_with_xbb_stopped().await;
     // 1,000 records of ~3 KB envelopes: a page of them is ~3 MB, three times the limit below.
     let mut body = Vec::new();
     for n in 0..1000 {
@@ -430,13 +436,7 @@ fn set_peer_field(node: &ammotrace_e2e::TestNode, peer: &str, field: &str, value
 /// the earlier keys, and takes nothing signed by them.
 #[tokio::test]
 async fn a_partner_pinned_after_a_rotation_verifies_older_records_through_the_first_key() {
-    let mut fed = TestFederation::start(
-        &["XAA", "XBB"],
-        &[("XAA", "XBB", policy("replicate", json!({})))],
-    )
-    .await
-    .unwrap();
-    fed.node_mut("XBB").stop().unwrap();
+    let mut fed = xaa_sharing_with_xbb_stopped().await;
     let old = create(fed.node("XAA"), &record("PIN-1", json!({"tlp": "GREEN"}))).await;
     fed.node_mut("XAA").stop().unwrap();
     let out = fed.node("XAA").command(&["keys", "rotate"]).unwrap();
