@@ -154,8 +154,9 @@ impl Peer {
             .clone()
     }
 
-    /// Adopts the history the partner served, as far as it chains to the pinned key.
-    pub fn learn_keys(&self, served: &KeyHistory) -> Result<(), identity::KeyError> {
+    /// Adopts the history the partner served, as far as it chains to the pinned key; true
+    /// when it changed what was learnt.
+    pub fn learn_keys(&self, served: &KeyHistory) -> Result<bool, identity::KeyError> {
         if served.node_id != self.id {
             return Err(identity::KeyError::BadStatement(format!(
                 "history of {} served by {}",
@@ -192,14 +193,26 @@ impl Peer {
                 trusted.statements.len()
             )));
         }
+        let changed = *keys != trusted;
         *keys = trusted;
-        Ok(())
+        Ok(changed)
     }
 }
 
 /// The store's note that keeps the key history last learnt from `partner`, as it served it.
 fn keys_note(partner: &str) -> String {
     format!("peer_keys:{partner}")
+}
+
+/// The history last saved for `partner`, if any (`Err` inside: it does not parse).
+fn saved_keys(
+    store: &crate::store::Store,
+    partner: &str,
+) -> Result<Option<Result<KeyHistory, serde_json::Error>>, crate::store::StoreError> {
+    Ok(store
+        .note(&keys_note(partner))?
+        .filter(|t| !t.is_empty())
+        .map(|t| serde_json::from_str(&t)))
 }
 
 /// Keeps the history `partner` served, once learnt, so a restart starts from it: a key the
@@ -218,10 +231,8 @@ pub fn save_keys(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     // A saved history that no longer chains to what is pinned now (the partner was re-pinned
     // after it re-keyed from scratch) counts as none.
-    let saved = store
-        .note(&keys_note(partner))?
-        .filter(|t| !t.is_empty())
-        .and_then(|t| serde_json::from_str::<KeyHistory>(&t).ok())
+    let saved = saved_keys(store, partner)?
+        .and_then(Result::ok)
         .filter(|h| KeyHistory::verified_from(h, &peer.pinned, peer.first_key.as_ref()).is_ok());
     let text = serde_json::to_string(served)?;
     match saved {
@@ -238,15 +249,15 @@ pub fn save_keys(
 /// Learns again, at start, the history last learnt from `peer` (checked again against its
 /// pinned key; one that no longer chains to it, after a new key was pinned, is left out).
 pub fn restore_keys(peer: &Peer, store: &crate::store::Store) {
-    let saved = match store.note(&keys_note(&peer.id)) {
-        Ok(Some(text)) if !text.is_empty() => text,
-        Ok(_) => return,
+    let saved = match saved_keys(store, &peer.id) {
+        Ok(Some(saved)) => saved,
+        Ok(None) => return,
         Err(e) => {
             tracing::error!(peer = %peer.id, error = %e, "cannot read the partner's saved key history");
             return;
         }
     };
-    let learnt = serde_json::from_str::<KeyHistory>(&saved)
+    let learnt = saved
         .map_err(|e| e.to_string())
         .and_then(|served| peer.learn_keys(&served).map_err(|e| e.to_string()));
     if let Err(e) = learnt {
@@ -583,8 +594,8 @@ mod tests {
             !accepts(&peers, &k0),
             "an older history made a revoked key valid again"
         );
-        // The same history again, or a longer one, is taken.
-        peer.learn_keys(&after).unwrap();
+        // The same history again is taken, and changes nothing (nothing to save).
+        assert!(!peer.learn_keys(&after).unwrap());
     }
 
     #[test]

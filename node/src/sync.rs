@@ -449,7 +449,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Fetches `peer`'s key history and adopts what chains to its pinned key.
-pub async fn refresh_keys(node: &Node, peer: &Peer) -> Result<(), SyncError> {
+pub async fn refresh_keys(node: &Node, peer: &Arc<Peer>) -> Result<(), SyncError> {
     let served = request(
         node,
         peer,
@@ -462,11 +462,18 @@ pub async fn refresh_keys(node: &Node, peer: &Peer) -> Result<(), SyncError> {
         peer: peer.id.clone(),
         reason: format!("identity: {e}"),
     })?;
-    peer.learn_keys(&served).map_err(|e| SyncError::BadPage {
+    let changed = peer.learn_keys(&served).map_err(|e| SyncError::BadPage {
         peer: peer.id.clone(),
         reason: format!("identity: {e}"),
     })?;
-    crate::peer::save_keys(node.store(), peer, &served).map_err(SyncError::from)
+    if changed {
+        // Kept (and flushed) for the next start, off the async workers.
+        let (store, peer) = (node.store().clone(), peer.clone());
+        tokio::task::spawn_blocking(move || crate::peer::save_keys(&store, &peer, &served))
+            .await
+            .map_err(anyhow::Error::from)??;
+    }
+    Ok(())
 }
 
 /// Checks a page against the cursor: contiguous sequence numbers from `cursor.after + 1`,
@@ -1009,8 +1016,13 @@ pub fn store_receipt(
 /// fails waits for the next page or pull round, and survives restarts in the store.
 async fn send_owed_receipts(node: &Node, peer: &Peer) {
     let _one_at_a_time = peer.receipts_sending.lock().await;
-    let owed = match node.store().owed_receipts(&peer.id) {
-        Ok(owed) => owed,
+    let (store, id) = (node.store().clone(), peer.id.clone());
+    let owed = match tokio::task::spawn_blocking(move || store.owed_receipts(&id)).await {
+        Ok(Ok(owed)) => owed,
+        Ok(Err(e)) => {
+            tracing::error!(peer = %peer.id, error = %e, "cannot read the receipts owed");
+            return;
+        }
         Err(e) => {
             tracing::error!(peer = %peer.id, error = %e, "cannot read the receipts owed");
             return;
