@@ -261,17 +261,27 @@ async fn audit_verify_fails_on_an_edited_entry() {
         .lines()
         .position(|l| l.contains("\"event\":\"disclosure\""))
         .expect("a disclosure entry");
-    std::fs::write(
-        &path,
-        text.replacen("\"partner\":\"XBB\"", "\"partner\":\"XZZ\"", 1),
-    )
-    .unwrap();
+    // The disclosure entry itself is edited (the partner it names), nothing else.
+    let edited: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == line {
+                assert!(l.contains("\"partner\":\"XBB\""), "{l}");
+                l.replacen("\"partner\":\"XBB\"", "\"partner\":\"XZZ\"", 1)
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&path, edited.join("\n") + "\n").unwrap();
     let broken = xaa.command(&["audit", "verify"]).unwrap();
     assert!(!broken.status.success());
     let message = String::from_utf8_lossy(&broken.stderr);
     assert!(
-        message.contains(&format!("line {}", line + 1)) || message.contains("line"),
-        "{message}"
+        message.contains(&format!("line {} ", line + 1)),
+        "the first broken entry is the edited one, line {}: {message}",
+        line + 1
     );
 }
 
@@ -463,7 +473,24 @@ async fn a_partner_pinned_after_a_rotation_verifies_older_records_through_the_fi
     set_peer_field(xbb, "XAA", "public_key", card["public_key"].as_str());
     set_peer_field(xbb, "XAA", "first_key", None);
     fed.node_mut("XBB").start_again().await.unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // XBB pulls, and refuses the page, saying first_key is what it lacks.
+    let audit = fed.node("XBB").data_dir.join("audit.log");
+    eventually(
+        WAIT,
+        "XBB to refuse XAA's page for want of first_key",
+        || {
+            let audit = audit.clone();
+            async move {
+                let log = std::fs::read_to_string(&audit)?;
+                Ok(log
+                    .lines()
+                    .any(|l| l.contains("feed_page_refused") && l.contains("first_key"))
+                    .then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(fed.node("XBB").pulled_after("XAA").await.unwrap(), 0);
     assert!(fed.node("XBB").get_record(&old).await.unwrap().status == 404);
 
@@ -611,6 +638,24 @@ async fn retraction_after_narrowing(narrowed: Value) {
             .is_none_or(|i| i.as_array().is_some_and(Vec::is_empty)),
         "fields left with the retraction: {retracted}"
     );
+    // No other field of the record either: the signed claims alone.
+    for field in [
+        "event",
+        "case_refs",
+        "casualties",
+        "supply_chain",
+        "packaging",
+        "notes",
+        "attachments",
+        "originating_agency",
+        "trace_requests",
+        "retraction",
+    ] {
+        assert!(
+            retracted.get(field).is_none(),
+            "{field} left with the retraction: {retracted}"
+        );
+    }
     assert!(
         xbb.search_ids(&[("lot", "NARROW-1")])
             .await

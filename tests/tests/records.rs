@@ -167,10 +167,12 @@ async fn update_makes_version_2_and_retraction_hides_the_record() {
     assert_eq!(hits.body["hits"][0]["record_version"], 2);
     // The old lot text now only reaches version 2, as a one-character (fuzzy) match.
     let old = node.search(&[("lot", "77-98")]).await.unwrap();
-    for hit in old.body["hits"].as_array().unwrap() {
-        assert_eq!(hit["record_version"], 2, "old version still indexed: {hit}");
-        assert_eq!(hit["match"]["kind"], "fuzzy");
-    }
+    let old_hits = old.body["hits"].as_array().unwrap();
+    assert_eq!(old_hits.len(), 1, "{:?}", old.body);
+    let hit = &old_hits[0];
+    assert_eq!(hit["record_id"], id.as_str());
+    assert_eq!(hit["record_version"], 2, "old version still indexed: {hit}");
+    assert_eq!(hit["match"]["kind"], "fuzzy");
     // An edit based on a stale version is a conflict and changes nothing.
     changed["record_version"] = json!(1);
     let a = node.put_record(&id, &changed).await.unwrap();
@@ -606,4 +608,95 @@ async fn free_text_finds_a_lot_or_a_headstamp() {
         assert_eq!(hits[0]["record_id"], id.as_str(), "{q}");
         assert_eq!(hits[0]["match"]["kind"], kind, "{q}");
     }
+}
+
+/// Roles (design §8): a token in `[[api.tokens]]` gets what its role allows and a 403 problem
+/// for the rest, with nothing changed. Focal points record; investigators read and search;
+/// analysts see aggregates only; unsuppressed figures and signed snapshots are for admins.
+#[tokio::test]
+async fn each_role_gets_what_it_may_do_and_a_403_for_the_rest() {
+    let roles = ["focal_point", "investigator", "analyst"];
+    let node = TestNode::spawn_with_config("XAA", |mut c| {
+        for role in roles {
+            let digest = ammotrace::identity::token_digest(&format!("{role}-secret"));
+            c.push_str(&format!(
+                "\n[[api.tokens]]\nname = \"{role}-1\"\nrole = \"{role}\"\nsha256 = \"{digest}\"\n"
+            ));
+        }
+        c
+    })
+    .await
+    .unwrap();
+    let id = create(&node, &record("ROLE-1", "LC 19", "5.56x45mm NATO")).await;
+    let call = |role: &str, method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut r = node
+            .http
+            .request(method, format!("{}{path}", node.url))
+            .bearer_auth(format!("{role}-secret"));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        node.send(r)
+    };
+    let get = reqwest::Method::GET;
+    let post = reqwest::Method::POST;
+    let read = format!("/api/v1/records/{id}");
+    let search = "/api/v1/search?lot=ROLE-1";
+    let stats = "/api/v1/stats?group_by=calibre";
+    let unsuppressed = "/api/v1/stats?group_by=calibre&unsuppressed=true";
+    let snapshot = "/api/v1/stats/snapshots?group_by=calibre";
+    let new = record("ROLE-2", "LC 19", "5.56x45mm NATO");
+    // (role, method, path, body, expected status)
+    let cases: Vec<(&str, reqwest::Method, &str, Option<Value>, u16)> = vec![
+        (
+            "focal_point",
+            post.clone(),
+            "/api/v1/records",
+            Some(new.clone()),
+            201,
+        ),
+        ("focal_point", get.clone(), &read, None, 200),
+        ("focal_point", get.clone(), stats, None, 200),
+        ("focal_point", get.clone(), unsuppressed, None, 403),
+        ("focal_point", post.clone(), snapshot, None, 403),
+        ("investigator", get.clone(), &read, None, 200),
+        ("investigator", get.clone(), search, None, 200),
+        (
+            "investigator",
+            post.clone(),
+            "/api/v1/records",
+            Some(new.clone()),
+            403,
+        ),
+        ("investigator", get.clone(), unsuppressed, None, 403),
+        ("analyst", get.clone(), stats, None, 200),
+        ("analyst", get.clone(), &read, None, 403),
+        ("analyst", get.clone(), search, None, 403),
+        (
+            "analyst",
+            post.clone(),
+            "/api/v1/records",
+            Some(new.clone()),
+            403,
+        ),
+        ("analyst", get.clone(), unsuppressed, None, 403),
+        ("analyst", post.clone(), snapshot, None, 403),
+    ];
+    for (role, method, path, body, status) in cases {
+        let what = format!("{role} {method} {path}");
+        let a = call(role, method, path, body).await.unwrap();
+        assert_eq!(a.status, status, "{what}: {:?}", a.body);
+        if status == 403 {
+            assert!(a.is_problem(), "{what}: {:?}", a.body);
+        }
+    }
+    // The admin token may do what the others may not.
+    let a = node.send(node.request(get, unsuppressed)).await.unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    // One record was added (by the focal point): the refused writes stored nothing.
+    let h = node
+        .send(node.http.get(format!("{}/healthz", node.url)))
+        .await
+        .unwrap();
+    assert_eq!(h.body["last_seq"], 2, "{:?}", h.body);
 }

@@ -448,7 +448,30 @@ async fn statistics_cache_warmed_at_start_follows_later_writes() {
         .map(|n| record("XAA", &format!("A-{n}"), "7.62x39", 10, "2024-02-10"))
         .collect();
     import(&node, &before).await;
+    let last = reg_last_seq(&node).await;
     let mut node = node.restart().await.unwrap();
+    // Warmed in the background, with no statistics request: health shows it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let h = node
+            .send(node.http.get(format!("{}/healthz", node.url)))
+            .await
+            .unwrap();
+        if h.body["stats_cached_seq"] == last {
+            break;
+        }
+        assert!(
+            h.body["stats_cached_seq"].is_null(),
+            "the cache is at what the store held: {:?}",
+            h.body
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never warmed: {:?}",
+            h.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     import(
         &node,
         &[record("XAA", "A-9", "5.56x45 NATO", 10, "2024-03-10")],

@@ -105,6 +105,7 @@ async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) ->
         "node_id": node.config().node_id,
         "last_seq": node.store().last_seq().unwrap_or(0),
         "indexed_seq": node.index().watermark(),
+        "stats_cached_seq": node.stats_cache().watermark(),
     }))
 }
 
