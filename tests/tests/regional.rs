@@ -272,6 +272,26 @@ async fn a_regional_node_publishes_patterns_without_exposing_single_cases() {
     .await;
     assert_eq!(cell(&own, json!({"calibre": "5.56x45-nato"}))["value"], 1);
     assert_eq!(cell(&own, json!({}))["value"], 8);
+    // REG holds its members' records and none of its own: unsuppressed, it counts nothing.
+    let reg_own = stats(reg, &[("group_by", "calibre"), ("unsuppressed", "true")]).await;
+    let counted: Vec<&Value> = reg_own["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(reg_own["totals"].as_array().unwrap())
+        .filter(|c| c["value"].as_u64().is_some_and(|v| v > 0))
+        .collect();
+    assert!(counted.is_empty(), "REG's own figures: {reg_own}");
+    // Its published figures do count its members' seizures: the filter above is what hid them.
+    let reg_all = stats(reg, &[("group_by", "calibre")]).await;
+    assert!(
+        reg_all["totals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["value"].as_u64().is_some_and(|v| v > 0)),
+        "{reg_all}"
+    );
 
     // A signed snapshot, verified by a member State with REG's key history.
     let published = reg
