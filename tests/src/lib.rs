@@ -306,14 +306,22 @@ impl TestNode {
         .await
     }
 
+    /// `GET /healthz`: the store's last change, the index's and the statistics cache's.
+    pub async fn health(&self) -> anyhow::Result<Value> {
+        Ok(self
+            .send(self.http.get(format!("{}/healthz", self.url)))
+            .await?
+            .body)
+    }
+
     /// Searches, waiting until every write so far is indexed. The node waits up to 10 s for
     /// its index and then answers 503 "index behind"; on a loaded machine (a rebuild after a
     /// crash, a large import) this asks again, for up to two minutes.
     pub async fn search(&self, params: &[(&str, &str)]) -> anyhow::Result<Answer> {
-        let health = self
-            .send(self.http.get(format!("{}/healthz", self.url)))
-            .await?;
-        let seq = health.body["last_seq"].as_u64().unwrap_or(0).to_string();
+        let seq = self.health().await?["last_seq"]
+            .as_u64()
+            .unwrap_or(0)
+            .to_string();
         let mut query: Vec<(&str, &str)> = params.to_vec();
         query.push(("min_seq", &seq));
         let deadline = std::time::Instant::now() + Duration::from_secs(120);

@@ -694,9 +694,6 @@ async fn each_role_gets_what_it_may_do_and_a_403_for_the_rest() {
     let a = node.send(node.request(get, unsuppressed)).await.unwrap();
     assert_eq!(a.status, 200, "{:?}", a.body);
     // One record was added (by the focal point): the refused writes stored nothing.
-    let h = node
-        .send(node.http.get(format!("{}/healthz", node.url)))
-        .await
-        .unwrap();
-    assert_eq!(h.body["last_seq"], 2, "{:?}", h.body);
+    let h = node.health().await.unwrap();
+    assert_eq!(h["last_seq"], 2, "{h}");
 }

@@ -448,11 +448,7 @@ async fn a_regional_node_publishes_patterns_without_exposing_single_cases() {
 }
 
 async fn reg_last_seq(node: &TestNode) -> Value {
-    let h = node
-        .send(node.http.get(format!("{}/healthz", node.url)))
-        .await
-        .unwrap();
-    h.body["last_seq"].clone()
+    node.health().await.unwrap()["last_seq"].clone()
 }
 
 /// With `warm_on_start`, a restarted node reads its records into the statistics cache in the
@@ -471,27 +467,23 @@ async fn statistics_cache_warmed_at_start_follows_later_writes() {
     let last = reg_last_seq(&node).await;
     let mut node = node.restart().await.unwrap();
     // Warmed in the background, with no statistics request: health shows it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let h = node
-            .send(node.http.get(format!("{}/healthz", node.url)))
-            .await
-            .unwrap();
-        if h.body["stats_cached_seq"] == last {
-            break;
-        }
-        assert!(
-            h.body["stats_cached_seq"].is_null(),
-            "the cache is at what the store held: {:?}",
-            h.body
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never warmed: {:?}",
-            h.body
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(60),
+        "the statistics cache warmed",
+        || async {
+            let h = node.health().await?;
+            if h["stats_cached_seq"] == last {
+                return Ok(Some(()));
+            }
+            anyhow::ensure!(
+                h["stats_cached_seq"].is_null(),
+                "the cache is at what the store held: {h}"
+            );
+            Ok(None)
+        },
+    )
+    .await
+    .unwrap();
     import(
         &node,
         &[record("XAA", "A-9", "5.56x45 NATO", 10, "2024-03-10")],
